@@ -1,0 +1,46 @@
+"""Finds the channels: every module of this package that defines a `Channel` subclass.
+
+Adding a channel is adding one module here; nothing else needs to list it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from functools import cache
+
+import channels
+from channels.base import Channel
+
+_NOT_CHANNELS = {"base", "registry"}
+
+
+@cache
+def channel_classes() -> dict[str, type[Channel]]:
+    """Channel name -> class, for every channel module in the package."""
+    found: dict[str, type[Channel]] = {}
+    for module_info in pkgutil.iter_modules(channels.__path__):
+        if module_info.name in _NOT_CHANNELS or module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"channels.{module_info.name}")
+        for _attr, value in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(value, Channel)
+                and value is not Channel
+                and value.__module__ == module.__name__
+            ):
+                found[value.name] = value
+    return found
+
+
+def channel_names() -> tuple[str, ...]:
+    return tuple(sorted(channel_classes()))
+
+
+def channel_class(name: str) -> type[Channel]:
+    """The class of channel `name`; KeyError names the known ones."""
+    classes = channel_classes()
+    if name not in classes:
+        raise KeyError(f"unknown channel {name!r}; known: {', '.join(sorted(classes))}")
+    return classes[name]

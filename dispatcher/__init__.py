@@ -1,0 +1,1 @@
+"""The pipeline behind the API: the outbox relay, the dispatcher and the channel workers."""

@@ -1,0 +1,146 @@
+"""The dispatcher: expands each queued message into deliveries and hands them to the channels.
+
+For a batch of messages it writes one delivery row per recipient and channel in one
+transaction, publishes one AMQP message per delivery to `channel.<name>`, and acks each source
+message only after all of its deliveries are confirmed by the broker. A redelivered message
+finds its deliveries already written and publishes the unsent ones again; the channel workers
+make that harmless.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import Future, wait
+from typing import Any
+
+import structlog
+from sqlalchemy import Insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.amqp.consumer import BatchConsumer
+from shared.amqp.link import AmqpLink, Inbound, Outgoing
+from shared.amqp.topology import channel_key
+from shared.ids import new_id, utcnow
+from shared.models import Delivery, Message
+from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
+from shared.runtime import Runtime
+from shared.trace import event_row, record_events
+
+log = structlog.get_logger(__name__)
+
+CONFIRM_TIMEOUT_SECONDS = 30.0
+DISPATCHABLE = ("accepted", "queued", "dispatched")
+
+
+def recipient_key(recipient: dict[str, Any]) -> str:
+    """The identity of a recipient within one message, e.g. `user:alice`."""
+    return f"user:{recipient['user_id']}"
+
+
+class DispatchConsumer(BatchConsumer):
+    """Consumes `dispatch`; see the module docstring."""
+
+    def __init__(self, runtime: Runtime, link: AmqpLink) -> None:
+        super().__init__(link)
+        self.runtime = runtime
+        self._in = DispatchPayload()
+        self._out = DeliveryPayload()
+
+    def handle_batch(self, batch: list[Inbound]) -> None:
+        wanted: dict[str, list[Inbound]] = defaultdict(list)
+        for message in batch:
+            try:
+                payload = decode(self._in, message.body)
+            except ValueError as error:
+                log.error("dispatch.malformed", detail=str(error))
+                self.link.nack(message, requeue=False)  # to the dead queue, not lost
+                continue
+            wanted[payload["message_id"]].append(message)
+        if not wanted:
+            return
+        with self.runtime.sessions() as session, session.begin():
+            to_publish = self._expand(session, list(wanted))
+        ordered = [(mid, d) for mid in wanted for d in to_publish.get(mid, [])]
+        futures = self.link.publish_batch(
+            [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for _mid, d in ordered]
+        )
+        per_message: dict[str, list[Future[None]]] = {mid: [] for mid in wanted}
+        for (mid, _delivery), future in zip(ordered, futures, strict=True):
+            per_message[mid].append(future)
+        wait([f for fs in per_message.values() for f in fs], timeout=CONFIRM_TIMEOUT_SECONDS)
+        for message_id, sources in wanted.items():
+            confirmed = all(f.done() and f.exception() is None for f in per_message[message_id])
+            for source in sources:
+                if confirmed:
+                    self.link.ack(source)
+                else:
+                    self.link.nack(source, requeue=True)
+        log.info("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
+
+    def _expand(self, session: Session, message_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+        """Write missing deliveries; return, per message, the deliveries still to be sent."""
+        messages = session.scalars(
+            select(Message).where(Message.id.in_(message_ids), Message.status.in_(DISPATCHABLE))
+        ).all()
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for message in messages:
+            if message.status == "dispatched":
+                continue
+            targets = {recipient_key(r): r for r in message.recipients}
+            for key, recipient in targets.items():
+                for channel in message.channels:
+                    rows.append(
+                        {
+                            "id": new_id("dlv"),
+                            "message_id": message.id,
+                            "app_id": message.app_id,
+                            "recipient": key,
+                            "user_id": recipient.get("user_id"),
+                            "channel": channel,
+                            "status": "queued",
+                            "attempts": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
+            events.append(
+                event_row(message.id, "dispatched", deliveries=len(targets) * len(message.channels))
+            )
+        if rows:
+            session.execute(_insert_ignoring_duplicates(session), rows)
+        record_events(session, events)
+        fresh = [m.id for m in messages if m.status != "dispatched"]
+        if fresh:
+            session.execute(
+                update(Message)
+                .where(Message.id.in_(fresh))
+                .values(status="dispatched", updated_at=now)
+            )
+        pending = session.execute(
+            select(Delivery.id, Delivery.message_id, Delivery.app_id, Delivery.channel).where(
+                Delivery.message_id.in_([m.id for m in messages]),
+                Delivery.status.in_(("pending", "queued")),
+            )
+        ).all()
+        result: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for delivery_id, message_id, app_id, channel in pending:
+            result[message_id].append(
+                {
+                    "delivery_id": delivery_id,
+                    "message_id": message_id,
+                    "app_id": app_id,
+                    "channel": channel,
+                }
+            )
+        return result
+
+
+def _insert_ignoring_duplicates(session: Session) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, so a redelivered message never fails on its rows."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement: Insert = module.insert(Delivery).on_conflict_do_nothing()
+    return statement

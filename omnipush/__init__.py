@@ -1,0 +1,1 @@
+"""The `omnipush` command: runs the services and answers operators' questions."""

@@ -1,0 +1,5 @@
+"""`python -m omnipush` is the `omnipush` command."""
+
+from omnipush.cli import main
+
+main()

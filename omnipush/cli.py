@@ -1,0 +1,126 @@
+"""The `omnipush` command line: migrations, apps, browser tokens and `serve <service>`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from shared.settings import Settings
+
+SERVICES = ("api", "relay", "dispatcher", "worker", "gateway")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@click.group()
+def main() -> None:
+    """omnipush: one REST call, every channel."""
+
+
+@main.group()
+def db() -> None:
+    """The store's schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the store's migrations."""
+    from sqlalchemy.exc import OperationalError
+
+    from shared.migrate import upgrade
+
+    settings = _settings()
+    try:
+        upgrade(settings.database_url, revision)
+    except OperationalError as error:
+        raise click.ClickException(f"cannot reach the store: {error.orig}") from error
+    click.echo("store is up to date", err=True)
+
+
+@main.group()
+def apps() -> None:
+    """Business systems allowed to send."""
+
+
+@apps.command("create")
+@click.argument("name")
+def apps_create(name: str) -> None:
+    """Create an app and print its id and API key (shown only this once)."""
+    from producer_api.api_keys import create_app_with_key
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(_settings().database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            created = create_app_with_key(session, name)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"app_id": created.app_id, "api_key": created.api_key}))
+
+
+@main.command("token")
+@click.argument("app_id")
+@click.argument("user_id")
+@click.option("--ttl", type=click.IntRange(1, 86400), default=3600, show_default=True)
+def token(app_id: str, user_id: str, ttl: int) -> None:
+    """Print a browser token for USER_ID of APP_ID."""
+    from shared.tokens import mint_browser_token
+
+    value, _expires = mint_browser_token(_settings().secret_key, app_id, user_id, ttl)
+    click.echo(value)
+
+
+@main.group()
+def dev() -> None:
+    """Local development helpers used by `make run`."""
+
+
+@dev.command("prepare")
+def dev_prepare() -> None:
+    """Check dependencies, migrate, ensure a demo app, write var/Procfile, print the URLs."""
+    from omnipush.dev import prepare
+
+    prepare(_settings())
+
+
+@main.command("serve")
+@click.argument("service", type=click.Choice(SERVICES))
+@click.option("--channel", help="The channel a worker sends on (worker only).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="HTTP worker processes.")
+def serve(service: str, channel: str | None, workers: int | None) -> None:
+    """Run one service in the foreground until SIGTERM."""
+    from shared.logging import configure_logging
+
+    if service == "worker" and not channel:
+        raise click.UsageError("serve worker needs --channel NAME")
+    if service != "worker" and channel:
+        raise click.UsageError("--channel is for serve worker only")
+    settings = _settings()
+    configure_logging(service if service != "worker" else f"worker-{channel}")
+    from omnipush import services
+
+    if service == "worker":
+        assert channel is not None
+        try:
+            services.run_worker(settings, channel)
+        except KeyError as error:
+            raise click.ClickException(str(error.args[0])) from error
+        return
+    runners = {
+        "api": lambda: services.run_api(settings, workers),
+        "relay": lambda: services.run_relay(settings),
+        "dispatcher": lambda: services.run_dispatcher(settings),
+        "gateway": lambda: services.run_gateway(settings),
+    }
+    runners[service]()
+    sys.exit(0)

@@ -1,0 +1,68 @@
+"""Starts each omnipush service with its dependencies, for `omnipush serve`."""
+
+from __future__ import annotations
+
+from shared.amqp.link import AmqpLink
+from shared.gunicorn_app import serve
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+
+def run_api(settings: Settings, workers: int | None) -> None:
+    from producer_api.app import create_app
+
+    serve(
+        lambda: create_app(settings),
+        bind=settings.api_bind,
+        workers=workers or 2,
+        worker_class="gthread",
+        threads=8,
+    )
+
+
+def run_gateway(settings: Settings) -> None:
+    from ws_gateway.serve import serve_gateway
+
+    serve_gateway(settings)
+
+
+def run_relay(settings: Settings) -> None:
+    from dispatcher.relay import OutboxRelay
+
+    runtime = Runtime.build(settings)
+    link = AmqpLink(settings.amqp_url, runtime.topology)
+    relay = OutboxRelay(runtime, link)
+    relay.install_signal_handlers()
+    relay.run()
+
+
+def run_dispatcher(settings: Settings) -> None:
+    from channels.registry import channel_names
+    from dispatcher.dispatch import DispatchConsumer
+
+    runtime = Runtime.build(settings, channels=channel_names())
+    link = AmqpLink(
+        settings.amqp_url, runtime.topology, consume_queue=runtime.topology.dispatch_queue
+    )
+    consumer = DispatchConsumer(runtime, link)
+    consumer.install_signal_handlers()
+    consumer.run()
+
+
+def run_worker(settings: Settings, channel: str) -> None:
+    from channels.base import ChannelContext
+    from channels.registry import channel_class, channel_names
+    from dispatcher.worker import ChannelWorker
+
+    channel_type = channel_class(channel)
+    runtime = Runtime.build(settings, channels=channel_names())
+    link = AmqpLink(
+        settings.amqp_url, runtime.topology, consume_queue=runtime.topology.channel_queue(channel)
+    )
+    adapter = channel_type(ChannelContext(settings=settings, redis=runtime.redis))
+    worker = ChannelWorker(runtime, link, adapter)
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    finally:
+        adapter.close()

@@ -1,0 +1,1 @@
+"""The producer API: the REST surface business systems send messages through."""

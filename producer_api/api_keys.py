@@ -1,0 +1,48 @@
+"""Apps and their API keys: created once, shown once, stored as a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.ids import new_id
+from shared.models import App
+
+KEY_PREFIX = "op_"
+
+
+@dataclass(frozen=True)
+class NewApp:
+    """A freshly created app and the only copy of its API key."""
+
+    app_id: str
+    api_key: str
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def create_app_with_key(session: Session, name: str) -> NewApp:
+    """Insert an app with a new random key (the caller commits)."""
+    if not name.strip():
+        raise ValueError("an app needs a name")
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    app = App(
+        id=new_id("app"),
+        name=name.strip(),
+        api_key_hash=hash_api_key(api_key),
+        api_key_prefix=api_key[:10],
+    )
+    session.add(app)
+    session.flush()
+    return NewApp(app_id=app.id, api_key=api_key)
+
+
+def app_for_key(session: Session, api_key: str) -> str | None:
+    """The id of the app that owns `api_key`, if any."""
+    return session.scalar(select(App.id).where(App.api_key_hash == hash_api_key(api_key)))

@@ -1,0 +1,48 @@
+"""The producer API's app factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from producer_api import health, messages, tokens
+from producer_api.auth import install_api_key_auth
+from shared.flask_runtime import EXTENSION
+from shared.problems import http_exception_to_problem, install_problem_handlers
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+class ProblemApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api whose errors are problem+json."""
+
+    def handle_http_exception(self, error: Any) -> Any:
+        return http_exception_to_problem(error)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the API for `settings` (default: from the environment)."""
+    if runtime is None:
+        runtime = Runtime.build(settings or Settings.from_env())
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE="omnipush",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.extensions[EXTENSION] = runtime
+    install_problem_handlers(app)
+    install_api_key_auth(app)
+    api = ProblemApi(app)
+    api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
+    api.register_blueprint(messages.blp)
+    api.register_blueprint(tokens.blp)
+    app.register_blueprint(health.blp)
+    return app

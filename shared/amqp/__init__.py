@@ -1,0 +1,1 @@
+"""RabbitMQ for omnipush: the topology, a confirming publisher and a batch consumer runtime."""

@@ -1,0 +1,93 @@
+"""The consumer runtime every queue worker builds on.
+
+A subclass says how to handle a batch of messages; the base class owns the connection, the
+prefetch, batching, error handling and a graceful stop: on SIGTERM it stops taking new messages,
+finishes the ones it holds, and exits. A handler acks each message only after its work and its
+records are durable; a batch that raises is requeued so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from types import FrameType
+
+import structlog
+
+from shared.amqp.link import AmqpLink, Inbound
+
+log = structlog.get_logger(__name__)
+
+
+class BatchConsumer(ABC):
+    """Consumes one queue in batches on the calling thread; see the module docstring."""
+
+    batch_size = 200
+    batch_wait_seconds = 0.005
+    error_pause_seconds = 1.0
+
+    def __init__(self, link: AmqpLink) -> None:
+        self.link = link
+        self._stopping = threading.Event()
+
+    @abstractmethod
+    def handle_batch(self, batch: list[Inbound]) -> None:
+        """Do the work of `batch` and ack (or nack) every message in it."""
+
+    def stop(self) -> None:
+        """Stop taking new messages; `run` returns once those already taken are handled."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            self.link.stop_consuming()
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("consumer.stopping", signal=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> None:
+        """Consume until stopped, then drain what was already delivered and close."""
+        self.link.start()
+        while True:
+            stopping = self._stopping.is_set()
+            if stopping and self.link.consumer_stopped.is_set() and self.link.inbox.empty():
+                break
+            batch = self._next_batch(timeout=0.2)
+            if batch:
+                self._handle_safely(batch)
+        self.link.close()
+        log.info("consumer.stopped")
+
+    def _next_batch(self, timeout: float) -> list[Inbound]:
+        try:
+            first = self.link.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_wait_seconds
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self.link.inbox.get(timeout=remaining)
+                    if remaining > 0
+                    else self.link.inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch
+
+    def _handle_safely(self, batch: list[Inbound]) -> None:
+        try:
+            self.handle_batch(batch)
+        except Exception:
+            log.exception("consumer.batch_failed", size=len(batch))
+            for message in batch:
+                self.link.nack(message, requeue=True)
+            self._stopping.wait(self.error_pause_seconds)

@@ -1,0 +1,162 @@
+"""The queue topology of DESIGN.md, declared idempotently by every service at start-up.
+
+One durable topic exchange carries everything. Work queues are quorum queues with a delivery
+limit; retries wait in one TTL queue per delay tier and dead-letter back to the exchange under
+their original routing key; what cannot be delivered ends in the dead queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DISPATCH_KEY = "dispatch"
+RETRY_TIERS: tuple[tuple[str, int], ...] = (
+    ("1s", 1_000),
+    ("5s", 5_000),
+    ("30s", 30_000),
+    ("2m", 120_000),
+    ("10m", 600_000),
+    ("1h", 3_600_000),
+)
+DELIVERY_LIMIT = 20
+
+
+def channel_key(channel: str) -> str:
+    """The routing key of one channel's work queue."""
+    return f"channel.{channel}"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue, its arguments and how it is bound."""
+
+    name: str
+    arguments: dict[str, Any]
+    exchange: str
+    routing_key: str = ""
+    binding_arguments: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and declarations of every exchange and queue under one prefix."""
+
+    prefix: str = "omnipush"
+    channels: Sequence[str] = field(default_factory=lambda: ("web",))
+
+    @property
+    def exchange(self) -> str:
+        return self.prefix
+
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.prefix}.retry"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dispatch_queue(self) -> str:
+        return f"{self.prefix}.dispatch"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def channel_queue(self, channel: str) -> str:
+        return f"{self.prefix}.channel.{channel}"
+
+    def retry_queue(self, tier: str) -> str:
+        return f"{self.prefix}.retry.{tier}"
+
+    def work_queue(self, name: str, routing_key: str) -> QueueSpec:
+        return QueueSpec(
+            name=name,
+            exchange=self.exchange,
+            routing_key=routing_key,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                # A message over its delivery limit is dead-lettered, never dropped.
+                "x-dead-letter-exchange": self.dead_exchange,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+
+    def queues(self) -> list[QueueSpec]:
+        specs = [self.work_queue(self.dispatch_queue, DISPATCH_KEY)]
+        specs += [self.work_queue(self.channel_queue(c), channel_key(c)) for c in self.channels]
+        for tier, ttl_ms in RETRY_TIERS:
+            specs.append(
+                QueueSpec(
+                    name=self.retry_queue(tier),
+                    exchange=self.retry_exchange,
+                    binding_arguments={"x-match": "all", "tier": tier},
+                    arguments={
+                        "x-queue-type": "quorum",
+                        "x-message-ttl": ttl_ms,
+                        # No dead-letter routing key: the message returns under its own key.
+                        "x-dead-letter-exchange": self.exchange,
+                        "x-dead-letter-strategy": "at-least-once",
+                        "x-overflow": "reject-publish",
+                    },
+                )
+            )
+        specs.append(
+            QueueSpec(
+                name=self.dead_queue,
+                exchange=self.dead_exchange,
+                arguments={"x-queue-type": "quorum"},
+            )
+        )
+        return specs
+
+    def declarations(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        """Every declaration as (pika channel method, args, kwargs), exchanges first."""
+        calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+            ("exchange_declare", (self.exchange,), {"exchange_type": "topic", "durable": True}),
+            (
+                "exchange_declare",
+                (self.retry_exchange,),
+                {"exchange_type": "headers", "durable": True},
+            ),
+            (
+                "exchange_declare",
+                (self.dead_exchange,),
+                {"exchange_type": "fanout", "durable": True},
+            ),
+        ]
+        for spec in self.queues():
+            calls.append(
+                ("queue_declare", (spec.name,), {"durable": True, "arguments": spec.arguments})
+            )
+            calls.append(
+                (
+                    "queue_bind",
+                    (spec.name, spec.exchange),
+                    {"routing_key": spec.routing_key, "arguments": spec.binding_arguments},
+                )
+            )
+        return calls
+
+    def declare_blocking(self, channel: Any) -> None:
+        """Declare everything on a `BlockingChannel`; returns when the broker has answered."""
+        for method, args, kwargs in self.declarations():
+            getattr(channel, method)(*args, **kwargs)
+
+    def declare_async(self, channel: Any, on_done: Callable[[], None]) -> None:
+        """Declare everything on an asynchronous channel, then call `on_done`."""
+        calls = self.declarations()
+
+        def step(index: int) -> None:
+            if index == len(calls):
+                on_done()
+                return
+            method, args, kwargs = calls[index]
+            getattr(channel, method)(*args, callback=lambda _frame: step(index + 1), **kwargs)
+
+        step(0)

@@ -1,0 +1,51 @@
+"""marshmallow schemas of the messages that travel through RabbitMQ, and their codecs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import RAISE, Schema, fields
+
+
+class DispatchPayload(Schema):
+    """Routing key `dispatch`: a stored message that is due to be expanded into deliveries."""
+
+    class Meta:
+        unknown = RAISE
+
+    message_id = fields.String(required=True)
+    app_id = fields.String(required=True)
+
+
+class DeliveryPayload(Schema):
+    """Routing key `channel.<name>`: one delivery for a channel worker to send."""
+
+    class Meta:
+        unknown = RAISE
+
+    delivery_id = fields.String(required=True)
+    message_id = fields.String(required=True)
+    app_id = fields.String(required=True)
+    channel = fields.String(required=True)
+
+
+def encode(schema: Schema, payload: dict[str, Any]) -> bytes:
+    """Validate and serialise a payload for the broker."""
+    errors = schema.validate(payload)
+    if errors:
+        raise ValueError(f"invalid {type(schema).__name__}: {errors}")
+    return json.dumps(schema.dump(payload), separators=(",", ":")).encode()
+
+
+def decode(schema: Schema, body: bytes) -> dict[str, Any]:
+    """Parse and validate a payload from the broker; raises ValueError when it is malformed."""
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise ValueError(f"not JSON: {error}") from error
+    errors = schema.validate(data)
+    if errors:
+        raise ValueError(f"invalid {type(schema).__name__}: {errors}")
+    loaded: dict[str, Any] = schema.load(data)
+    return loaded

@@ -1,0 +1,92 @@
+"""RFC 9457 problem details: every error the API returns is `application/problem+json`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+PROBLEM_TYPE_BASE = "https://omnipush.dev/problems/"
+WEBARGS_LOCATIONS = {"json", "query", "querystring", "form", "headers", "cookies", "files", "path"}
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: Mapping[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """A problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    if errors:
+        body["errors"] = dict(errors)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error dict as `{"to.0.user_id": ["..."]}`."""
+    if isinstance(messages, Mapping):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(flatten_errors(value, name))
+        return flat
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return {prefix or "_body": list(messages)}
+    return {prefix or "_body": [str(messages)]}
+
+
+def _merge_locations(by_location: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for errors in by_location.values():
+        if isinstance(errors, Mapping):
+            merged.update(errors)
+        else:
+            merged.setdefault("_body", []).extend(errors if isinstance(errors, list) else [errors])
+    return merged
+
+
+def http_exception_to_problem(error: HTTPException) -> Response:
+    """Turn any werkzeug/flask-smorest HTTP error into a problem response."""
+    status = error.code or 500
+    title = error.name
+    detail = error.description or title
+    data = getattr(error, "data", None) or {}
+    errors = None
+    messages = data.get("messages") or data.get("errors")
+    if messages:
+        if isinstance(messages, Mapping) and set(messages) <= WEBARGS_LOCATIONS:
+            # webargs nests field errors under the request location ("json", "query", ...).
+            messages = _merge_locations(messages)
+        errors = flatten_errors(messages)
+        detail = "The request is not valid; see errors."
+    if data.get("message"):
+        detail = str(data["message"])
+    headers = dict(data.get("headers") or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return problem(status, title, detail, errors=errors, headers=headers)
+
+
+def install_problem_handlers(app: Flask) -> None:
+    """Make every error, including unexpected ones, a problem+json response."""
+    app.register_error_handler(HTTPException, http_exception_to_problem)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return http_exception_to_problem(InternalServerError())

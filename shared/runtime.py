@@ -1,0 +1,44 @@
+"""What a running omnipush process holds: its settings and its connections to the store and Redis.
+
+Built once by a service's factory and passed explicitly; nothing here is created at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.amqp.topology import Topology
+from shared.db import make_engine, make_session_factory
+from shared.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """Settings plus the store engine, a session factory, a Redis client and the topology."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    topology: Topology = field(default_factory=Topology)
+
+    @classmethod
+    def build(cls, settings: Settings, channels: tuple[str, ...] = ("web",)) -> Runtime:
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            redis=redis.Redis.from_url(
+                settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+            ),
+            topology=Topology(prefix=settings.queue_prefix, channels=channels),
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()

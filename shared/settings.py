@@ -1,0 +1,80 @@
+"""Configuration of every omnipush service, read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SECRET_KEY_FILE = Path("var/secret_key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one omnipush process; build with `Settings.from_env()`."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = DEFAULT_AMQP_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    secret_key: str = ""
+    api_bind: str = "127.0.0.1:8080"
+    gateway_bind: str = "127.0.0.1:8081"
+    config_path: str = "omnipush.toml"
+    smtp_url: str | None = None
+    smtp_from: str = "omnipush@localhost"
+    queue_prefix: str = "omnipush"
+    production: bool = False
+    browser_token_ttl: int = 3600
+    max_browser_token_ttl: int = 86400
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every `OMNIPUSH_*` variable; unset ones take the one-machine defaults."""
+        env = os.environ if environ is None else environ
+        production = env.get("OMNIPUSH_ENV", "development") == "production"
+        secret = env.get("OMNIPUSH_SECRET_KEY") or ""
+        if not secret:
+            if production:
+                raise RuntimeError("OMNIPUSH_SECRET_KEY is required when OMNIPUSH_ENV=production")
+            secret = local_secret_key()
+        return cls(
+            database_url=env.get("OMNIPUSH_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            amqp_url=env.get("OMNIPUSH_AMQP_URL") or DEFAULT_AMQP_URL,
+            redis_url=env.get("OMNIPUSH_REDIS_URL") or DEFAULT_REDIS_URL,
+            secret_key=secret,
+            api_bind=env.get("OMNIPUSH_API_BIND") or cls.api_bind,
+            gateway_bind=env.get("OMNIPUSH_GATEWAY_BIND") or cls.gateway_bind,
+            config_path=env.get("OMNIPUSH_CONFIG") or cls.config_path,
+            smtp_url=env.get("OMNIPUSH_SMTP_URL") or None,
+            smtp_from=env.get("OMNIPUSH_SMTP_FROM") or cls.smtp_from,
+            queue_prefix=env.get("OMNIPUSH_QUEUE_PREFIX") or cls.queue_prefix,
+            production=production,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests build settings this way)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def local_secret_key(path: Path = SECRET_KEY_FILE) -> str:
+    """The development secret, generated once into `var/secret_key` and reused after."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(key)
+    os.chmod(tmp, 0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        # Another process generated it first; everyone must share one key.
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()

@@ -1,0 +1,149 @@
+"""Fixtures: private PostgreSQL databases and queue prefixes, apps, and running stacks.
+
+Each stack gets its own database and queue prefix, so stacks never take each other's work.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import pika
+import psycopg2
+import pytest
+import redis
+
+from producer_api.api_keys import NewApp, create_app_with_key
+from shared.amqp.topology import Topology
+from shared.migrate import upgrade
+from shared.runtime import Runtime
+from shared.settings import Settings
+from tests.stack import Stack, free_port
+
+PG_ADMIN_DSN = os.environ.get("OMNIPUSH_TEST_PG", "host=127.0.0.1 user=postgres dbname=test")
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _admin(sql: str) -> None:
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+    connection.close()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database with the migrations applied, dropped afterwards."""
+    name = f"omnipush_test_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name}")
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def queue_prefix() -> Iterator[str]:
+    """A queue prefix of its own; its queues, exchanges and Redis keys are deleted afterwards."""
+    prefix = f"omnipush-test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield prefix
+    finally:
+        topology = Topology(prefix=prefix, channels=("web",))
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        channel = connection.channel()
+        for spec in topology.queues():
+            channel.queue_delete(spec.name)
+        for exchange in (topology.exchange, topology.retry_exchange, topology.dead_exchange):
+            channel.exchange_delete(exchange)
+        connection.close()
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
+@contextmanager
+def isolated_settings() -> Iterator[Settings]:
+    """Settings with their own database, queue prefix, secret and free ports."""
+    with postgres_database() as database_url, queue_prefix() as prefix:
+        yield Settings(
+            database_url=database_url,
+            amqp_url=AMQP_URL,
+            redis_url=REDIS_URL,
+            secret_key="test-secret-" + uuid.uuid4().hex,
+            queue_prefix=prefix,
+            api_bind=f"127.0.0.1:{free_port()}",
+            gateway_bind=f"127.0.0.1:{free_port()}",
+        )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    with isolated_settings() as built:
+        yield built
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    built = Runtime.build(settings)
+    yield built
+    built.close()
+
+
+def new_tenant(runtime: Runtime) -> NewApp:
+    with runtime.sessions() as session, session.begin():
+        return create_app_with_key(session, f"tenant-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def tenant(runtime: Runtime) -> NewApp:
+    """A new app (business system) with its API key."""
+    return new_tenant(runtime)
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `omnipush serve` use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIPUSH_")}
+    env.update(
+        OMNIPUSH_DATABASE_URL=settings.database_url,
+        OMNIPUSH_AMQP_URL=settings.amqp_url,
+        OMNIPUSH_REDIS_URL=settings.redis_url,
+        OMNIPUSH_SECRET_KEY=settings.secret_key,
+        OMNIPUSH_QUEUE_PREFIX=settings.queue_prefix,
+        OMNIPUSH_API_BIND=settings.api_bind,
+        OMNIPUSH_GATEWAY_BIND=settings.gateway_bind,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Stack]:
+    """The whole pipeline (api, relay, dispatcher, web worker, gateway) for the session."""
+    running = Stack(settings=settings, env=service_env(settings))
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture
+def isolated_stack() -> Iterator[Callable[[], Stack]]:
+    """Builds stacks with their own store and queues (for tests that kill services)."""
+    with ExitStack() as cleanup:
+
+        def build() -> Stack:
+            built_settings = cleanup.enter_context(isolated_settings())
+            running = Stack(settings=built_settings, env=service_env(built_settings))
+            cleanup.callback(running.stop_all)
+            running.start_all()
+            return running
+
+        yield build

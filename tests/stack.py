@@ -1,0 +1,162 @@
+"""Test helpers that run real omnipush services as subprocesses and wait on them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """One `omnipush serve ...` subprocess whose output is kept for assertions."""
+
+    args: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def start(self) -> Service:
+        self.lines = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "omnipush", *self.args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.output() or self._died(), timeout, f"{text!r} in log")
+        if text not in self.output():
+            raise AssertionError(f"{self.args} exited:\n{self.output()}")
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (gunicorn workers included)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; SIGKILL whatever is left after `timeout`."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return self.process.returncode
+
+
+def wait_http_ok(url: str, timeout: float = 30.0) -> None:
+    def ok() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ok, timeout, f"{url} to answer 200", interval=0.1)
+
+
+SERVICE_ARGS = {
+    "api": ["serve", "api", "--workers", "1"],
+    "relay": ["serve", "relay"],
+    "dispatcher": ["serve", "dispatcher"],
+    "worker-web": ["serve", "worker", "--channel", "web"],
+    "gateway": ["serve", "gateway"],
+}
+
+
+@dataclass
+class Stack:
+    """The services of one pipeline as subprocesses, by name, and where the HTTP ones listen."""
+
+    settings: Settings
+    env: dict[str, str]
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_bind}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.gateway_bind}"
+
+    def start_all(self) -> None:
+        for name in SERVICE_ARGS:
+            self.start(name)
+
+    def start(self, name: str) -> Service:
+        service = Service(args=list(SERVICE_ARGS[name]), env=self.env)
+        self.services[name] = service
+        service.start()
+        if name == "api":
+            wait_http_ok(f"{self.api_url}/healthz")
+        elif name == "gateway":
+            wait_http_ok(f"{self.gateway_url}/healthz")
+        else:
+            service.wait_for_log("amqp.ready")
+        return service
+
+    def kill(self, name: str) -> None:
+        self.services[name].kill()
+
+    def stop_all(self) -> None:
+        for service in self.services.values():
+            service.stop()

@@ -1,0 +1,173 @@
+"""The producer API in-process: durable acceptance, problem+json errors, apps walled off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from producer_api.api_keys import NewApp
+from producer_api.app import create_app
+from shared.models import Message, OutboxEntry
+from shared.runtime import Runtime
+from shared.settings import Settings
+from shared.tokens import verify_browser_token
+from tests.conftest import new_tenant
+
+GOOD = {"to": [{"user_id": "alice"}], "channels": ["web"], "content": {"title": "Hi"}}
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings, runtime: Runtime) -> Flask:
+    return create_app(settings, runtime=runtime)
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[FlaskClient]:
+    with app.test_client() as test_client:
+        yield test_client
+
+
+def auth(tenant: NewApp) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.api_key}"}
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    return body
+
+
+def test_accepted_means_the_message_and_its_outbox_row_are_committed(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    response = client.post("/v1/messages", json=GOOD, headers=auth(tenant))
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "accepted"
+    assert response.headers["Location"] == f"/v1/messages/{body['id']}"
+    with runtime.sessions() as session:
+        stored = session.get(Message, body["id"])
+        outbox = session.scalars(
+            select(OutboxEntry).where(OutboxEntry.message_id == body["id"])
+        ).all()
+    assert stored is not None and stored.app_id == tenant.app_id
+    assert [row.payload for row in outbox] == [{"message_id": body["id"], "app_id": tenant.app_id}]
+
+
+def test_a_form_encoded_curl_body_is_read_as_json(client: FlaskClient, tenant: NewApp) -> None:
+    response = client.post(
+        "/v1/messages",
+        data=json.dumps(GOOD),
+        headers=auth(tenant),
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "Authorization: Bearer"),
+        ({"Authorization": "Bearer op_not-a-key"}, "not valid"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "Authorization: Bearer"),
+    ],
+)
+def test_missing_or_wrong_api_keys_are_401(
+    client: FlaskClient, headers: dict[str, str], detail: str
+) -> None:
+    response = client.post("/v1/messages", json=GOOD, headers=headers)
+    body = assert_problem(response, 401)
+    assert detail in body["detail"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fields"),
+    [
+        ("{not json", 400, None),
+        ("[]", 422, {"_schema"}),
+        ({**GOOD, "colour": "red"}, 422, {"colour"}),
+        ({**GOOD, "to": []}, 422, {"to"}),
+        ({**GOOD, "to": [{"user_id": f"u{n}"} for n in range(1001)]}, 422, {"to"}),
+        ({**GOOD, "to": [{"user_id": ""}]}, 422, {"to.0.user_id"}),
+        ({**GOOD, "to": [{"user_id": "a", "extra": 1}]}, 422, {"to.0.extra"}),
+        ({**GOOD, "channels": ["pigeon"]}, 422, {"channels.0"}),
+        ({**GOOD, "channels": ["web", "web"]}, 422, {"channels"}),
+        ({**GOOD, "channels": "web"}, 422, {"channels"}),
+        ({**GOOD, "content": {"body": "no title"}}, 422, {"content.title"}),
+        ({**GOOD, "content": {"title": "x", "url": "not a url"}}, 422, {"content.url"}),
+        ({**GOOD, "category": "spam"}, 422, {"category"}),
+        ({**GOOD, "priority": "urgent"}, 422, {"priority"}),
+        ({"channels": ["web"], "content": {"title": "x"}}, 422, {"to"}),
+    ],
+)
+def test_bad_bodies_are_problems_naming_the_field(
+    client: FlaskClient, tenant: NewApp, body: Any, status: int, fields: set[str] | None
+) -> None:
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = client.post(
+        "/v1/messages", data=data, headers=auth(tenant), content_type="application/json"
+    )
+    problem = assert_problem(response, status)
+    if fields is not None:
+        assert set(problem["errors"]) == fields
+
+
+def test_a_body_over_256_kib_is_413(client: FlaskClient, tenant: NewApp) -> None:
+    huge = {**GOOD, "content": {"title": "x", "body": "y" * (300 * 1024)}}
+    assert_problem(client.post("/v1/messages", json=huge, headers=auth(tenant)), 413)
+
+
+def test_another_apps_message_is_404(client: FlaskClient, tenant: NewApp, runtime: Runtime) -> None:
+    message_id = client.post("/v1/messages", json=GOOD, headers=auth(tenant)).get_json()["id"]
+    assert client.get(f"/v1/messages/{message_id}", headers=auth(tenant)).status_code == 200
+    stranger = new_tenant(runtime)
+    assert_problem(client.get(f"/v1/messages/{message_id}", headers=auth(stranger)), 404)
+    assert_problem(client.get("/v1/messages/msg_nope", headers=auth(tenant)), 404)
+
+
+def test_browser_tokens_name_the_app_and_user_and_their_ttl_is_bounded(
+    client: FlaskClient, tenant: NewApp, settings: Settings
+) -> None:
+    response = client.post("/v1/users/alice/tokens", headers=auth(tenant), json={"ttl": 60})
+    assert response.status_code == 201
+    identity = verify_browser_token(settings.secret_key, response.get_json()["token"])
+    assert (identity.app_id, identity.user_id) == (tenant.app_id, "alice")
+    assert client.post("/v1/users/alice/tokens", headers=auth(tenant)).status_code == 201
+    too_long = client.post("/v1/users/alice/tokens", headers=auth(tenant), json={"ttl": 10**7})
+    assert set(assert_problem(too_long, 422)["errors"]) == {"ttl"}
+    assert_problem(client.post("/v1/users/alice/tokens", json={}), 401)
+
+
+def test_unknown_routes_and_methods_are_problems(client: FlaskClient, tenant: NewApp) -> None:
+    assert_problem(client.get("/v1/nothing", headers=auth(tenant)), 404)
+    assert_problem(client.put("/v1/messages", json=GOOD, headers=auth(tenant)), 405)
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["checks"] == {"store": "ok", "broker": "ok", "redis": "ok"}
+    assert client.get("/openapi.json").get_json()["info"]["title"] == "omnipush"
+
+
+def test_readiness_names_what_is_unreachable(settings: Settings) -> None:
+    broken = settings.with_overrides(
+        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F", redis_url="redis://127.0.0.1:1/0"
+    )
+    app = create_app(broken)
+    response = app.test_client().get("/readyz")
+    body = assert_problem(response, 503)
+    assert body["checks"]["store"] == "ok"
+    assert body["checks"]["broker"].startswith("unreachable at 127.0.0.1:1")
+    assert body["checks"]["redis"].startswith("unreachable")
+    assert "broker" in body["detail"] and "redis" in body["detail"]

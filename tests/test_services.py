@@ -1,0 +1,35 @@
+"""How the services behave at their edges: a missing broker at start, a graceful stop."""
+
+from __future__ import annotations
+
+import signal
+
+from shared.settings import Settings
+from tests.conftest import service_env
+from tests.stack import Service
+
+
+def test_a_service_started_without_rabbitmq_says_so_and_keeps_retrying(
+    settings: Settings,
+) -> None:
+    env = service_env(settings) | {"OMNIPUSH_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    dispatcher = Service(args=["serve", "dispatcher"], env=env).start()
+    try:
+        dispatcher.wait_for_log("RabbitMQ is unreachable at 127.0.0.1:1")
+        first = dispatcher.output().count("amqp.unreachable")
+        dispatcher.wait_for_log("retry_in_s")
+        assert dispatcher.process is not None and dispatcher.process.poll() is None
+        assert first >= 1
+    finally:
+        assert dispatcher.stop() == 0
+
+
+def test_sigterm_stops_a_worker_cleanly(settings: Settings) -> None:
+    worker = Service(args=["serve", "worker", "--channel", "web"], env=service_env(settings))
+    worker.start()
+    worker.wait_for_log("amqp.ready")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(20) == 0
+    assert "consumer.stopped" in worker.output()
+    assert "Traceback" not in worker.output()
