@@ -77,7 +77,7 @@ class OutboxRelay:
                 try:
                     published = self.relay_once()
                 except SQLAlchemyError as error:
-                    log.warning("relay.store_unavailable", detail=str(error.orig or error))
+                    log.warning("relay.store_unavailable", detail=str(error))
                     self._drop_listener()
                     self._stopping.wait(1.0)
                     continue
@@ -160,8 +160,9 @@ class OutboxRelay:
             connection = raw.dbapi_connection
             assert connection is not None
             connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            cursor = connection.cursor()
+            cursor.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            cursor.close()
             self._listener_owner = raw
             self._listener = connection
         return self._listener

@@ -17,7 +17,7 @@ from shared.settings import Settings
 MAX_BODY_BYTES = 256 * 1024
 
 
-class ProblemApi(Api):  # type: ignore[misc]
+class ProblemApi(Api):
     """flask-smorest's Api whose errors are problem+json."""
 
     def handle_http_exception(self, error: Any) -> Any:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import Flask, g, request
-from flask_smorest import abort
 
 from producer_api.api_keys import app_for_key
+from producer_api.blueprint import fail
 from shared.flask_runtime import runtime_of
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
@@ -19,11 +19,11 @@ def install_api_key_auth(app: Flask) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            abort(401, message="Send your API key as 'Authorization: Bearer <api_key>'.")
+            fail(401, "Send your API key as 'Authorization: Bearer <api_key>'.")
         with runtime_of(app).sessions() as session:
             app_id = app_for_key(session, key.strip())
         if app_id is None:
-            abort(401, message="The API key is not valid.")
+            fail(401, "The API key is not valid.")
         g.app_id = app_id
 
 

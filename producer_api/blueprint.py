@@ -6,7 +6,7 @@ Its argument parser reads the body as JSON whatever the declared content type, s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import flask_smorest
 from webargs import core
@@ -27,3 +27,9 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's blueprint with the lenient JSON parser."""
 
     ARGUMENTS_PARSER = JsonBodyParser()
+
+
+def fail(status: int, message: str, **data: Any) -> NoReturn:
+    """Abort the request with a problem+json error (`errors=` names fields)."""
+    flask_smorest.abort(status, message=message, **data)
+    raise AssertionError("flask_smorest.abort returned")

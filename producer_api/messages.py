@@ -6,12 +6,11 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
-from flask_smorest import abort
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import Blueprint
+from producer_api.blueprint import Blueprint, fail
 from producer_api.schemas import MessageAcceptedSchema, MessageCreateSchema, MessageSchema
 from shared.amqp.topology import DISPATCH_KEY
 from shared.db import OUTBOX_CHANNEL, is_postgresql
@@ -82,7 +81,7 @@ class MessageResource(MethodView):
                 select(Message).where(Message.id == message_id, Message.app_id == current_app_id())
             )
             if message is None:
-                abort(404, message=f"No message {message_id} for this app.")
+                fail(404, f"No message {message_id} for this app.")
             deliveries = session.scalars(
                 select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
             ).all()

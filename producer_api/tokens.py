@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import abort
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import Blueprint
+from producer_api.blueprint import Blueprint, fail
 from producer_api.schemas import TokenRequestSchema, TokenSchema
 from shared.flask_runtime import runtime_of
 from shared.tokens import mint_browser_token
@@ -24,12 +23,12 @@ class Tokens(MethodView):
         """Mint a token that lets one browser read this user's inbox."""
         settings = runtime_of().settings
         if not 1 <= len(user_id) <= 200:
-            abort(422, message="user_id must be 1 to 200 characters.")
+            fail(422, "user_id must be 1 to 200 characters.")
         ttl = body.get("ttl") or settings.browser_token_ttl
         if ttl > settings.max_browser_token_ttl:
-            abort(
+            fail(
                 422,
-                message=f"ttl may be at most {settings.max_browser_token_ttl} seconds.",
+                f"ttl may be at most {settings.max_browser_token_ttl} seconds.",
                 errors={"ttl": [f"Must be at most {settings.max_browser_token_ttl}."]},
             )
         token, expires_at = mint_browser_token(settings.secret_key, current_app_id(), user_id, ttl)

@@ -86,8 +86,9 @@ def test_an_offline_user_gets_everything_unacknowledged_oldest_first_and_only_on
     stack: Stack, tenant: NewApp, api: httpx.Client
 ) -> None:
     ids = [send(api, "bob", f"note {n}") for n in range(3)]
-    for message_id in ids:
-        wait_until(lambda m=message_id: message(api, m)["status"] == "completed", 15, "sent")
+    wait_until(
+        lambda: all(message(api, m)["status"] == "completed" for m in ids), 15, "all sent"
+    )
 
     first = browser(stack, tenant, "bob").connect()
     try:
