@@ -29,7 +29,7 @@ test: install
 	bash scripts/run-tests.sh
 
 bench: install
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python -m bench.e2e
 
 lint: install
 	$(BIN)/ruff check .

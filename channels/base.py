@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -82,6 +83,11 @@ class Channel(ABC):
     @abstractmethod
     def send(self, delivery: OutboundDelivery) -> Result:
         """Make one attempt; never raise."""
+
+    def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Result]:
+        """One attempt each, results in order; a channel that can share round trips overrides
+        this (the worker always calls it with a whole batch)."""
+        return [self.send(delivery) for delivery in deliveries]
 
     def close(self) -> None:  # noqa: B027 - optional hook, most channels hold nothing
         """Release connections; the worker calls it on shutdown."""

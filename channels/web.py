@@ -7,6 +7,7 @@ emitted happen in one Redis script, so a redelivered message is never shown twic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import socketio
@@ -58,23 +59,44 @@ class WebChannel(Channel):
         self._marker_prefix = f"{context.settings.queue_prefix}:web:emitted:"
 
     def send(self, delivery: OutboundDelivery) -> Result:
-        if not delivery.user_id:
-            return Result.permanent("the web channel needs a user_id")
-        payload = notification_payload(
-            delivery.delivery_id,
-            delivery.message_id,
-            delivery.content,
-            delivery.category,
-            delivery.created_at,
-        )
-        packet = self._emitter.packet(
-            "notification", payload, user_room(delivery.app_id, delivery.user_id)
-        )
-        try:
-            emitted = self._emit_once(
+        return self.send_many([delivery])[0]
+
+    def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Result]:
+        """Emit a whole batch in one Redis round trip; each emit-once script stays atomic."""
+        results: list[Result | None] = [None] * len(deliveries)
+        pipe = self.context.redis.pipeline(transaction=False)
+        queued: list[int] = []
+        for index, delivery in enumerate(deliveries):
+            if not delivery.user_id:
+                results[index] = Result.permanent("the web channel needs a user_id")
+                continue
+            payload = notification_payload(
+                delivery.delivery_id,
+                delivery.message_id,
+                delivery.content,
+                delivery.category,
+                delivery.created_at,
+            )
+            packet = self._emitter.packet(
+                "notification", payload, user_room(delivery.app_id, delivery.user_id)
+            )
+            self._emit_once(
                 keys=[self._marker_prefix + delivery.delivery_id],
                 args=[self._pubsub_channel, packet, EMITTED_TTL_SECONDS],
+                client=pipe,
             )
-        except (RedisError, OSError) as error:
-            return Result.transient(f"Redis unavailable: {type(error).__name__}")
-        return Result.sent(None if emitted else "already emitted")
+            queued.append(index)
+        if queued:
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as error:
+                replies = [error] * len(queued)
+            for index, reply in zip(queued, replies, strict=True):
+                results[index] = _result_of(reply)
+        return [result or Result.transient("not attempted") for result in results]
+
+
+def _result_of(reply: object) -> Result:
+    if isinstance(reply, Exception):
+        return Result.transient(f"Redis unavailable: {type(reply).__name__}")
+    return Result.sent(None if reply else "already emitted")

@@ -81,7 +81,9 @@ class DispatchConsumer(BatchConsumer):
     def _expand(self, session: Session, message_ids: list[str]) -> dict[str, list[dict[str, str]]]:
         """Write missing deliveries; return, per message, the deliveries still to be sent."""
         messages = session.scalars(
-            select(Message).where(Message.id.in_(message_ids), Message.status.in_(DISPATCHABLE))
+            select(Message)
+            .where(Message.id.in_(message_ids), Message.status.in_(DISPATCHABLE))
+            .order_by(Message.id)
         ).all()
         now = utcnow()
         rows: list[dict[str, Any]] = []
@@ -120,10 +122,12 @@ class DispatchConsumer(BatchConsumer):
                 .values(status="dispatched", updated_at=now)
             )
         pending = session.execute(
-            select(Delivery.id, Delivery.message_id, Delivery.app_id, Delivery.channel).where(
+            select(Delivery.id, Delivery.message_id, Delivery.app_id, Delivery.channel)
+            .where(
                 Delivery.message_id.in_([m.id for m in messages]),
                 Delivery.status.in_(("pending", "queued")),
             )
+            .order_by(Delivery.id)
         ).all()
         result: dict[str, list[dict[str, str]]] = defaultdict(list)
         for delivery_id, message_id, app_id, channel in pending:

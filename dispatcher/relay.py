@@ -46,6 +46,7 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         poll_seconds: float | None = None,
+        linger_seconds: float = 0.005,
     ) -> None:
         self.runtime = runtime
         self.link = link
@@ -53,6 +54,8 @@ class OutboxRelay:
         self._postgres = is_postgresql(runtime.engine)
         # With LISTEN/NOTIFY the poll only picks up scheduled rows coming due.
         self.poll_seconds = poll_seconds or (1.0 if self._postgres else 0.05)
+        # After a wake-up, wait this long for more rows: one batch instead of many tiny ones.
+        self.linger_seconds = linger_seconds
         self._stopping = threading.Event()
         self._schema = DispatchPayload()
         self._listener: Any = None
@@ -147,6 +150,7 @@ class OutboxRelay:
             listener = self._ensure_listener()
             readable, _, _ = select.select([listener], [], [], self.poll_seconds)
             if readable:
+                self._stopping.wait(self.linger_seconds)
                 listener.poll()
                 listener.notifies.clear()
         except Exception as error:  # any driver or socket error: listen again next time

@@ -2,8 +2,9 @@
 
 Every channel runs the same loop; the channel module only implements `send`. For a batch, the
 worker claims the deliveries in the store (status `sending`, one guarded UPDATE, so two workers
-never send the same delivery at once), calls the channel for each, then in one transaction
-records `sent`, `retrying` or `failed` with their trace events and settles the message when all
+never send the same delivery at once), hands them to the channel, then in one transaction
+records `sent`, `retrying` or `failed` with their trace events (each naming its attempt; the
+short-lived `sending` claim itself is not traced) and settles the message when all
 its deliveries are final. A transient failure goes to the retry tier for its attempt and comes
 back under its own routing key; one that has used every tier, or a permanent one, is `failed`
 and its AMQP message is parked in the dead queue. Sources are acked after all that is durable.
@@ -11,6 +12,7 @@ and its AMQP message is parked in the dead queue. Sources are acked after all th
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from shared.amqp.topology import RETRY_TIERS
 from shared.ids import utcnow
 from shared.models import Delivery, Message
 from shared.payloads import DeliveryPayload, decode
+from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
 from shared.statuses import message_outcome
 from shared.trace import event_row, record_events
@@ -70,7 +73,13 @@ class ChannelWorker(BatchConsumer):
         self._schema = DeliveryPayload()
         self._log = log.bind(channel=channel.name)
 
+    def run(self) -> None:
+        """Wait for Redis (channels keep their guards there), then consume until stopped."""
+        if wait_for_redis(self.runtime.redis, self._stopping):
+            super().run()
+
     def handle_batch(self, batch: list[Inbound]) -> None:
+        started = time.monotonic()
         by_id: dict[str, Inbound] = {}
         for message in batch:
             try:
@@ -88,9 +97,26 @@ class ChannelWorker(BatchConsumer):
         with self.runtime.sessions() as session, session.begin():
             claimed = self._claim(session, list(by_id))
             busy = self._busy(session, [i for i in by_id if i not in claimed])
-        attempts = [Attempt(by_id[d.delivery_id], d, self._send(d)) for d in claimed.values()]
+        claimed_at = time.monotonic()
+        deliveries = list(claimed.values())
+        attempts = [
+            Attempt(by_id[d.delivery_id], d, result)
+            for d, result in zip(deliveries, self._send(deliveries), strict=True)
+        ]
+        sent_at = time.monotonic()
         with self.runtime.sessions() as session, session.begin():
             follow_ups = self._record(session, attempts)
+        recorded_at = time.monotonic()
+        self._log.info(
+            "worker.batch",
+            size=len(batch),
+            sent=sum(a.result.outcome is Outcome.SENT for a in attempts),
+            failed=sum(a.result.outcome is not Outcome.SENT for a in attempts),
+            busy=len(busy),
+            claim_ms=round((claimed_at - started) * 1000, 1),
+            send_ms=round((sent_at - claimed_at) * 1000, 1),
+            record_ms=round((recorded_at - sent_at) * 1000, 1),
+        )
         for delivery_id in busy:
             source = by_id[delivery_id]
             follow_ups.append((source, self._retry_message(source, BUSY_TIER)))
@@ -118,10 +144,6 @@ class ChannelWorker(BatchConsumer):
             .join(Message, Message.id == Delivery.message_id)
             .where(Delivery.id.in_(claimed_ids))
         ).all()
-        record_events(
-            session,
-            [event_row(d.message_id, "sending", d.id, attempt=d.attempts) for d, _c, _k in rows],
-        )
         return {
             d.id: OutboundDelivery(
                 delivery_id=d.id,
@@ -148,60 +170,86 @@ class ChannelWorker(BatchConsumer):
             )
         )
 
-    def _send(self, delivery: OutboundDelivery) -> Result:
+    def _send(self, deliveries: list[OutboundDelivery]) -> list[Result]:
+        if not deliveries:
+            return []
         try:
-            return self.channel.send(delivery)
+            results = self.channel.send_many(deliveries)
         except Exception as error:  # the contract says never, but a bug must not lose the batch
-            self._log.exception("worker.channel_raised", delivery_id=delivery.delivery_id)
-            return Result.transient(f"{type(error).__name__}: {error}")
+            self._log.exception("worker.channel_raised", count=len(deliveries))
+            return [Result.transient(f"{type(error).__name__}: {error}")] * len(deliveries)
+        if len(results) != len(deliveries):
+            detail = f"channel answered {len(results)} results for {len(deliveries)} deliveries"
+            return [Result.transient(detail)] * len(deliveries)
+        return results
 
     def _record(self, session: Session, attempts: list[Attempt]) -> list[tuple[Inbound, Outgoing]]:
         now = utcnow()
-        updates: list[dict[str, Any]] = []
+        # Deliveries that end the same way share one UPDATE: (status, last_error) -> ids.
+        groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
         events: list[dict[str, Any]] = []
         follow_ups: list[tuple[Inbound, Outgoing]] = []
         for attempt in attempts:
             delivery, result = attempt.delivery, attempt.result
-            row: dict[str, Any] = {"id": delivery.delivery_id, "updated_at": now}
             if result.outcome is Outcome.SENT:
-                row.update(status="sent", sent_at=now, last_error=None)
-                events.append(event_row(delivery.message_id, "sent", delivery.delivery_id))
+                status, error = "sent", None
+                events.append(
+                    event_row(
+                        delivery.message_id,
+                        "sent",
+                        delivery.delivery_id,
+                        attempt=delivery.attempt,
+                        **({"note": result.detail} if result.detail else {}),
+                    )
+                )
             elif result.outcome is Outcome.TRANSIENT and delivery.attempt < MAX_ATTEMPTS:
+                status, error = "retrying", result.detail
                 tier = RETRY_TIERS[delivery.attempt - 1][0]
-                row.update(status="retrying", last_error=result.detail)
                 events.append(
                     event_row(
                         delivery.message_id,
                         "retrying",
                         delivery.delivery_id,
-                        error=result.detail,
+                        attempt=delivery.attempt,
+                        error=error,
                         retry_in=tier,
                     )
                 )
                 follow_ups.append((attempt.source, self._retry_message(attempt.source, tier)))
             else:
-                row.update(status="failed", last_error=result.detail)
+                status, error = "failed", result.detail
                 events.append(
                     event_row(
                         delivery.message_id,
                         "failed",
                         delivery.delivery_id,
-                        error=result.detail,
+                        attempt=delivery.attempt,
+                        error=error,
                         permanent=result.outcome is Outcome.PERMANENT,
                     )
                 )
                 follow_ups.append((attempt.source, self._dead_message(attempt.source, result)))
-            updates.append(row)
-            self._log.info(
-                "worker.attempt",
-                delivery_id=delivery.delivery_id,
-                message_id=delivery.message_id,
-                app=delivery.app_id,
-                stage=row["status"],
-                attempt=delivery.attempt,
+            groups[(status, error)].append(delivery.delivery_id)
+            if status != "sent":
+                self._log.warning(
+                    "worker.attempt_failed",
+                    delivery_id=delivery.delivery_id,
+                    message_id=delivery.message_id,
+                    app=delivery.app_id,
+                    stage=status,
+                    attempt=delivery.attempt,
+                    error=error,
+                )
+        for (status, error), ids in groups.items():
+            values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": now}
+            if status == "sent":
+                values["sent_at"] = now
+            # Only a delivery still in our claim: a browser may have acked it already.
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids), Delivery.status == "sending")
+                .values(**values)
             )
-        if updates:
-            session.execute(update(Delivery), updates)
         events += self._settle_messages(session, {a.delivery.message_id for a in attempts})
         record_events(session, events)
         return follow_ups
@@ -215,19 +263,21 @@ class ChannelWorker(BatchConsumer):
             select(Delivery.message_id, Delivery.status).where(Delivery.message_id.in_(message_ids))
         ):
             statuses[message_id].append(status)
-        events = []
-        now = utcnow()
+        by_outcome: dict[str, list[str]] = defaultdict(list)
         for message_id, delivery_statuses in statuses.items():
             outcome = message_outcome(delivery_statuses)
-            if outcome is None:
-                continue
-            changed = session.execute(
+            if outcome is not None:
+                by_outcome[outcome].append(message_id)
+        events = []
+        now = utcnow()
+        for outcome, ids in by_outcome.items():
+            settled = session.scalars(
                 update(Message)
-                .where(Message.id == message_id, Message.status == "dispatched")
+                .where(Message.id.in_(ids), Message.status == "dispatched")
                 .values(status=outcome, updated_at=now)
-            )
-            if getattr(changed, "rowcount", 0):
-                events.append(event_row(message_id, outcome))
+                .returning(Message.id)
+            ).all()
+            events += [event_row(message_id, outcome) for message_id in settled]
         return events
 
     def _retry_message(self, source: Inbound, tier: str) -> Outgoing:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.ids import new_id
 from shared.models import App
 
 KEY_PREFIX = "op_"
+SessionFactory = sessionmaker[Session]
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,30 @@ def create_app_with_key(session: Session, name: str) -> NewApp:
 def app_for_key(session: Session, api_key: str) -> str | None:
     """The id of the app that owns `api_key`, if any."""
     return session.scalar(select(App.id).where(App.api_key_hash == hash_api_key(api_key)))
+
+
+class ApiKeyCache:
+    """Remembers which app a key belongs to for a short while, sparing the store a query per
+    request. A deleted app's key keeps working for at most `ttl_seconds`."""
+
+    def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 10_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def app_for_key(self, session_factory: SessionFactory, api_key: str) -> str | None:
+        digest = hash_api_key(api_key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with session_factory() as session:
+            app_id = session.scalar(select(App.id).where(App.api_key_hash == digest))
+        if app_id is not None:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[digest] = (app_id, now + self.ttl_seconds)
+        return app_id

@@ -7,9 +7,10 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
-from producer_api import health, messages, tokens
+from producer_api import messages, tokens
 from producer_api.auth import install_api_key_auth
 from shared.flask_runtime import EXTENSION
+from shared.health import health_blueprint
 from shared.problems import http_exception_to_problem, install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -44,5 +45,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)
     api.register_blueprint(tokens.blp)
-    app.register_blueprint(health.blp)
+    app.register_blueprint(health_blueprint(("store", "broker", "redis")))
     return app

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
-from producer_api.api_keys import app_for_key
+from producer_api.api_keys import ApiKeyCache
 from producer_api.blueprint import fail
 from shared.flask_runtime import runtime_of
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
-
 
 def install_api_key_auth(app: Flask) -> None:
+    keys = ApiKeyCache()
+
     @app.before_request
     def authenticate() -> None:
         if not request.path.startswith("/v1/"):
@@ -20,8 +20,7 @@ def install_api_key_auth(app: Flask) -> None:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             fail(401, "Send your API key as 'Authorization: Bearer <api_key>'.")
-        with runtime_of(app).sessions() as session:
-            app_id = app_for_key(session, key.strip())
+        app_id = keys.app_for_key(runtime_of(app).sessions, key.strip())
         if app_id is None:
             fail(401, "The API key is not valid.")
         g.app_id = app_id

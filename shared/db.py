@@ -21,7 +21,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip per transaction on the hot paths. A connection lost
+    # with the server is invalidated on its first error and the batch is retried.
     return create_engine(url, **kwargs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema, ValidationError, fields
 
 
 class DispatchPayload(Schema):
@@ -32,10 +32,11 @@ class DeliveryPayload(Schema):
 
 def encode(schema: Schema, payload: dict[str, Any]) -> bytes:
     """Validate and serialise a payload for the broker."""
-    errors = schema.validate(payload)
-    if errors:
-        raise ValueError(f"invalid {type(schema).__name__}: {errors}")
-    return json.dumps(schema.dump(payload), separators=(",", ":")).encode()
+    try:
+        loaded = schema.load(payload)
+    except ValidationError as error:
+        raise ValueError(f"invalid {type(schema).__name__}: {error.messages}") from error
+    return json.dumps(loaded, separators=(",", ":")).encode()
 
 
 def decode(schema: Schema, body: bytes) -> dict[str, Any]:
@@ -44,8 +45,8 @@ def decode(schema: Schema, body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError as error:
         raise ValueError(f"not JSON: {error}") from error
-    errors = schema.validate(data)
-    if errors:
-        raise ValueError(f"invalid {type(schema).__name__}: {errors}")
-    loaded: dict[str, Any] = schema.load(data)
+    try:
+        loaded: dict[str, Any] = schema.load(data)
+    except ValidationError as error:
+        raise ValueError(f"invalid {type(schema).__name__}: {error.messages}") from error
     return loaded

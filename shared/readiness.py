@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
+
 import pika
+import redis
+import structlog
 from pika.exceptions import AMQPError
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -10,10 +15,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.runtime import Runtime
 
+log = structlog.get_logger(__name__)
 
-def check_dependencies(runtime: Runtime) -> dict[str, str]:
-    """`{"store"|"broker"|"redis": "ok" or why not}` for each dependency."""
-    return {"store": _store(runtime), "broker": _broker(runtime), "redis": _redis(runtime)}
+
+def check_dependencies(
+    runtime: Runtime, names: Sequence[str] = ("store", "broker", "redis")
+) -> dict[str, str]:
+    """`{name: "ok" or why not}` for each of the named dependencies."""
+    checks: dict[str, Callable[[Runtime], str]] = {
+        "store": _store,
+        "broker": _broker,
+        "redis": _redis,
+    }
+    return {name: checks[name](runtime) for name in names}
 
 
 def _store(runtime: Runtime) -> str:
@@ -43,3 +57,23 @@ def _redis(runtime: Runtime) -> str:
     except (RedisError, OSError) as error:
         return f"unreachable: {type(error).__name__}"
     return "ok"
+
+
+def wait_for_redis(client: redis.Redis, stop: threading.Event, max_backoff: float = 30.0) -> bool:
+    """Block until Redis answers (True) or `stop` is set (False), saying why while it waits."""
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            client.ping()
+            return True
+        except (RedisError, OSError) as error:
+            kwargs = client.connection_pool.connection_kwargs
+            where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+            log.warning(
+                "redis.unreachable",
+                detail=f"Redis is unreachable at {where}: {type(error).__name__}",
+                retry_in_s=backoff,
+            )
+            stop.wait(backoff)
+            backoff = min(backoff * 2, max_backoff)
+    return False

@@ -9,7 +9,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from shared.ids import utcnow
-from shared.models import Event
+from shared.models import Event, table_of
 
 
 def event_row(
@@ -29,4 +29,4 @@ def record_events(session: Session, rows: Iterable[dict[str, Any]]) -> None:
     """Insert events in one statement, inside the caller's transaction."""
     batch = list(rows)
     if batch:
-        session.execute(insert(Event), batch)
+        session.connection().execute(insert(table_of(Event)), batch)

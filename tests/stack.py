@@ -114,7 +114,7 @@ def wait_http_ok(url: str, timeout: float = 30.0) -> None:
 
 
 SERVICE_ARGS = {
-    "api": ["serve", "api", "--workers", "1"],
+    "api": ["serve", "api"],
     "relay": ["serve", "relay"],
     "dispatcher": ["serve", "dispatcher"],
     "worker-web": ["serve", "worker", "--channel", "web"],
@@ -129,6 +129,7 @@ class Stack:
     settings: Settings
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
+    api_workers: int = 1
 
     @property
     def api_url(self) -> str:
@@ -143,7 +144,10 @@ class Stack:
             self.start(name)
 
     def start(self, name: str) -> Service:
-        service = Service(args=list(SERVICE_ARGS[name]), env=self.env)
+        args = list(SERVICE_ARGS[name])
+        if name == "api":
+            args += ["--workers", str(self.api_workers)]
+        service = Service(args=args, env=self.env)
         self.services[name] = service
         service.start()
         if name == "api":

@@ -86,9 +86,7 @@ def test_an_offline_user_gets_everything_unacknowledged_oldest_first_and_only_on
     stack: Stack, tenant: NewApp, api: httpx.Client
 ) -> None:
     ids = [send(api, "bob", f"note {n}") for n in range(3)]
-    wait_until(
-        lambda: all(message(api, m)["status"] == "completed" for m in ids), 15, "all sent"
-    )
+    wait_until(lambda: all(message(api, m)["status"] == "completed" for m in ids), 15, "all sent")
 
     first = browser(stack, tenant, "bob").connect()
     try:

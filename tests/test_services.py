@@ -24,6 +24,18 @@ def test_a_service_started_without_rabbitmq_says_so_and_keeps_retrying(
         assert dispatcher.stop() == 0
 
 
+def test_a_worker_started_without_redis_says_so_and_stops_on_sigterm(
+    settings: Settings,
+) -> None:
+    env = service_env(settings) | {"OMNIPUSH_REDIS_URL": "redis://127.0.0.1:1/0"}
+    worker = Service(args=["serve", "worker", "--channel", "web"], env=env).start()
+    try:
+        worker.wait_for_log("Redis is unreachable at 127.0.0.1:1")
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        assert worker.stop() == 0
+
+
 def test_sigterm_stops_a_worker_cleanly(settings: Settings) -> None:
     worker = Service(args=["serve", "worker", "--channel", "web"], env=service_env(settings))
     worker.start()

@@ -1,0 +1,857 @@
+"""The browser gateway against a real gunicorn/gevent gateway process, PostgreSQL and Redis.
+
+Messages and deliveries are written straight into the store, and live notifications are
+published exactly as the web worker does (`WebChannel.send`), so these tests need only the
+gateway process. Browsers are real python-socketio clients on the websocket transport.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import socketio
+from sqlalchemy import insert, select
+
+from channels.base import ChannelContext, OutboundDelivery, Result
+from channels.web import WebChannel
+from producer_api.api_keys import NewApp
+from shared.ids import new_id, utcnow
+from shared.models import Delivery, Event, Message
+from shared.notifications import notification_payload, socketio_channel, user_room
+from shared.runtime import Runtime
+from shared.settings import Settings
+from shared.tokens import AUDIENCE, mint_browser_token
+from tests.conftest import service_env
+from tests.stack import Service, free_port, wait_http_ok, wait_until
+
+TIMEOUT = 10.0
+
+
+# -- the gateway process ----------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """One running gateway process and how to reach it."""
+
+    settings: Settings
+    service: Service
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.gateway_bind}"
+
+
+@pytest.fixture(scope="module")
+def gateway(settings: Settings) -> Iterator[Gateway]:
+    """`omnipush serve gateway` on a port of its own (the session `stack` may hold another)."""
+    own = settings.with_overrides(gateway_bind=f"127.0.0.1:{free_port()}")
+    service = Service(args=["serve", "gateway"], env=service_env(own)).start()
+    running = Gateway(settings=own, service=service)
+    try:
+        wait_http_ok(f"{running.url}/healthz")
+        _wait_until_subscribed(running)
+        yield running
+    finally:
+        service.stop()
+
+
+def _wait_until_subscribed(gateway: Gateway) -> None:
+    """Poll through the Redis message queue until the gateway delivers to a connected socket."""
+    settings = gateway.settings
+    app_id, user_id = "app_probe", f"probe-{uuid.uuid4().hex[:8]}"
+    emitter = socketio.RedisManager(
+        settings.redis_url, channel=socketio_channel(settings.queue_prefix), write_only=True
+    )
+    arrived = threading.Event()
+    client = socketio.Client(reconnection=False)
+    client.on("probe", lambda _data: arrived.set())
+    client.connect(
+        gateway.url,
+        auth={"token": token_for(settings, app_id, user_id)},
+        transports=["websocket"],
+        wait_timeout=TIMEOUT,
+    )
+    try:
+
+        def delivered() -> bool:
+            emitter.emit("probe", {}, room=user_room(app_id, user_id), namespace="/")
+            return arrived.wait(0.1)
+
+        wait_until(delivered, TIMEOUT, "the gateway's Redis subscription")
+    finally:
+        client.disconnect()
+
+
+# -- tokens, store rows, live emits -----------------------------------------------------------
+
+
+def token_for(settings: Settings, app_id: str, user_id: str, ttl: int = 300) -> str:
+    token, _expires = mint_browser_token(settings.secret_key, app_id, user_id, ttl)
+    return token
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A web delivery written into the store for a test."""
+
+    delivery_id: str
+    message_id: str
+    app_id: str
+    user_id: str
+    title: str
+
+
+def add_items(
+    runtime: Runtime,
+    app_id: str,
+    user_id: str,
+    count: int = 1,
+    *,
+    status: str = "sent",
+    channel: str = "web",
+    shuffle: bool = False,
+) -> list[Item]:
+    """`count` messages with one delivery each, dispatched as one batch; oldest first.
+
+    Like the dispatcher's, the deliveries share one `created_at`; the messages were created
+    one after the other, in delivery id order.
+    """
+    items = []
+    for index in range(count):
+        items.append(
+            Item(
+                delivery_id=new_id("dlv"),
+                message_id=new_id("msg"),
+                app_id=app_id,
+                user_id=user_id,
+                title=f"{status} {index} {uuid.uuid4().hex[:6]}",
+            )
+        )
+    items.sort(key=lambda item: item.delivery_id)
+    order = random.sample(items, len(items)) if shuffle else items
+    now = utcnow()
+    created = {
+        item.delivery_id: now - timedelta(milliseconds=count - n) for n, item in enumerate(items)
+    }
+    with runtime.sessions() as session, session.begin():
+        for item in order:
+            session.add(
+                Message(
+                    created_at=created[item.delivery_id],
+                    id=item.message_id,
+                    app_id=app_id,
+                    status="dispatched",
+                    recipients=[{"user_id": user_id}],
+                    channels=[channel],
+                    content={"title": item.title, "body": "hello", "url": None, "data": {"k": 1}},
+                    category="notification",
+                )
+            )
+            session.flush()
+            session.add(
+                Delivery(
+                    id=item.delivery_id,
+                    message_id=item.message_id,
+                    app_id=app_id,
+                    recipient=f"user:{user_id}",
+                    user_id=user_id,
+                    channel=channel,
+                    status=status,
+                    attempts=1,
+                    created_at=now,
+                    sent_at=now if status in ("sent", "delivered", "read") else None,
+                    delivered_at=now if status in ("delivered", "read") else None,
+                    read_at=now if status == "read" else None,
+                )
+            )
+    return items
+
+
+def add_many(runtime: Runtime, app_id: str, user_id: str, count: int) -> list[str]:
+    """`count` sent web deliveries in two bulk inserts; their delivery ids, oldest first."""
+    messages: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    for index in range(count):
+        message_id = new_id("msg")
+        messages.append(
+            {
+                "id": message_id,
+                "app_id": app_id,
+                "status": "dispatched",
+                "recipients": [{"user_id": user_id}],
+                "channels": ["web"],
+                "content": {"title": f"bulk {index}"},
+                "category": "notification",
+            }
+        )
+        deliveries.append(
+            {
+                "id": new_id("dlv"),
+                "message_id": message_id,
+                "app_id": app_id,
+                "recipient": f"user:{user_id}",
+                "user_id": user_id,
+                "channel": "web",
+                "status": "sent",
+            }
+        )
+    deliveries.sort(key=lambda d: d["id"])
+    by_message = {m["id"]: m for m in messages}
+    now = utcnow()
+    for n, delivery in enumerate(deliveries):
+        delivery["created_at"] = now
+        by_message[delivery["message_id"]]["created_at"] = now - timedelta(milliseconds=count - n)
+    with runtime.sessions() as session, session.begin():
+        session.execute(insert(Message), messages)
+        session.execute(insert(Delivery), deliveries)
+    return [d["id"] for d in deliveries]
+
+
+def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
+    """Publish `item` as the web worker does."""
+    with runtime.sessions() as session:
+        delivery = session.get(Delivery, item.delivery_id)
+        message = session.get(Message, item.message_id)
+        assert delivery is not None and message is not None
+    channel = WebChannel(ChannelContext(settings, runtime.redis))
+    result = channel.send(
+        OutboundDelivery(
+            delivery_id=delivery.id,
+            message_id=message.id,
+            app_id=delivery.app_id,
+            channel="web",
+            user_id=delivery.user_id,
+            address=None,
+            category=message.category,
+            content=message.content,
+            created_at=delivery.created_at,
+        )
+    )
+    assert result == Result.sent()
+
+
+def statuses(runtime: Runtime, items: list[Item]) -> dict[str, str]:
+    with runtime.sessions() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.status).where(
+                Delivery.id.in_([i.delivery_id for i in items])
+            )
+        ).all()
+    return {row.id: row.status for row in rows}
+
+
+def events_of(runtime: Runtime, item: Item) -> list[str]:
+    with runtime.sessions() as session:
+        return list(
+            session.scalars(
+                select(Event.stage).where(Event.delivery_id == item.delivery_id).order_by(Event.id)
+            )
+        )
+
+
+# -- a browser ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Browser:
+    """A python-socketio client that records what the gateway sends it, in order."""
+
+    url: str
+    client: socketio.Client = field(default_factory=lambda: socketio.Client(reconnection=False))
+    received: list[tuple[str, Any]] = field(default_factory=list)
+    connect_errors: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client.on("notification", lambda data: self.received.append(("notification", data)))
+        self.client.on("unread_count", lambda data: self.received.append(("unread_count", data)))
+        self.client.on("connect_error", lambda data=None: self.connect_errors.append(data))
+
+    def connect(self, token: str | None, *, via_query: bool = False, **options: Any) -> Browser:
+        url, auth = self.url, None
+        if token is not None and via_query:
+            url = f"{self.url}?token={token}"
+        elif token is not None:
+            auth = {"token": token}
+        options.setdefault("transports", ["websocket"])
+        self.client.connect(url, auth=auth, wait_timeout=TIMEOUT, **options)
+        return self
+
+    def notifications(self) -> list[dict[str, Any]]:
+        return [data for name, data in list(self.received) if name == "notification"]
+
+    def ids(self) -> list[str]:
+        return [n["id"] for n in self.notifications()]
+
+    def counts(self) -> list[int]:
+        return [data["count"] for name, data in list(self.received) if name == "unread_count"]
+
+    def wait(self, predicate: Callable[[Browser], Any], what: str) -> Any:
+        return wait_until(lambda: predicate(self), TIMEOUT, what)
+
+    def wait_count(self, count: int) -> None:
+        self.wait(lambda b: count in b.counts(), f"unread_count {count}")
+
+    def call(self, event: str, *data: Any) -> Any:
+        return self.client.call(event, *data, timeout=TIMEOUT)
+
+    def close(self) -> None:
+        if self.client.connected:
+            self.client.disconnect()
+
+
+@pytest.fixture
+def browsers(gateway: Gateway) -> Iterator[Callable[[], Browser]]:
+    """A factory of browsers, all disconnected at the end of the test."""
+    made: list[Browser] = []
+
+    def make() -> Browser:
+        browser = Browser(gateway.url)
+        made.append(browser)
+        return browser
+
+    yield make
+    for browser in made:
+        browser.close()
+
+
+# -- connect and auth --------------------------------------------------------------------------
+
+
+def _expired(settings: Settings, app_id: str) -> str:
+    past = utcnow() - timedelta(minutes=10)
+    claims = {"sub": "u", "app": app_id, "aud": AUDIENCE, "iat": past, "exp": past}
+    return jwt.encode(claims, settings.secret_key, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("case", "via_query"),
+    [
+        ("missing", False),
+        ("garbage", False),
+        ("expired", False),
+        ("wrong_secret", False),
+        ("garbage", True),
+        ("expired", True),
+    ],
+)
+def test_a_bad_token_is_refused_as_unauthorized(
+    case: str, via_query: bool, gateway: Gateway, tenant: NewApp, browsers: Any
+) -> None:
+    settings = gateway.settings
+    token = {
+        "missing": None,
+        "garbage": "not-a-jwt",
+        "expired": _expired(settings, tenant.app_id),
+        "wrong_secret": mint_browser_token("another-secret-" + "x" * 40, tenant.app_id, "u", 300)[
+            0
+        ],
+    }[case]
+    browser = browsers()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        browser.connect(token, via_query=via_query)
+    assert browser.connect_errors == [{"message": "unauthorized"}]
+    assert not browser.client.connected
+
+
+def test_a_token_in_the_query_string_connects(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    add_items(runtime, tenant.app_id, user, 2)
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user), via_query=True)
+    browser.wait_count(2)
+    assert len(browser.ids()) == 2
+
+
+def test_long_polling_works_too(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    [item] = add_items(runtime, tenant.app_id, user)
+    browser = browsers().connect(
+        token_for(gateway.settings, tenant.app_id, user), transports=["polling"]
+    )
+    browser.wait_count(1)
+    assert browser.ids() == [item.delivery_id]
+
+
+# -- replay, ack, read -------------------------------------------------------------------------
+
+
+def test_connect_replays_unacknowledged_oldest_first_then_the_unread_count(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    sent = add_items(runtime, tenant.app_id, user, 5, shuffle=True)
+    sending = add_items(runtime, tenant.app_id, user, 1, status="sending")
+    delivered = add_items(runtime, tenant.app_id, user, 2, status="delivered")
+    add_items(runtime, tenant.app_id, user, 1, status="read")
+    add_items(runtime, tenant.app_id, user, 1, status="pending")
+    add_items(runtime, tenant.app_id, user, 1, status="failed")
+    add_items(runtime, tenant.app_id, user, 1, channel="email")
+
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
+    browser.wait(lambda b: b.counts(), "unread_count")
+
+    expected = sorted(sent + sending, key=lambda i: i.delivery_id)
+    names = [name for name, _data in browser.received]
+    assert names == ["notification"] * len(expected) + ["unread_count"]
+    assert browser.ids() == [i.delivery_id for i in expected]
+    assert browser.counts() == [len(expected) + len(delivered)]
+
+    first = browser.notifications()[0]
+    with runtime.sessions() as session:
+        delivery = session.get(Delivery, expected[0].delivery_id)
+        message = session.get(Message, expected[0].message_id)
+        assert delivery is not None and message is not None
+    assert first == notification_payload(
+        delivery.id, message.id, message.content, message.category, delivery.created_at
+    )
+    assert set(first) == {
+        "id",
+        "message_id",
+        "title",
+        "body",
+        "url",
+        "data",
+        "category",
+        "created_at",
+    }
+
+
+def test_one_dispatch_batch_is_replayed_and_listed_in_message_order(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    # One batch: same delivery time, and delivery ids (random within a millisecond) that
+    # happen to sort against the order in which the messages were sent.
+    user = new_user()
+    items = add_items(runtime, tenant.app_id, user, 3)
+    base = utcnow()
+    with runtime.sessions() as session, session.begin():
+        for age, item in enumerate(items):
+            message = session.get(Message, item.message_id)
+            assert message is not None
+            message.created_at = base - timedelta(seconds=age)
+    oldest_first = [i.delivery_id for i in reversed(items)]
+
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
+    browser.wait_count(3)
+    assert browser.ids() == oldest_first
+
+    headers = _auth(gateway, tenant.app_id, user)
+    listed = httpx.get(f"{gateway.url}/v1/inbox", headers=headers).json()["items"]
+    assert [i["id"] for i in listed] == oldest_first[::-1]
+
+
+def test_acknowledged_items_are_not_replayed_again(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    items = add_items(runtime, tenant.app_id, user, 3)
+    token = token_for(gateway.settings, tenant.app_id, user)
+
+    first = browsers().connect(token)
+    first.wait_count(3)
+    answer = first.call("ack", {"ids": first.ids()})
+    assert answer == {"ok": True, "updated": 3}
+    assert set(statuses(runtime, items).values()) == {"delivered"}
+    assert events_of(runtime, items[0]) == ["delivered"]
+    with runtime.sessions() as session:
+        delivery = session.get(Delivery, items[0].delivery_id)
+        assert delivery is not None and delivery.delivered_at is not None
+    # Acknowledging again changes nothing and writes no second event.
+    assert first.call("ack", {"ids": first.ids()}) == {"ok": True, "updated": 0}
+    assert events_of(runtime, items[0]) == ["delivered"]
+    first.close()
+
+    again = browsers().connect(token)
+    again.wait(lambda b: b.counts(), "unread_count")
+    assert again.notifications() == []
+    assert again.counts() == [3]  # delivered is still unread
+
+    # Reading keeps the time it was delivered.
+    assert again.call("read", {"ids": [items[0].delivery_id]})["updated"] == 1
+    with runtime.sessions() as session:
+        read = session.get(Delivery, items[0].delivery_id)
+        assert read is not None and read.status == "read"
+        assert read.delivered_at == delivery.delivered_at
+        assert read.read_at is not None and read.read_at >= read.delivered_at
+
+
+def test_the_replay_is_bounded_and_the_rest_follows_once_acknowledged(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    from ws_gateway.inbox import REPLAY_LIMIT
+
+    user = new_user()
+    items = add_many(runtime, tenant.app_id, user, REPLAY_LIMIT + 1)
+    token = token_for(gateway.settings, tenant.app_id, user)
+    first = browsers().connect(token)
+    first.wait(lambda b: b.counts(), "unread_count")
+    assert first.ids() == items[:REPLAY_LIMIT]
+    assert first.counts() == [REPLAY_LIMIT + 1]
+    for start in range(0, REPLAY_LIMIT, 250):
+        assert first.call("ack", {"ids": first.ids()[start : start + 250]})["updated"] == 250
+    first.close()
+
+    second = browsers().connect(token)
+    second.wait(lambda b: b.counts(), "unread_count")
+    assert second.ids() == items[REPLAY_LIMIT:]
+
+
+def test_read_pushes_the_unread_count_to_every_socket_of_the_user(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    items = add_items(runtime, tenant.app_id, user, 3)
+    token = token_for(gateway.settings, tenant.app_id, user)
+    tab1 = browsers().connect(token)
+    tab2 = browsers().connect(token)
+    tab1.wait_count(3)
+    tab2.wait_count(3)
+
+    answer = tab1.call("read", {"ids": [items[0].delivery_id]})
+    assert answer == {"ok": True, "updated": 1, "unread_count": 2}
+    tab1.wait_count(2)
+    tab2.wait_count(2)
+    assert statuses(runtime, items)[items[0].delivery_id] == "read"
+    with runtime.sessions() as session:
+        delivery = session.get(Delivery, items[0].delivery_id)
+        assert delivery is not None
+        assert delivery.read_at is not None and delivery.delivered_at is not None
+    assert events_of(runtime, items[0]) == ["read"]
+
+    assert tab2.call("read", {"all": True}) == {"ok": True, "updated": 2, "unread_count": 0}
+    tab1.wait_count(0)
+    tab2.wait_count(0)
+    assert set(statuses(runtime, items).values()) == {"read"}
+
+
+def test_live_notifications_reach_the_connected_user(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
+    browser.wait_count(0)
+    [item] = add_items(runtime, tenant.app_id, user)
+    emit_live(runtime, gateway.settings, item)
+    browser.wait(lambda b: item.delivery_id in b.ids(), "the live notification")
+    [live] = browser.notifications()
+    assert live["title"] == item.title
+    assert live["message_id"] == item.message_id
+    assert browser.call("ack", {"ids": [item.delivery_id]}) == {"ok": True, "updated": 1}
+    # The ack pushes the count: the new item is unread.
+    browser.wait_count(1)
+
+
+def test_one_user_never_sees_or_touches_another_users_or_apps_items(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    from producer_api.api_keys import create_app_with_key
+
+    with runtime.sessions() as session, session.begin():
+        other_app = create_app_with_key(session, f"other-{uuid.uuid4().hex[:6]}")
+    user_a, user_b = new_user(), new_user()
+    mine = add_items(runtime, tenant.app_id, user_a, 2)
+    other_user = add_items(runtime, tenant.app_id, user_b, 2)
+    # The same user id in another app is another person.
+    other_app_items = add_items(runtime, other_app.app_id, user_a, 2)
+    foreign = other_user + other_app_items
+
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user_a))
+    browser.wait_count(2)
+    assert browser.ids() == [i.delivery_id for i in mine]
+
+    # Live: the foreign items are published first; once ours arrives, theirs would have too.
+    for item in foreign:
+        emit_live(runtime, gateway.settings, item)
+    [live] = add_items(runtime, tenant.app_id, user_a)
+    emit_live(runtime, gateway.settings, live)
+    browser.wait(lambda b: live.delivery_id in b.ids(), "our own live notification")
+    assert not {i.delivery_id for i in foreign} & set(browser.ids())
+
+    foreign_ids = [i.delivery_id for i in foreign]
+    assert browser.call("ack", {"ids": foreign_ids}) == {"ok": True, "updated": 0}
+    answer = browser.call("read", {"ids": foreign_ids})
+    assert answer == {"ok": True, "updated": 0, "unread_count": 3}
+    assert browser.call("read", {"all": True})["updated"] == 3
+    assert set(statuses(runtime, foreign).values()) == {"sent"}
+    assert all(events_of(runtime, item) == [] for item in foreign)
+
+    headers = {"Authorization": f"Bearer {token_for(gateway.settings, tenant.app_id, user_a)}"}
+    listed = httpx.get(f"{gateway.url}/v1/inbox", headers=headers).json()["items"]
+    assert {i["id"] for i in listed} == {i.delivery_id for i in [*mine, live]}
+
+
+@pytest.mark.parametrize(
+    ("event", "args"),
+    [
+        ("ack", ()),
+        ("ack", ("nope",)),
+        ("ack", ({"ids": "dlv_x"},)),
+        ("ack", ({"ids": [1, 2]},)),
+        ("ack", ({"ids": ["dlv_x"] * 1001},)),
+        ("ack", ({"ids": ["x" * 41]},)),
+        ("ack", ({"ids": [], "extra": True},)),
+        ("ack", ({"all": True},)),
+        ("read", ({},)),
+        ("read", ({"all": False},)),
+        ("read", ({"ids": ["dlv_x"], "all": True},)),
+        ("read", ([1, 2, 3],)),
+        ("read", ({"ids": [None]},)),
+    ],
+)
+def test_bad_event_payloads_get_an_error_ack_and_the_socket_lives_on(
+    event: str, args: tuple[Any, ...], gateway: Gateway, tenant: NewApp, browsers: Any
+) -> None:
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, new_user()))
+    answer = browser.client.call(event, *args, timeout=TIMEOUT) if args else browser.call(event)
+    assert answer["ok"] is False and answer["error"] == "invalid"
+    assert browser.call("ack", {"ids": [new_id("dlv")] * 1000}) == {"ok": True, "updated": 0}
+
+
+def test_sending_several_arguments_is_invalid_too(
+    gateway: Gateway, tenant: NewApp, browsers: Any
+) -> None:
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, new_user()))
+    answer = browser.call("read", ({"ids": []}, {"ids": []}))
+    assert answer["ok"] is False
+    assert browser.client.connected
+
+
+# -- inbox REST --------------------------------------------------------------------------------
+
+
+def _auth(gateway: Gateway, app_id: str, user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(gateway.settings, app_id, user_id)}"}
+
+
+def test_inbox_lists_newest_first_with_unread_filter_and_pages(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp
+) -> None:
+    user = new_user()
+    read = add_items(runtime, tenant.app_id, user, 2, status="read")
+    unread = add_items(runtime, tenant.app_id, user, 3, status="sent")
+    add_items(runtime, tenant.app_id, user, 1, status="pending")  # not shown: not sent yet
+    headers = _auth(gateway, tenant.app_id, user)
+    newest_first = sorted(read + unread, key=lambda i: i.delivery_id, reverse=True)
+
+    response = httpx.get(f"{gateway.url}/v1/inbox", headers=headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert [i["id"] for i in body["items"]] == [i.delivery_id for i in newest_first]
+    assert body["next_before"] is None
+    first = body["items"][0]
+    assert {"id", "message_id", "title", "body", "url", "data", "category", "created_at"} <= set(
+        first
+    )
+    assert {i["status"] for i in body["items"]} == {"read", "sent"}
+    assert all(i["read"] == (i["status"] == "read") for i in body["items"])
+
+    only_unread = httpx.get(f"{gateway.url}/v1/inbox?unread=1", headers=headers).json()
+    assert [i["id"] for i in only_unread["items"]] == [
+        i.delivery_id for i in sorted(unread, key=lambda i: i.delivery_id, reverse=True)
+    ]
+
+    seen: list[str] = []
+    before: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"before": before} if before else {})}
+        page = httpx.get(f"{gateway.url}/v1/inbox", headers=headers, params=params).json()
+        assert len(page["items"]) <= 2
+        seen += [i["id"] for i in page["items"]]
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == [i.delivery_id for i in newest_first]
+
+
+def test_inbox_read_and_unread_count(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    items = add_items(runtime, tenant.app_id, user, 4)
+    headers = _auth(gateway, tenant.app_id, user)
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
+    browser.wait_count(4)
+
+    count = httpx.get(f"{gateway.url}/v1/inbox/unread-count", headers=headers)
+    assert count.status_code == 200 and count.json() == {"count": 4}
+
+    response = httpx.post(
+        f"{gateway.url}/v1/inbox/read", headers=headers, json={"ids": [items[1].delivery_id]}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"updated": 1, "unread_count": 3}
+    browser.wait_count(3)  # REST reads reach the sockets too
+    assert events_of(runtime, items[1]) == ["read"]
+
+    response = httpx.post(f"{gateway.url}/v1/inbox/read", headers=headers, json={"all": True})
+    assert response.json() == {"updated": 3, "unread_count": 0}
+    browser.wait_count(0)
+    assert httpx.get(f"{gateway.url}/v1/inbox/unread-count", headers=headers).json() == {"count": 0}
+    assert set(statuses(runtime, items).values()) == {"read"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/inbox"), ("GET", "/v1/inbox/unread-count"), ("POST", "/v1/inbox/read")],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer garbage", "Basic abc"])
+def test_inbox_needs_a_browser_token(
+    method: str, path: str, authorization: str | None, gateway: Gateway
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.request(method, gateway.url + path, headers=headers, json={"all": True})
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["status"] == 401
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=abc", "limit"),
+        ("unread=maybe", "unread"),
+        ("before=" + "x" * 41, "before"),
+        ("colour=blue", "colour"),
+    ],
+)
+def test_inbox_rejects_bad_query_parameters(
+    query: str, field: str, gateway: Gateway, tenant: NewApp
+) -> None:
+    response = httpx.get(
+        f"{gateway.url}/v1/inbox?{query}", headers=_auth(gateway, tenant.app_id, new_user())
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert field in response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"ids": "x"}, {"ids": [1]}, {"all": False}, {"ids": ["a"] * 1001}, {"x": 1}, [1]],
+)
+def test_inbox_read_rejects_bad_bodies(body: Any, gateway: Gateway, tenant: NewApp) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/inbox/read",
+        headers=_auth(gateway, tenant.app_id, new_user()),
+        json=body,
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"]
+
+
+def test_inbox_answers_cross_origin_preflights(gateway: Gateway) -> None:
+    response = httpx.options(
+        f"{gateway.url}/v1/inbox",
+        headers={
+            "Origin": "http://shop.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in response.headers["access-control-allow-headers"]
+
+
+def test_inbox_read_needs_a_json_body(gateway: Gateway, tenant: NewApp) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/inbox/read",
+        headers=_auth(gateway, tenant.app_id, new_user()),
+        content=b"not json",
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- demo page, health, metrics ----------------------------------------------------------------
+
+
+def test_demo_page_with_a_token(gateway: Gateway, tenant: NewApp) -> None:
+    user = new_user()
+    token = token_for(gateway.settings, tenant.app_id, user)
+    response = httpx.get(f"{gateway.url}/demo", params={"token": token})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    page = response.text
+    assert 'src="/static/socket.io.min.js"' in page
+    assert 'src="/static/demo.js"' in page
+    assert f'data-token="{token}"' in page
+    assert user in page
+    script = httpx.get(f"{gateway.url}/static/demo.js")
+    assert script.status_code == 200
+    assert '"ack"' in script.text and '"read"' in script.text
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage"])
+def test_demo_page_without_a_valid_token_is_401(token: str | None, gateway: Gateway) -> None:
+    params = {"token": token} if token is not None else {}
+    response = httpx.get(f"{gateway.url}/demo", params=params)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("text/html")
+    assert "401 Unauthorized" in response.text
+    assert "socket.io.min.js" not in response.text
+
+
+def test_health_readiness_and_metrics(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "redis": "ok"}
+    metrics = httpx.get(f"{gateway.url}/metrics")
+    assert metrics.status_code == 200
+    assert "omnipush_gateway_connects_total" in metrics.text
+    assert "omnipush_gateway_connected_sockets" in metrics.text
+
+
+def test_the_gateway_runs_on_gevent_with_a_cooperative_store(gateway: Gateway) -> None:
+    gateway.service.wait_for_log("gateway.ready")
+    [line] = [line for line in gateway.service.lines if "gateway.ready" in line]
+    ready = json.loads(line)
+    assert ready["async_mode"] == "gevent"
+    assert ready["cooperative_store"] is True
+    assert "MonkeyPatchWarning" not in gateway.service.output()
+
+
+# -- the app factory in process ----------------------------------------------------------------
+
+
+def test_create_app_in_process_uses_threading_and_connects_nothing(
+    runtime: Runtime, tenant: NewApp
+) -> None:
+    from ws_gateway.app import create_app, socketio_of
+
+    app = create_app(runtime=runtime)
+    socketio_server = socketio_of(app).server
+    assert socketio_of(app).async_mode == "threading"
+    assert not socketio_server.manager_initialized  # no Redis listener until a client connects
+    client = app.test_client()
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/v1/inbox").status_code == 401
+    user = new_user()
+    add_items(runtime, tenant.app_id, user, 2)
+    token = token_for(runtime.settings, tenant.app_id, user)
+    response = client.get("/v1/inbox/unread-count", headers={"Authorization": f"Bearer {token}"})
+    assert response.json == {"count": 2}

@@ -1,0 +1,104 @@
+"""The gateway's app factory: Flask plus Flask-SocketIO over the shared Redis message queue.
+
+`create_app` builds everything from explicit dependencies and starts nothing: no connection,
+thread or greenlet exists until the app serves. The code uses no async library directly;
+Socket.IO picks its async mode from the process (gevent when gevent has monkey-patched it, as
+gunicorn's gevent worker does, threading otherwise) and its helpers do the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from shared.flask_runtime import EXTENSION
+from shared.health import health_blueprint
+from shared.notifications import socketio_channel
+from shared.problems import install_problem_handlers
+from shared.runtime import Runtime
+from shared.settings import Settings
+from ws_gateway import demo, rest
+from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
+
+#: Largest REST body (1000 ids fit in about 45 KiB).
+MAX_BODY_BYTES = 128 * 1024
+#: Largest Socket.IO message a browser may send.
+MAX_SOCKET_MESSAGE_BYTES = 128 * 1024
+
+
+def detect_async_mode() -> str:
+    """`gevent` when gevent has monkey-patched this process, else `threading`.
+
+    python-engineio's own detection picks gevent whenever it is importable, and its Redis
+    manager then refuses to run in a process whose sockets are not patched (tests, scripts).
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        return "gevent"
+    return "threading"
+
+
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    *,
+    async_mode: str | None = None,
+) -> Flask:
+    """Build the gateway for `runtime` (default: one built from `settings` or the environment)."""
+    if runtime is None:
+        runtime = Runtime.build(settings or Settings.from_env())
+    settings = runtime.settings
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    app.extensions[EXTENSION] = runtime
+    install_problem_handlers(app)
+
+    socketio = SocketIO()
+    manager = ConnectAwareRedisManager(
+        settings.redis_url, channel=socketio_channel(settings.queue_prefix)
+    )
+    InboxSockets(socketio, runtime).register(manager)
+    socketio.init_app(
+        app,
+        async_mode=async_mode or detect_async_mode(),
+        client_manager=manager,
+        # A token in the handshake, never a cookie, authorizes a socket: any origin may connect.
+        cors_allowed_origins="*",
+        manage_session=False,
+        max_http_buffer_size=MAX_SOCKET_MESSAGE_BYTES,
+        logger=False,
+        engineio_logger=False,
+    )
+
+    app.register_blueprint(health_blueprint(("store", "redis")))
+    app.register_blueprint(rest.blp)
+    app.register_blueprint(demo.blp)
+    return app
+
+
+def socketio_of(app: Flask) -> SocketIO:
+    """The `SocketIO` bound to a gateway app."""
+    socketio: SocketIO = app.extensions["socketio"]
+    return socketio
+
+
+def disconnect_all(app: Flask) -> None:
+    """Close every client's transport, as a stopping process does; browsers reconnect elsewhere.
+
+    This is an Engine.IO close, not a Socket.IO DISCONNECT, so clients reconnect by themselves.
+    """
+    socketio_of(app).server.eio.disconnect()
+
+
+def start_message_queue(app: Flask) -> None:
+    """Subscribe to the Socket.IO message queue now instead of at the first connection.
+
+    python-socketio starts listening when the first client connects; a served gateway starts at
+    once so that no notification published in between is lost for a socket already connected.
+    """
+    server = socketio_of(app).server
+    if not server.manager_initialized:
+        server.manager_initialized = True
+        server.manager.initialize()

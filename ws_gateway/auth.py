@@ -1,0 +1,44 @@
+"""Where a browser's token comes from: Socket.IO `auth`, `?token=`, or `Authorization: Bearer`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from shared.tokens import BrowserIdentity, InvalidToken, verify_browser_token
+
+#: A JWT is far shorter; anything longer is refused before it is parsed.
+MAX_TOKEN_LENGTH = 4096
+
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "BrowserIdentity",
+    "InvalidToken",
+    "bearer_token",
+    "identify",
+    "socket_token",
+]
+
+
+def socket_token(auth: Any, query: Mapping[str, str]) -> str | None:
+    """The token a Socket.IO client sent: `auth={"token": ...}` first, else `?token=`."""
+    if isinstance(auth, Mapping):
+        token = auth.get("token")
+        if isinstance(token, str) and token:
+            return token
+    return query.get("token") or None
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def identify(secret: str, token: str | None) -> BrowserIdentity:
+    """The (app, user) a token speaks for; `InvalidToken` when missing, bad or expired."""
+    if token is not None and len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("token too long")
+    return verify_browser_token(secret, token)

@@ -1,0 +1,198 @@
+"""The inbox in the store: one user's web deliveries, replayed, counted, acknowledged and read.
+
+Every function takes the caller's session and identity and touches only that (app, user)'s web
+deliveries; each status change writes its trace event in the same transaction. Status changes
+are single conditional UPDATEs, so concurrent acks, reads and sockets never race each other
+into a wrong state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, literal, select, update
+from sqlalchemy.orm import Session
+
+from shared.ids import utcnow
+from shared.models import Delivery, Message, UTCDateTime
+from shared.notifications import UNACKNOWLEDGED, UNREAD, notification_payload
+from shared.tokens import BrowserIdentity
+from shared.trace import event_row, record_events
+
+WEB = "web"
+#: Web deliveries that reached the browser side and belong in the inbox listing.
+INBOX_STATUSES = (*UNREAD, "read")
+#: The most notifications one connect replays; the rest follow on a later connect once acked.
+REPLAY_LIMIT = 500
+#: Default and largest page of `GET /v1/inbox`.
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+#: The most ids one ack/read may name.
+MAX_IDS = 1000
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    """One page of the inbox, newest first, and the cursor of the next page (None at the end)."""
+
+    items: list[dict[str, Any]]
+    next_before: str | None
+
+
+def _mine(identity: BrowserIdentity) -> list[ColumnElement[bool]]:
+    return [
+        Delivery.app_id == identity.app_id,
+        Delivery.user_id == identity.user_id,
+        Delivery.channel == WEB,
+    ]
+
+
+def _payload(row: Any) -> dict[str, Any]:
+    return notification_payload(
+        row.id, row.message_id, row.content or {}, row.category, row.created_at
+    )
+
+
+def _age(row: Any) -> tuple[datetime, datetime, str]:
+    # Delivery ids sort by millisecond only, and one dispatch batch creates its deliveries in
+    # the same millisecond with one timestamp; the message's own time orders those.
+    return (row.created_at, row.message_created_at, row.id)
+
+
+def unacknowledged(
+    session: Session, identity: BrowserIdentity, limit: int = REPLAY_LIMIT
+) -> list[dict[str, Any]]:
+    """The user's notifications not acknowledged yet, oldest first, as `notification` payloads.
+
+    The index picks the oldest `limit` by delivery id; those are then put in exact order.
+    """
+    rows = session.execute(
+        select(
+            Delivery.id,
+            Delivery.message_id,
+            Delivery.created_at,
+            Message.created_at.label("message_created_at"),
+            Message.content,
+            Message.category,
+        )
+        .join(Message, Message.id == Delivery.message_id)
+        .where(*_mine(identity), Delivery.status.in_(UNACKNOWLEDGED))
+        .order_by(Delivery.id)
+        .limit(limit)
+    ).all()
+    return [_payload(row) for row in sorted(rows, key=_age)]
+
+
+def unread_count(session: Session, identity: BrowserIdentity) -> int:
+    """How many of the user's web deliveries are unread."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Delivery)
+        .where(*_mine(identity), Delivery.status.in_(UNREAD))
+    )
+    return int(count or 0)
+
+
+def acknowledge(session: Session, identity: BrowserIdentity, ids: Sequence[str]) -> list[str]:
+    """Mark the named unacknowledged deliveries `delivered`; the ids that changed."""
+    if not ids:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        update(Delivery)
+        .where(
+            *_mine(identity),
+            Delivery.id.in_(list(ids)),
+            Delivery.status.in_(UNACKNOWLEDGED),
+        )
+        .values(status="delivered", delivered_at=now, updated_at=now)
+        .returning(Delivery.id, Delivery.message_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    record_events(session, (event_row(r.message_id, "delivered", r.id, via="socket") for r in rows))
+    return [r.id for r in rows]
+
+
+def mark_read(
+    session: Session, identity: BrowserIdentity, ids: Sequence[str] | None, via: str
+) -> list[str]:
+    """Mark the named unread deliveries (all of them when `ids` is None) `read`."""
+    if ids is not None and not ids:
+        return []
+    now = utcnow()
+    conditions = [*_mine(identity), Delivery.status.in_(UNREAD)]
+    if ids is not None:
+        conditions.append(Delivery.id.in_(list(ids)))
+    rows = session.execute(
+        update(Delivery)
+        .where(*conditions)
+        .values(
+            status="read",
+            read_at=now,
+            updated_at=now,
+            delivered_at=func.coalesce(Delivery.delivered_at, literal(now, UTCDateTime())),
+        )
+        .returning(Delivery.id, Delivery.message_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    record_events(session, (event_row(r.message_id, "read", r.id, via=via) for r in rows))
+    return [r.id for r in rows]
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def page(
+    session: Session,
+    identity: BrowserIdentity,
+    *,
+    unread_only: bool = False,
+    limit: int = DEFAULT_PAGE,
+    before: str | None = None,
+) -> InboxPage:
+    """The user's inbox newest first; `before` (a delivery id) continues after a page.
+
+    Pages follow delivery ids (the index); items within a page are in exact time order.
+    """
+    conditions = [
+        *_mine(identity),
+        Delivery.status.in_(UNREAD if unread_only else INBOX_STATUSES),
+    ]
+    if before is not None:
+        conditions.append(Delivery.id < before)
+    rows = session.execute(
+        select(
+            Delivery.id,
+            Delivery.message_id,
+            Delivery.created_at,
+            Delivery.status,
+            Delivery.delivered_at,
+            Delivery.read_at,
+            Message.created_at.label("message_created_at"),
+            Message.content,
+            Message.category,
+        )
+        .join(Message, Message.id == Delivery.message_id)
+        .where(*conditions)
+        .order_by(Delivery.id.desc())
+        .limit(limit + 1)
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_before = rows[-1].id if more and rows else None
+    rows = sorted(rows, key=_age, reverse=True)
+    items = [
+        {
+            **_payload(row),
+            "status": row.status,
+            "read": row.status == "read",
+            "delivered_at": _timestamp(row.delivered_at),
+            "read_at": _timestamp(row.read_at),
+        }
+        for row in rows
+    ]
+    return InboxPage(items=items, next_before=next_before)

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the gateway process (exposed on `GET /metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+CONNECTED_SOCKETS = Gauge(
+    "omnipush_gateway_connected_sockets", "Socket.IO clients connected to this process."
+)
+CONNECTS = Counter(
+    "omnipush_gateway_connects_total", "Socket.IO connection attempts by outcome.", ["outcome"]
+)
+REPLAYED = Counter(
+    "omnipush_gateway_replayed_total", "Unacknowledged notifications replayed on connect."
+)
+ACKNOWLEDGED = Counter(
+    "omnipush_gateway_acknowledged_total", "Web deliveries marked delivered by a browser ack."
+)
+READ = Counter("omnipush_gateway_read_total", "Web deliveries marked read, by route.", ["via"])
+REJECTED_EVENTS = Counter(
+    "omnipush_gateway_rejected_events_total", "Socket.IO events refused as invalid.", ["event"]
+)

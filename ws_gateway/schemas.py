@@ -1,0 +1,47 @@
+"""marshmallow schemas of what browsers send: socket `ack`/`read` bodies and inbox REST input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from ws_gateway.inbox import MAX_IDS, MAX_PAGE
+
+#: Delivery ids are `dlv_` plus 26 characters; the column holds at most 40.
+_delivery_id = fields.String(validate=validate.Length(min=1, max=40))
+
+
+class StrictSchema(Schema):
+    """Rejects unknown fields, as the contract requires."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class AckSchema(StrictSchema):
+    """Socket `ack`: `{"ids": [...]}`, up to 1000 delivery ids."""
+
+    ids = fields.List(_delivery_id, required=True, validate=validate.Length(max=MAX_IDS))
+
+
+class ReadSchema(StrictSchema):
+    """Socket `read` and `POST /v1/inbox/read`: `{"ids": [...]}` or `{"all": true}`."""
+
+    ids = fields.List(_delivery_id, validate=validate.Length(max=MAX_IDS))
+    all = fields.Boolean()
+
+    @validates_schema
+    def ids_or_all(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if "ids" in data and data.get("all"):
+            raise ValidationError("Send either ids or all, not both.", field_name="_body")
+        if "ids" not in data and data.get("all") is not True:
+            raise ValidationError('Send "ids": [...] or "all": true.', field_name="_body")
+
+
+class InboxQuerySchema(StrictSchema):
+    """`GET /v1/inbox` query: `unread`, `limit` (1 to 200) and the `before` cursor."""
+
+    unread = fields.Boolean(load_default=False)
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_PAGE))
+    before = fields.String(load_default=None, validate=validate.Length(min=1, max=40))
