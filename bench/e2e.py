@@ -21,15 +21,16 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import httpx
 import socketio
 
 from bench import cpu
 from bench.baseline import run_baseline
+from bench.load import post_messages
 from producer_api.api_keys import create_app_with_key
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
@@ -63,31 +64,34 @@ class Receiver:
             client.disconnect()
 
 
-def post(client: httpx.Client, users: list[str], title: str) -> tuple[str, float]:
-    sent_at = time.monotonic()
-    response = client.post(
-        "/v1/messages",
-        json={
-            "to": [{"user_id": u} for u in users],
-            "channels": ["web"],
-            "content": {"title": title},
-        },
-    )
-    response.raise_for_status()
-    return response.json()["id"], sent_at
+class Load:
+    """Runs the load generator in its own process and remembers that process for CPU counts."""
+
+    def __init__(self, stack: Stack, api_key: str) -> None:
+        self.stack = stack
+        self.api_key = api_key
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+        self.pid = self.pool.submit(os.getpid).result()
+
+    def post(
+        self, recipients: list[list[str]], rate: float | None, threads: int
+    ) -> list[tuple[str, float]]:
+        _pid, sent = self.pool.submit(
+            post_messages, self.stack.api_url, self.api_key, recipients, rate, threads
+        ).result()
+        return sent
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
-def throughput(
-    stack: Stack, key: str, receiver: Receiver, users: list[str], messages: int
-) -> dict[str, float]:
+def throughput(load: Load, receiver: Receiver, users: list[str], messages: int) -> dict[str, Any]:
     expected = receiver.count + messages * len(users)
-    with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}) as client:
-        started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda n: post(client, users, f"t{n}"), range(messages)))
-        posted = time.monotonic() - started
-        wait_until(lambda: receiver.count >= expected, 300, "every delivery", interval=0.01)
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    load.post([users] * messages, rate=None, threads=8)
+    posted = time.monotonic() - started
+    wait_until(lambda: receiver.count >= expected, 300, "every delivery", interval=0.01)
+    elapsed = time.monotonic() - started
     deliveries = messages * len(users)
     return {
         "messages": messages,
@@ -100,28 +104,14 @@ def throughput(
 
 
 def latency(
-    stack: Stack, key: str, receiver: Receiver, users: list[str], rate: float, seconds: float
-) -> dict[str, float]:
+    load: Load, receiver: Receiver, users: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
     total = int(rate * seconds)
-    sent: dict[str, float] = {}
-    lock = threading.Lock()
-    with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}) as client:
-
-        def one(n: int) -> None:
-            message_id, sent_at = post(client, [users[n % len(users)]], f"l{n}")
-            with lock:
-                sent[message_id] = sent_at
-
-        started = time.monotonic()
-        with ThreadPoolExecutor(16) as pool:
-            for n in range(total):
-                delay = started + n / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # pacing the load generator, not waiting for a result
-                pool.submit(one, n)
-        achieved = total / (time.monotonic() - started)
-        wait_until(lambda: all(m in receiver.arrivals for m in sent), 120, "every latency sample")
-    samples = sorted((receiver.arrivals[m] - t) * 1000 for m, t in sent.items())
+    started = time.monotonic()
+    sent = load.post([[users[n % len(users)]] for n in range(total)], rate=rate, threads=16)
+    achieved = total / (time.monotonic() - started)
+    wait_until(lambda: all(m in receiver.arrivals for m, _t in sent), 120, "every sample")
+    samples = sorted((receiver.arrivals[m] - t) * 1000 for m, t in sent)
     return {
         "target_rate": rate,
         "achieved_rate": round(achieved, 1),
@@ -132,10 +122,11 @@ def latency(
     }
 
 
-def cpu_snapshot(stack: Stack) -> dict[str, float]:
+def cpu_snapshot(stack: Stack, load: Load) -> dict[str, float]:
     roots = {name: s.process.pid for name, s in stack.services.items() if s.process is not None}
+    roots["bench load generator"] = load.pid
     infrastructure = {"postgresql": "postgres", "rabbitmq": "beam.smp", "redis": "redis-server"}
-    return cpu.snapshot(roots, infrastructure, alone={"bench clients": os.getpid()})
+    return cpu.snapshot(roots, infrastructure, alone={"bench receivers": os.getpid()})
 
 
 def main() -> int:
@@ -157,15 +148,17 @@ def main() -> int:
                 tenant = create_app_with_key(session, "bench")
             users = [f"bench-{n}" for n in range(args.users)]
             receiver = Receiver(stack.gateway_url, settings.secret_key, tenant.app_id, users)
+            load = Load(stack, tenant.api_key)
             try:
-                throughput(stack, tenant.api_key, receiver, users, 20)  # warm-up
-                before = cpu_snapshot(stack)
-                fan_out = throughput(stack, tenant.api_key, receiver, users, args.messages)
-                fan_out["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack))  # type: ignore[assignment]
-                before = cpu_snapshot(stack)
-                paced = latency(stack, tenant.api_key, receiver, users, args.rate, args.seconds)
-                paced["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack))  # type: ignore[assignment]
+                throughput(load, receiver, users, 20)  # warm-up
+                before = cpu_snapshot(stack, load)
+                fan_out = throughput(load, receiver, users, args.messages)
+                fan_out["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
+                before = cpu_snapshot(stack, load)
+                paced = latency(load, receiver, users, args.rate, args.seconds)
+                paced["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
             finally:
+                load.close()
                 receiver.close()
         finally:
             stack.stop_all()

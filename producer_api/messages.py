@@ -63,8 +63,8 @@ def _columns(message: Message) -> dict[str, Any]:
 
 @blp.route("")
 class Messages(MethodView):
-    @blp.arguments(MessageCreateSchema)
-    @blp.response(202, MessageAcceptedSchema)
+    @blp.arguments(MessageCreateSchema())
+    @blp.response(202, MessageAcceptedSchema())
     @blp.alt_response(401, description="Missing or unknown API key")
     @blp.alt_response(413, description="Body over 256 KiB")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -78,7 +78,7 @@ class Messages(MethodView):
 
 @blp.route("/<string:message_id>", endpoint="message")
 class MessageResource(MethodView):
-    @blp.response(200, MessageSchema)
+    @blp.response(200, MessageSchema())
     @blp.alt_response(404, description="No such message for this app")
     def get(self, message_id: str) -> dict[str, Any]:
         """The message, its deliveries and its timeline of events."""

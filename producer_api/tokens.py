@@ -17,8 +17,8 @@ blp = Blueprint("tokens", __name__, url_prefix="/v1/users", description="Browser
 
 @blp.route("/<string:user_id>/tokens")
 class Tokens(MethodView):
-    @blp.arguments(TokenRequestSchema, required=False)
-    @blp.response(201, TokenSchema)
+    @blp.arguments(TokenRequestSchema(), required=False)
+    @blp.response(201, TokenSchema())
     def post(self, body: dict[str, Any], user_id: str) -> dict[str, Any]:
         """Mint a token that lets one browser read this user's inbox."""
         settings = runtime_of().settings

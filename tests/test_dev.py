@@ -1,0 +1,65 @@
+"""`make run`'s preparation step: dependencies checked, demo app kept, Procfile and URLs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from channels.registry import channel_names
+from omnipush.dev import procfile
+from shared.settings import Settings
+from tests.conftest import service_env
+
+
+def prepare(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "omnipush", "dev", "prepare"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_prepare_prints_the_urls_a_demo_key_and_link_and_keeps_the_demo_app(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = prepare(service_env(settings), tmp_path)
+    assert first.returncode == 0, first.stderr
+    saved = json.loads((tmp_path / "var" / "demo-app.json").read_text())
+    assert saved["api_key"] in first.stdout
+    assert f"http://{settings.api_bind}" in first.stdout
+    assert f"http://{settings.gateway_bind}/demo?token=" in first.stdout
+    assert (tmp_path / "var" / "Procfile").read_text() == procfile(channel_names())
+
+    again = prepare(service_env(settings), tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "var" / "demo-app.json").read_text()) == saved
+
+
+def test_prepare_names_a_missing_broker_and_redis_and_how_to_start_them(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIPUSH_")}
+    env["OMNIPUSH_AMQP_URL"] = "amqp://guest:guest@127.0.0.1:1/%2F"
+    env["OMNIPUSH_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    result = prepare(env, tmp_path)
+    assert result.returncode == 1
+    assert "RabbitMQ: start it with `rabbitmq-server -detached`" in result.stderr
+    assert "Redis: start it with `redis-server" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "Procfile").exists()
+
+
+def test_the_procfile_runs_every_service_with_a_worker_per_channel() -> None:
+    lines = procfile(("web", "email")).splitlines()
+    assert lines == [
+        "api: omnipush serve api",
+        "relay: omnipush serve relay",
+        "dispatcher: omnipush serve dispatcher",
+        "worker-web: omnipush serve worker --channel web",
+        "worker-email: omnipush serve worker --channel email",
+        "gateway: omnipush serve gateway",
+    ]
