@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import socketio
+from sqlalchemy import select
 
 from bench import cpu
 from bench.baseline import run_baseline
 from bench.load import post_messages
 from producer_api.api_keys import create_app_with_key
+from shared.models import Event
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
 from tests.conftest import isolated_settings, service_env
@@ -113,6 +115,7 @@ def latency(
     wait_until(lambda: all(m in receiver.arrivals for m, _t in sent), 120, "every sample")
     samples = sorted((receiver.arrivals[m] - t) * 1000 for m, t in sent)
     return {
+        "message_ids": [m for m, _t in sent],
         "target_rate": rate,
         "achieved_rate": round(achieved, 1),
         "samples": len(samples),
@@ -120,6 +123,23 @@ def latency(
         "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 1),
         "max_ms": round(samples[-1], 1),
     }
+
+
+def stage_latencies(runtime: Runtime, message_ids: list[str]) -> dict[str, float]:
+    """Median milliseconds from `accepted` to each later stage, from the store's trace."""
+    offsets: dict[str, list[float]] = {}
+    with runtime.sessions() as session:
+        rows = session.execute(
+            select(Event.message_id, Event.stage, Event.at)
+            .where(Event.message_id.in_(message_ids))
+            .order_by(Event.id)
+        ).all()
+    accepted = {m: at for m, stage, at in rows if stage == "accepted"}
+    for message_id, stage, at in rows:
+        if stage != "accepted" and message_id in accepted:
+            delay = (at - accepted[message_id]).total_seconds() * 1000
+            offsets.setdefault(stage, []).append(delay)
+    return {stage: round(statistics.median(v), 1) for stage, v in offsets.items()}
 
 
 def cpu_snapshot(stack: Stack, load: Load) -> dict[str, float]:
@@ -157,6 +177,9 @@ def main() -> int:
                 before = cpu_snapshot(stack, load)
                 paced = latency(load, receiver, users, args.rate, args.seconds)
                 paced["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
+                paced["median_ms_after_accepted"] = stage_latencies(
+                    runtime, paced.pop("message_ids")
+                )
             finally:
                 load.close()
                 receiver.close()

@@ -14,15 +14,14 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert, select, update
+from sqlalchemy import Connection, Insert, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Message
+from shared.models import Delivery, Message, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -31,6 +30,28 @@ log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
 DISPATCHABLE = ("accepted", "queued", "dispatched")
+
+# The dispatcher's statements, built once (building SQL costs more than running it here).
+_D = table_of(Delivery)
+_M = table_of(Message)
+_DISPATCHABLE = (
+    select(_M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status.in_(DISPATCHABLE))
+    .order_by(_M.c.id)
+)
+_MARK_DISPATCHED = (
+    update(_M)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="dispatched", updated_at=bindparam("now"))
+)
+_PENDING = (
+    select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
+    .where(
+        _D.c.message_id.in_(bindparam("ids", expanding=True)),
+        _D.c.status.in_(("pending", "queued")),
+    )
+    .order_by(_D.c.id)
+)
 
 
 def recipient_key(recipient: dict[str, Any]) -> str:
@@ -59,8 +80,8 @@ class DispatchConsumer(BatchConsumer):
             wanted[payload["message_id"]].append(message)
         if not wanted:
             return
-        with self.runtime.sessions() as session, session.begin():
-            to_publish = self._expand(session, list(wanted))
+        with self.runtime.engine.begin() as connection:
+            to_publish = self._expand(connection, list(wanted))
         ordered = [(mid, d) for mid in wanted for d in to_publish.get(mid, [])]
         futures = self.link.publish_batch(
             [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for _mid, d in ordered]
@@ -78,19 +99,16 @@ class DispatchConsumer(BatchConsumer):
                     self.link.nack(source, requeue=True)
         log.info("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
-    def _expand(self, session: Session, message_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    def _expand(
+        self, connection: Connection, message_ids: list[str]
+    ) -> dict[str, list[dict[str, str]]]:
         """Write missing deliveries; return, per message, the deliveries still to be sent."""
-        messages = session.scalars(
-            select(Message)
-            .where(Message.id.in_(message_ids), Message.status.in_(DISPATCHABLE))
-            .order_by(Message.id)
-        ).all()
+        messages = connection.execute(_DISPATCHABLE, {"ids": message_ids}).all()
         now = utcnow()
         rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for message in messages:
-            if message.status == "dispatched":
-                continue
+        fresh = [m for m in messages if m.status != "dispatched"]
+        for message in fresh:
             targets = {recipient_key(r): r for r in message.recipients}
             for key, recipient in targets.items():
                 for channel in message.channels:
@@ -101,6 +119,7 @@ class DispatchConsumer(BatchConsumer):
                             "app_id": message.app_id,
                             "recipient": key,
                             "user_id": recipient.get("user_id"),
+                            "address": None,
                             "channel": channel,
                             "status": "queued",
                             "attempts": 0,
@@ -112,23 +131,11 @@ class DispatchConsumer(BatchConsumer):
                 event_row(message.id, "dispatched", deliveries=len(targets) * len(message.channels))
             )
         if rows:
-            session.execute(_insert_ignoring_duplicates(session), rows)
-        record_events(session, events)
-        fresh = [m.id for m in messages if m.status != "dispatched"]
+            connection.execute(_insert_ignoring_duplicates(connection), rows)
+        record_events(connection, events)
         if fresh:
-            session.execute(
-                update(Message)
-                .where(Message.id.in_(fresh))
-                .values(status="dispatched", updated_at=now)
-            )
-        pending = session.execute(
-            select(Delivery.id, Delivery.message_id, Delivery.app_id, Delivery.channel)
-            .where(
-                Delivery.message_id.in_([m.id for m in messages]),
-                Delivery.status.in_(("pending", "queued")),
-            )
-            .order_by(Delivery.id)
-        ).all()
+            connection.execute(_MARK_DISPATCHED, {"ids": [m.id for m in fresh], "now": now})
+        pending = connection.execute(_PENDING, {"ids": [m.id for m in messages]}).all()
         result: dict[str, list[dict[str, str]]] = defaultdict(list)
         for delivery_id, message_id, app_id, channel in pending:
             result[message_id].append(
@@ -142,9 +149,8 @@ class DispatchConsumer(BatchConsumer):
         return result
 
 
-def _insert_ignoring_duplicates(session: Session) -> Insert:
+def _insert_ignoring_duplicates(connection: Connection) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING, so a redelivered message never fails on its rows."""
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    statement: Insert = module.insert(Delivery).on_conflict_do_nothing()
+    module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement: Insert = module.insert(_D).on_conflict_do_nothing()
     return statement

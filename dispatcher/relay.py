@@ -18,15 +18,14 @@ from types import FrameType
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection, Row, bindparam, update
 from sqlalchemy import select as sql_select
-from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from shared.amqp.link import AmqpLink, Outgoing
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
-from shared.models import Message, OutboxEntry
+from shared.models import Message, OutboxEntry, table_of
 from shared.payloads import DispatchPayload, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -34,6 +33,26 @@ from shared.trace import event_row, record_events
 log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
+
+# The relay's statements, built once (building SQL costs more than running it here).
+_O = table_of(OutboxEntry)
+_M = table_of(Message)
+_DUE = (
+    sql_select(_O.c.id, _O.c.message_id, _O.c.routing_key, _O.c.payload)
+    .where(_O.c.published_at.is_(None), _O.c.available_at <= bindparam("now"))
+    .order_by(_O.c.id)
+    .limit(bindparam("limit"))
+)
+_MARK_PUBLISHED = (
+    update(_O)
+    .where(_O.c.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now"))
+)
+_MARK_QUEUED = (
+    update(_M)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status == "accepted")
+    .values(status="queued", updated_at=bindparam("now"))
+)
 
 
 class OutboxRelay:
@@ -58,6 +77,8 @@ class OutboxRelay:
         self.linger_seconds = linger_seconds
         self._stopping = threading.Event()
         self._schema = DispatchPayload()
+        # On PostgreSQL rows are locked while in flight and skipped by other relays.
+        self._claim = _DUE.with_for_update(skip_locked=True) if self._postgres else _DUE
         self._listener: Any = None
 
     def install_signal_handlers(self) -> None:
@@ -93,8 +114,10 @@ class OutboxRelay:
 
     def relay_once(self) -> int:
         """Publish one batch of due rows; returns how many the broker confirmed."""
-        with self.runtime.sessions() as session, session.begin():
-            rows = self._claim(session)
+        with self.runtime.engine.begin() as connection:
+            rows = connection.execute(
+                self._claim, {"now": utcnow(), "limit": self.batch_size}
+            ).all()
             if not rows:
                 return 0
             futures = self.link.publish_batch(
@@ -109,38 +132,20 @@ class OutboxRelay:
             failures = len(rows) - len(confirmed)
             if failures:
                 log.warning("relay.unconfirmed", count=failures)
-            self._mark_published(session, confirmed)
+            if confirmed:
+                self._mark_published(connection, confirmed)
         if confirmed:
             log.info("relay.published", count=len(confirmed))
         return len(confirmed)
 
-    def _claim(self, session: Session) -> list[OutboxEntry]:
-        query = (
-            sql_select(OutboxEntry)
-            .where(OutboxEntry.published_at.is_(None), OutboxEntry.available_at <= utcnow())
-            .order_by(OutboxEntry.id)
-            .limit(self.batch_size)
-        )
-        if self._postgres:
-            query = query.with_for_update(skip_locked=True)
-        return list(session.scalars(query))
-
-    def _mark_published(self, session: Session, rows: list[OutboxEntry]) -> None:
-        if not rows:
-            return
+    def _mark_published(
+        self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any]]]
+    ) -> None:
         now = utcnow()
-        session.execute(
-            update(OutboxEntry)
-            .where(OutboxEntry.id.in_([row.id for row in rows]))
-            .values(published_at=now)
-        )
+        connection.execute(_MARK_PUBLISHED, {"ids": [row.id for row in rows], "now": now})
         message_ids = [row.message_id for row in rows]
-        session.execute(
-            update(Message)
-            .where(Message.id.in_(message_ids), Message.status == "accepted")
-            .values(status="queued", updated_at=now)
-        )
-        record_events(session, [event_row(mid, "queued") for mid in message_ids])
+        connection.execute(_MARK_QUEUED, {"ids": message_ids, "now": now})
+        record_events(connection, [event_row(mid, "queued") for mid in message_ids])
 
     def _wait_for_work(self) -> None:
         if not self._postgres:

@@ -20,15 +20,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 
 from channels.base import Channel, OutboundDelivery, Outcome, Result
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import RETRY_TIERS
 from shared.ids import utcnow
-from shared.models import Delivery, Message
+from shared.models import Delivery, Message, table_of
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
@@ -43,6 +42,59 @@ MAX_ATTEMPTS = len(RETRY_TIERS) + 1
 CLAIM_SECONDS = 10.0
 #: Where a delivery claimed by someone else waits before it is looked at again.
 BUSY_TIER = "5s"
+
+
+# The worker's statements, built once: on its hot path, building SQL costs more than running it.
+_D = table_of(Delivery)
+_M = table_of(Message)
+_CLAIM = (
+    update(_D)
+    .where(
+        _D.c.id.in_(bindparam("ids", expanding=True)),
+        or_(
+            _D.c.status.in_(("pending", "queued", "retrying")),
+            and_(_D.c.status == "sending", _D.c.updated_at < bindparam("stale")),
+        ),
+    )
+    .values(status="sending", attempts=_D.c.attempts + 1, updated_at=bindparam("now"))
+    .returning(
+        _D.c.id,
+        _D.c.message_id,
+        _D.c.app_id,
+        _D.c.channel,
+        _D.c.user_id,
+        _D.c.address,
+        _D.c.created_at,
+        _D.c.attempts,
+    )
+)
+_CONTENT = select(_M.c.id, _M.c.content, _M.c.category).where(
+    _M.c.id.in_(bindparam("ids", expanding=True))
+)
+_BUSY = select(_D.c.id).where(
+    _D.c.id.in_(bindparam("ids", expanding=True)), _D.c.status == "sending"
+)
+# Only deliveries still in our claim change: a browser may have acked one already.
+_STILL_CLAIMED = and_(_D.c.id.in_(bindparam("ids", expanding=True)), _D.c.status == "sending")
+_MARK_SENT = (
+    update(_D)
+    .where(_STILL_CLAIMED)
+    .values(status="sent", last_error=None, sent_at=bindparam("now"), updated_at=bindparam("now"))
+)
+_MARK_UNSENT = (
+    update(_D)
+    .where(_STILL_CLAIMED)
+    .values(status=bindparam("status"), last_error=bindparam("error"), updated_at=bindparam("now"))
+)
+_STATUSES = select(_D.c.message_id, _D.c.status).where(
+    _D.c.message_id.in_(bindparam("ids", expanding=True))
+)
+_SETTLE = (
+    update(_M)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status == "dispatched")
+    .values(status=bindparam("outcome"), updated_at=bindparam("now"))
+    .returning(_M.c.id)
+)
 
 
 @dataclass(frozen=True)
@@ -94,9 +146,9 @@ class ChannelWorker(BatchConsumer):
             by_id[payload["delivery_id"]] = message
         if not by_id:
             return
-        with self.runtime.sessions() as session, session.begin():
-            claimed = self._claim(session, list(by_id))
-            busy = self._busy(session, [i for i in by_id if i not in claimed])
+        with self.runtime.engine.begin() as connection:
+            claimed = self._claim(connection, list(by_id))
+            busy = self._busy(connection, [i for i in by_id if i not in claimed])
         claimed_at = time.monotonic()
         deliveries = list(claimed.values())
         attempts = [
@@ -104,8 +156,8 @@ class ChannelWorker(BatchConsumer):
             for d, result in zip(deliveries, self._send(deliveries), strict=True)
         ]
         sent_at = time.monotonic()
-        with self.runtime.sessions() as session, session.begin():
-            follow_ups = self._record(session, attempts)
+        with self.runtime.engine.begin() as connection:
+            follow_ups = self._record(connection, attempts)
         recorded_at = time.monotonic()
         self._log.info(
             "worker.batch",
@@ -122,53 +174,40 @@ class ChannelWorker(BatchConsumer):
             follow_ups.append((source, self._retry_message(source, BUSY_TIER)))
         self._settle(by_id, follow_ups)
 
-    def _claim(self, session: Session, ids: list[str]) -> dict[str, OutboundDelivery]:
+    def _claim(self, connection: Connection, ids: list[str]) -> dict[str, OutboundDelivery]:
         now = utcnow()
         stale = now - timedelta(seconds=self.claim_seconds)
-        claimed_ids = session.scalars(
-            update(Delivery)
-            .where(
-                Delivery.id.in_(ids),
-                or_(
-                    Delivery.status.in_(("pending", "queued", "retrying")),
-                    (Delivery.status == "sending") & (Delivery.updated_at < stale),
-                ),
-            )
-            .values(status="sending", attempts=Delivery.attempts + 1, updated_at=now)
-            .returning(Delivery.id)
-        ).all()
-        if not claimed_ids:
+        rows = connection.execute(_CLAIM, {"ids": ids, "now": now, "stale": stale}).all()
+        if not rows:
             return {}
-        rows = session.execute(
-            select(Delivery, Message.content, Message.category)
-            .join(Message, Message.id == Delivery.message_id)
-            .where(Delivery.id.in_(claimed_ids))
-        ).all()
-        return {
-            d.id: OutboundDelivery(
-                delivery_id=d.id,
-                message_id=d.message_id,
-                app_id=d.app_id,
-                channel=d.channel,
-                user_id=d.user_id,
-                address=d.address,
+        contents = {
+            message_id: (content, category)
+            for message_id, content, category in connection.execute(
+                _CONTENT, {"ids": list({row.message_id for row in rows})}
+            )
+        }
+        claimed = {}
+        for row in sorted(rows, key=lambda r: r.id):
+            content, category = contents[row.message_id]
+            claimed[row.id] = OutboundDelivery(
+                delivery_id=row.id,
+                message_id=row.message_id,
+                app_id=row.app_id,
+                channel=row.channel,
+                user_id=row.user_id,
+                address=row.address,
                 category=category,
                 content=content,
-                created_at=d.created_at,
-                attempt=d.attempts,
+                created_at=row.created_at,
+                attempt=row.attempts,
             )
-            for d, content, category in rows
-        }
+        return claimed
 
-    def _busy(self, session: Session, ids: list[str]) -> list[str]:
+    def _busy(self, connection: Connection, ids: list[str]) -> list[str]:
         """Of the unclaimed ids, those another worker holds right now (the rest are done)."""
         if not ids:
             return []
-        return list(
-            session.scalars(
-                select(Delivery.id).where(Delivery.id.in_(ids), Delivery.status == "sending")
-            )
-        )
+        return list(connection.scalars(_BUSY, {"ids": ids}))
 
     def _send(self, deliveries: list[OutboundDelivery]) -> list[Result]:
         if not deliveries:
@@ -183,7 +222,9 @@ class ChannelWorker(BatchConsumer):
             return [Result.transient(detail)] * len(deliveries)
         return results
 
-    def _record(self, session: Session, attempts: list[Attempt]) -> list[tuple[Inbound, Outgoing]]:
+    def _record(
+        self, connection: Connection, attempts: list[Attempt]
+    ) -> list[tuple[Inbound, Outgoing]]:
         now = utcnow()
         # Deliveries that end the same way share one UPDATE: (status, last_error) -> ids.
         groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
@@ -241,27 +282,23 @@ class ChannelWorker(BatchConsumer):
                     error=error,
                 )
         for (status, error), ids in groups.items():
-            values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": now}
             if status == "sent":
-                values["sent_at"] = now
-            # Only a delivery still in our claim: a browser may have acked it already.
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids), Delivery.status == "sending")
-                .values(**values)
-            )
-        events += self._settle_messages(session, {a.delivery.message_id for a in attempts})
-        record_events(session, events)
+                connection.execute(_MARK_SENT, {"ids": ids, "now": now})
+            else:
+                params = {"ids": ids, "now": now, "status": status, "error": error}
+                connection.execute(_MARK_UNSENT, params)
+        events += self._settle_messages(connection, {a.delivery.message_id for a in attempts})
+        record_events(connection, events)
         return follow_ups
 
-    def _settle_messages(self, session: Session, message_ids: set[str]) -> list[dict[str, Any]]:
+    def _settle_messages(
+        self, connection: Connection, message_ids: set[str]
+    ) -> list[dict[str, Any]]:
         """Mark messages whose deliveries are all final as completed / failed."""
         if not message_ids:
             return []
         statuses: dict[str, list[str]] = defaultdict(list)
-        for message_id, status in session.execute(
-            select(Delivery.message_id, Delivery.status).where(Delivery.message_id.in_(message_ids))
-        ):
+        for message_id, status in connection.execute(_STATUSES, {"ids": list(message_ids)}):
             statuses[message_id].append(status)
         by_outcome: dict[str, list[str]] = defaultdict(list)
         for message_id, delivery_statuses in statuses.items():
@@ -271,12 +308,8 @@ class ChannelWorker(BatchConsumer):
         events = []
         now = utcnow()
         for outcome, ids in by_outcome.items():
-            settled = session.scalars(
-                update(Message)
-                .where(Message.id.in_(ids), Message.status == "dispatched")
-                .values(status=outcome, updated_at=now)
-                .returning(Message.id)
-            ).all()
+            params = {"ids": ids, "outcome": outcome, "now": now}
+            settled = connection.scalars(_SETTLE, params).all()
             events += [event_row(message_id, outcome) for message_id in settled]
         return events
 

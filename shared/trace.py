@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, insert
 
 from shared.ids import utcnow
 from shared.models import Event, table_of
@@ -25,8 +24,11 @@ def event_row(
     }
 
 
-def record_events(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+_INSERT = insert(table_of(Event))
+
+
+def record_events(connection: Connection, rows: Iterable[dict[str, Any]]) -> None:
     """Insert events in one statement, inside the caller's transaction."""
     batch = list(rows)
     if batch:
-        session.connection().execute(insert(table_of(Event)), batch)
+        connection.execute(_INSERT, batch)

@@ -112,7 +112,10 @@ def acknowledge(session: Session, identity: BrowserIdentity, ids: Sequence[str])
         .returning(Delivery.id, Delivery.message_id),
         execution_options={"synchronize_session": False},
     ).all()
-    record_events(session, (event_row(r.message_id, "delivered", r.id, via="socket") for r in rows))
+    record_events(
+        session.connection(),
+        (event_row(r.message_id, "delivered", r.id, via="socket") for r in rows),
+    )
     return [r.id for r in rows]
 
 
@@ -138,7 +141,9 @@ def mark_read(
         .returning(Delivery.id, Delivery.message_id),
         execution_options={"synchronize_session": False},
     ).all()
-    record_events(session, (event_row(r.message_id, "read", r.id, via=via) for r in rows))
+    record_events(
+        session.connection(), (event_row(r.message_id, "read", r.id, via=via) for r in rows)
+    )
     return [r.id for r in rows]
 
 
