@@ -29,6 +29,7 @@ test: install
 	bash scripts/run-tests.sh
 
 bench: install
+	$(BIN)/python -m bench.publish
 	$(BIN)/python -m bench.e2e
 
 lint: install
