@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 from shared.amqp.link import AmqpLink
 from shared.gunicorn_app import serve
 from shared.runtime import Runtime
 from shared.settings import Settings
+
+
+def connection_name(settings: Settings, service: str) -> str:
+    """How this process names its broker connection, e.g. `omnipush dispatcher (pid 42)`."""
+    return f"{settings.queue_prefix} {service} (pid {os.getpid()})"
 
 
 def run_api(settings: Settings, workers: int | None) -> None:
@@ -30,7 +37,7 @@ def run_relay(settings: Settings) -> None:
     from dispatcher.relay import OutboxRelay
 
     runtime = Runtime.build(settings)
-    link = AmqpLink(settings.amqp_url, runtime.topology)
+    link = AmqpLink(settings.amqp_url, runtime.topology, name=connection_name(settings, "relay"))
     relay = OutboxRelay(runtime, link)
     relay.install_signal_handlers()
     relay.run()
@@ -57,7 +64,10 @@ def run_worker(settings: Settings, channel: str) -> None:
     channel_type = channel_class(channel)
     runtime = Runtime.build(settings, channels=channel_names())
     link = AmqpLink(
-        settings.amqp_url, runtime.topology, consume_queue=runtime.topology.channel_queue(channel)
+        settings.amqp_url,
+        runtime.topology,
+        consume_queue=runtime.topology.channel_queue(channel),
+        name=connection_name(settings, f"worker-{channel}"),
     )
     adapter = channel_type(ChannelContext(settings=settings, redis=runtime.redis))
     worker = ChannelWorker(runtime, link, adapter)

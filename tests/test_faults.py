@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
@@ -110,3 +111,52 @@ def test_killing_the_relay_mid_stream_delivers_every_message_once(
     assert len(ids) == MESSAGES
     assert len(set(ids)) == MESSAGES, "a notification reached the browser twice"
     assert counts == {"sent": MESSAGES}
+
+
+def close_broker_connection(name_part: str) -> None:
+    """Have RabbitMQ close the connection whose client-given name contains `name_part`."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if '{"connection_name","' in line and name_part in line
+    ]
+    assert len(pids) == 1, f"expected one connection named like {name_part!r}: {pids}"
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", pids[0], "closed by a test"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def test_a_worker_whose_broker_connection_drops_reconnects_and_keeps_delivering(
+    stack: Stack, runtime: Runtime
+) -> None:
+    tenant = new_tenant(runtime)
+    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, "erin", 600)
+    client = InboxClient(stack.gateway_url, token).connect()
+    worker = stack.services["worker-web"]
+    assert worker.process is not None
+    try:
+        close_broker_connection(
+            f"{stack.settings.queue_prefix} worker-web (pid {worker.process.pid})"
+        )
+        wait_until(lambda: worker.output().count("amqp.ready") >= 2, 30, "the worker to reconnect")
+        response = httpx.post(
+            f"{stack.api_url}/v1/messages",
+            headers={"Authorization": f"Bearer {tenant.api_key}"},
+            json={"to": [{"user_id": "erin"}], "channels": ["web"], "content": {"title": "after"}},
+        )
+        assert response.status_code == 202
+        (notification,) = client.wait_for(1)
+        assert notification["message_id"] == response.json()["id"]
+        assert "amqp.disconnected" in worker.output()
+    finally:
+        client.close()

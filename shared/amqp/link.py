@@ -70,10 +70,13 @@ class AmqpLink:
         prefetch: int = 200,
         window: int = 1000,
         on_ready: Callable[[], None] | None = None,
+        name: str = "omnipush",
     ) -> None:
         self._params = pika.URLParameters(url)
         self._params.heartbeat = 30
         self._params.connection_attempts = 1
+        # Shown by RabbitMQ (management UI, rabbitmqctl) so operators see who is connected.
+        self._params.client_properties = {"connection_name": name}
         self._topology = topology
         self._consume_queue = consume_queue
         self._prefetch = prefetch
