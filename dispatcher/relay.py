@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import Connection, Row, bindparam, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from shared.amqp.link import AmqpLink, Outgoing
 from shared.db import OUTBOX_CHANNEL, is_postgresql
@@ -79,7 +80,7 @@ class OutboxRelay:
         self._schema = DispatchPayload()
         # On PostgreSQL rows are locked while in flight and skipped by other relays.
         self._claim = _DUE.with_for_update(skip_locked=True) if self._postgres else _DUE
-        self._listener: Any = None
+        self._listener: PoolProxiedConnection | None = None
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -164,21 +165,20 @@ class OutboxRelay:
             self._stopping.wait(self.poll_seconds)
 
     def _ensure_listener(self) -> Any:
+        """A pooled connection kept aside in autocommit mode, LISTENing for new outbox rows."""
         if self._listener is None:
-            raw = self.runtime.engine.raw_connection()
-            connection = raw.dbapi_connection
+            pooled = self.runtime.engine.raw_connection()
+            connection = pooled.dbapi_connection
             assert connection is not None
             connection.autocommit = True
             cursor = connection.cursor()
             cursor.execute(f"LISTEN {OUTBOX_CHANNEL}")
             cursor.close()
-            self._listener_owner = raw
-            self._listener = connection
-        return self._listener
+            self._listener = pooled
+        return self._listener.dbapi_connection
 
     def _drop_listener(self) -> None:
         if self._listener is not None:
-            try:
-                self._listener_owner.invalidate()
-            finally:
-                self._listener = None
+            # Never back into the pool: it is in autocommit mode and subscribed.
+            self._listener.invalidate()
+            self._listener = None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import wait
 
 import pika
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from shared.amqp.link import AmqpLink, Outgoing, PublishError
+from shared.amqp.consumer import BatchConsumer
+from shared.amqp.link import AmqpLink, Inbound, Outgoing, PublishError
 from shared.amqp.topology import Topology, channel_key
 from tests.conftest import AMQP_URL, queue_prefix
 
@@ -108,3 +111,38 @@ def test_publishing_while_disconnected_fails_fast_instead_of_losing_the_message(
             future.result(timeout=5)
     finally:
         offline.close()
+
+
+class FlakyStore(BatchConsumer):
+    """Fails like an unreachable store a few times, then acks and stops."""
+
+    error_pause_seconds = 0.05
+
+    def __init__(self, link: AmqpLink, failures: int) -> None:
+        super().__init__(link)
+        self.failures = failures
+        self.seen: list[list[bool]] = []
+
+    def handle_batch(self, batch: list[Inbound]) -> None:
+        self.seen.append([message.redelivered for message in batch])
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("SELECT 1", {}, Exception("the store went away"))
+        for message in batch:
+            self.link.ack(message)
+        self.stop()
+
+
+def test_a_batch_is_held_not_requeued_while_the_store_is_unreachable(
+    link: AmqpLink, topology: Topology
+) -> None:
+    link.publish_batch([Outgoing(channel_key("web"), b"{}")])[0].result(timeout=10)
+    consumer_link = AmqpLink(AMQP_URL, topology, consume_queue=topology.channel_queue("web"))
+    consumer = FlakyStore(consumer_link, failures=2)
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive()
+    # Three tries of the same delivery, never handed back to the broker in between.
+    assert consumer.seen == [[False], [False], [False]]
+    assert queue_depth(topology, topology.channel_queue("web")) == 0

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from producer_api.api_keys import NewApp
+from shared.migrate import upgrade
+from shared.runtime import Runtime
+from shared.settings import Settings
 from shared.tokens import mint_browser_token
+from tests.conftest import AMQP_URL, REDIS_URL, new_tenant, queue_prefix, service_env
 from tests.inbox_client import InboxClient
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, free_port, wait_until
 
 
 @pytest.fixture
@@ -110,8 +115,6 @@ def test_an_offline_user_gets_everything_unacknowledged_oldest_first_and_only_on
 def test_a_browser_never_sees_another_users_or_apps_notifications(
     stack: Stack, tenant: NewApp, api: httpx.Client, runtime: Any
 ) -> None:
-    from tests.conftest import new_tenant
-
     other_app = new_tenant(runtime)
     carol = browser(stack, tenant, "carol").connect()
     carol_elsewhere = browser(stack, other_app, "carol").connect()
@@ -125,3 +128,39 @@ def test_a_browser_never_sees_another_users_or_apps_notifications(
     finally:
         carol.close()
         carol_elsewhere.close()
+
+
+def test_the_default_sqlite_store_carries_a_message_end_to_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/var/omnipush.db"
+    upgrade(url)
+    with queue_prefix() as prefix:
+        settings = Settings(
+            database_url=url,
+            amqp_url=AMQP_URL,
+            redis_url=REDIS_URL,
+            secret_key="sqlite-test-" + "x" * 32,
+            queue_prefix=prefix,
+            api_bind=f"127.0.0.1:{free_port()}",
+            gateway_bind=f"127.0.0.1:{free_port()}",
+        )
+        sqlite_stack = Stack(settings=settings, env=service_env(settings))
+        runtime = Runtime.build(settings)
+        try:
+            sqlite_stack.start_all()
+            tenant = new_tenant(runtime)
+            inbox = browser(sqlite_stack, tenant, "frank").connect()
+            with httpx.Client(
+                base_url=sqlite_stack.api_url,
+                headers={"Authorization": f"Bearer {tenant.api_key}"},
+                timeout=10,
+            ) as client:
+                message_id = send(client, "frank", "on sqlite")
+                (notification,) = inbox.wait_for(1)
+                assert notification["message_id"] == message_id
+                wait_until(
+                    lambda: message(client, message_id)["status"] == "completed", 10, "completed"
+                )
+            inbox.close()
+        finally:
+            sqlite_stack.stop_all()
+            runtime.close()

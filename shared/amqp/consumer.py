@@ -3,7 +3,9 @@
 A subclass says how to handle a batch of messages; the base class owns the connection, the
 prefetch, batching, error handling and a graceful stop: on SIGTERM it stops taking new messages,
 finishes the ones it holds, and exits. A handler acks each message only after its work and its
-records are durable; a batch that raises is requeued so nothing is lost.
+records are durable. A batch that fails because the store or Redis is unreachable is kept and
+retried with back-off until they are back; one that fails otherwise is requeued, and a message
+that keeps failing ends in the dead queue through the queue's delivery limit. Nothing is lost.
 """
 
 from __future__ import annotations
@@ -16,10 +18,23 @@ from abc import ABC, abstractmethod
 from types import FrameType
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.amqp.link import AmqpLink, Inbound
 
 log = structlog.get_logger(__name__)
+
+#: Failures of what a handler depends on (store, Redis, sockets), not of the message itself.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)
+MAX_RETRY_PAUSE_SECONDS = 30.0
 
 
 class BatchConsumer(ABC):
@@ -84,10 +99,32 @@ class BatchConsumer(ABC):
         return batch
 
     def _handle_safely(self, batch: list[Inbound]) -> None:
-        try:
-            self.handle_batch(batch)
-        except Exception:
-            log.exception("consumer.batch_failed", size=len(batch))
-            for message in batch:
-                self.link.nack(message, requeue=True)
-            self._stopping.wait(self.error_pause_seconds)
+        backoff = self.error_pause_seconds
+        while True:
+            try:
+                self.handle_batch(batch)
+                return
+            except DEPENDENCY_ERRORS as error:
+                # The store or Redis is away: keep the batch (unacked, so nothing is lost and its
+                # delivery count does not grow) and try again until it is back or we stop.
+                if self._stopping.is_set():
+                    self._requeue(batch)
+                    return
+                log.warning(
+                    "consumer.dependency_unavailable",
+                    detail=f"{type(error).__name__}: {error}".splitlines()[0],
+                    size=len(batch),
+                    retry_in_s=backoff,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_PAUSE_SECONDS)
+            except Exception:
+                log.exception("consumer.batch_failed", size=len(batch))
+                self._requeue(batch)
+                self._stopping.wait(self.error_pause_seconds)
+                return
+
+    def _requeue(self, batch: list[Inbound]) -> None:
+        # A message that keeps failing reaches the queue's delivery limit and is dead-lettered.
+        for message in batch:
+            self.link.nack(message, requeue=True)
