@@ -61,11 +61,7 @@ def blocking_confirms(amqp_url: str, count: int) -> float:
 
 def _delete(amqp_url: str, topology: Topology) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    for spec in topology.queues():
-        channel.queue_delete(spec.name)
-    for exchange in (topology.exchange, topology.retry_exchange, topology.dead_exchange):
-        channel.exchange_delete(exchange)
+    topology.delete_blocking(connection.channel())
     connection.close()
 
 

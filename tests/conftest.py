@@ -57,11 +57,7 @@ def queue_prefix() -> Iterator[str]:
     finally:
         topology = Topology(prefix=prefix, channels=("web",))
         connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        channel = connection.channel()
-        for spec in topology.queues():
-            channel.queue_delete(spec.name)
-        for exchange in (topology.exchange, topology.retry_exchange, topology.dead_exchange):
-            channel.exchange_delete(exchange)
+        topology.delete_blocking(connection.channel())
         connection.close()
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(f"{prefix}:*"):

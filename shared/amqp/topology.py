@@ -148,6 +148,13 @@ class Topology:
         for method, args, kwargs in self.declarations():
             getattr(channel, method)(*args, **kwargs)
 
+    def delete_blocking(self, channel: Any) -> None:
+        """Delete every queue and exchange of this prefix (tests and benchmarks clean up)."""
+        for spec in self.queues():
+            channel.queue_delete(spec.name)
+        for exchange in (self.exchange, self.retry_exchange, self.dead_exchange):
+            channel.exchange_delete(exchange)
+
     def declare_async(self, channel: Any, on_done: Callable[[], None]) -> None:
         """Declare everything on an asynchronous channel, then call `on_done`."""
         calls = self.declarations()
