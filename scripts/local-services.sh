@@ -55,10 +55,7 @@ case ${1:-} in
   start)
     start_one postgresql 5432
     start_one redis 6379
-    start_one rabbitmq 5672
-    if ! (command -v rabbitmq-diagnostics >/dev/null && rabbitmq-diagnostics -q check_running >/dev/null 2>&1); then
-      wait_port rabbitmq 5672
-    fi ;;
+    start_one rabbitmq 5672 ;;
   stop) stop_recorded ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
