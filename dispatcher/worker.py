@@ -31,7 +31,7 @@ from shared.models import Delivery, Message, table_of
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
-from shared.statuses import message_outcome
+from shared.statuses import DELIVERY_WAITING, message_outcome
 from shared.trace import event_row, record_events
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ _CLAIM = (
     .where(
         _D.c.id.in_(bindparam("ids", expanding=True)),
         or_(
-            _D.c.status.in_(("pending", "queued", "retrying")),
+            _D.c.status.in_(DELIVERY_WAITING),
             and_(_D.c.status == "sending", _D.c.updated_at < bindparam("stale")),
         ),
     )

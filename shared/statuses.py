@@ -1,35 +1,6 @@
-"""The message and delivery statuses of the contract, and which of them are final."""
+"""Which delivery statuses of the contract are final, and what they make of their message."""
 
 from __future__ import annotations
-
-MESSAGE_STATUSES = (
-    "accepted",
-    "scheduled",
-    "queued",
-    "dispatched",
-    "completed",
-    "failed",
-    "partially_failed",
-    "canceled",
-    "expired",
-)
-
-DELIVERY_STATUSES = (
-    "pending",
-    "queued",
-    "sending",
-    "retrying",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "suppressed",
-    "deferred",
-    "deduplicated",
-    "throttled",
-    "expired",
-    "canceled",
-)
 
 #: Deliveries that reached their recipient.
 DELIVERY_SUCCEEDED = frozenset({"sent", "delivered", "read"})
@@ -42,8 +13,8 @@ DELIVERY_FINAL = DELIVERY_SUCCEEDED | {
     "expired",
     "canceled",
 }
-#: Deliveries a channel worker may (re)claim.
-DELIVERY_CLAIMABLE = frozenset({"pending", "queued", "retrying", "sending"})
+#: Deliveries waiting for a channel worker (one in `sending` past its claim may be retaken).
+DELIVERY_WAITING = ("pending", "queued", "retrying")
 
 
 def message_outcome(delivery_statuses: list[str]) -> str | None:

@@ -1,0 +1,238 @@
+"""The channel worker runtime against the real store and broker, with a scripted channel.
+
+The channel here stands in for a provider that fails on cue; everything around it (claims,
+records, retry tiers, the dead queue, message settlement) is the real runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pika
+import pytest
+from sqlalchemy import insert, select
+
+from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
+from dispatcher.worker import ChannelWorker
+from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.topology import channel_key
+from shared.ids import new_id, utcnow
+from shared.models import Delivery, Event, Message
+from shared.payloads import DeliveryPayload, encode
+from shared.runtime import Runtime
+from shared.settings import Settings
+from shared.statuses import message_outcome
+from tests.conftest import AMQP_URL, new_tenant, queue_prefix
+from tests.stack import wait_until
+
+
+class ScriptedChannel(Channel):
+    """Answers each attempt with the next scripted outcome."""
+
+    name = "web"
+
+    def __init__(self, context: ChannelContext, script: Sequence[Outcome]) -> None:
+        super().__init__(context)
+        self.script = list(script)
+        self.attempts: list[str] = []
+
+    def send(self, delivery: OutboundDelivery) -> Result:
+        self.attempts.append(delivery.delivery_id)
+        outcome = self.script.pop(0)
+        if outcome is Outcome.SENT:
+            return Result.sent()
+        return Result(outcome, f"scripted {outcome.value}")
+
+
+@pytest.fixture
+def isolated_runtime(settings: Settings) -> Iterator[Runtime]:
+    with queue_prefix() as prefix:
+        built = Runtime.build(settings.with_overrides(queue_prefix=prefix))
+        yield built
+        built.close()
+
+
+def queued_delivery(runtime: Runtime) -> tuple[str, str]:
+    tenant = new_tenant(runtime)
+    now = utcnow()
+    message_id, delivery_id = new_id("msg"), new_id("dlv")
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": tenant.app_id,
+                "status": "dispatched",
+                "recipients": [{"user_id": "gina"}],
+                "channels": ["web"],
+                "content": {"title": "t"},
+                "category": "notification",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        connection.execute(
+            insert(Delivery),
+            {
+                "id": delivery_id,
+                "message_id": message_id,
+                "app_id": tenant.app_id,
+                "recipient": "user:gina",
+                "user_id": "gina",
+                "channel": "web",
+                "status": "queued",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    payload = {
+        "delivery_id": delivery_id,
+        "message_id": message_id,
+        "app_id": tenant.app_id,
+        "channel": "web",
+    }
+    publisher = AmqpLink(AMQP_URL, runtime.topology)
+    publisher.start()
+    assert publisher.wait_ready(10)
+    publisher.publish_batch([Outgoing(channel_key("web"), encode(DeliveryPayload(), payload))])[
+        0
+    ].result(10)
+    publisher.close()
+    return message_id, delivery_id
+
+
+@contextmanager
+def running_worker(runtime: Runtime, channel: Channel) -> Iterator[None]:
+    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("web"))
+    worker = ChannelWorker(runtime, link, channel)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(20)
+
+
+def state(runtime: Runtime, message_id: str, delivery_id: str) -> tuple[str, str, list[str]]:
+    with runtime.engine.connect() as connection:
+        delivery_status = connection.scalar(
+            select(Delivery.status).where(Delivery.id == delivery_id)
+        )
+        message_status = connection.scalar(select(Message.status).where(Message.id == message_id))
+        stages = list(
+            connection.scalars(
+                select(Event.stage).where(Event.message_id == message_id).order_by(Event.id)
+            )
+        )
+    return str(delivery_status), str(message_status), stages
+
+
+def dead_letters(runtime: Runtime) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        declared = connection.channel().queue_declare(runtime.topology.dead_queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        connection.close()
+
+
+def test_a_transient_failure_is_retried_through_a_delay_tier_then_sent(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(
+        ChannelContext(runtime.settings, runtime.redis), [Outcome.TRANSIENT, Outcome.SENT]
+    )
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(
+            lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "the retry to succeed"
+        )
+        wait_until(
+            lambda: state(runtime, message_id, delivery_id)[1] == "completed", 10, "completed"
+        )
+    _delivery, _message, stages = state(runtime, message_id, delivery_id)
+    assert stages == ["retrying", "sent", "completed"]
+    assert channel.attempts == [delivery_id, delivery_id]
+    with runtime.engine.connect() as connection:
+        details = list(
+            connection.scalars(select(Event.detail).where(Event.delivery_id == delivery_id))
+        )
+    assert details[0]["retry_in"] == "1s" and details[0]["attempt"] == 1
+    assert details[1]["attempt"] == 2
+
+
+def test_a_permanent_failure_fails_the_message_and_parks_it_in_the_dead_queue(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.PERMANENT])
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(lambda: state(runtime, message_id, delivery_id)[1] == "failed", 20, "failed")
+    delivery_status, _message, stages = state(runtime, message_id, delivery_id)
+    assert delivery_status == "failed"
+    assert stages == ["failed", "failed"]
+    assert channel.attempts == [delivery_id]
+    wait_until(lambda: dead_letters(runtime) == 1, 10, "the dead letter")
+
+
+def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
+        # The same AMQP message again, as a broker redelivery would bring it.
+        publisher = AmqpLink(AMQP_URL, runtime.topology)
+        publisher.start()
+        assert publisher.wait_ready(10)
+        with runtime.engine.connect() as connection:
+            app_id = connection.scalar(select(Message.app_id).where(Message.id == message_id))
+        payload = {
+            "delivery_id": delivery_id,
+            "message_id": message_id,
+            "app_id": app_id,
+            "channel": "web",
+        }
+        body = encode(DeliveryPayload(), payload)
+        publisher.publish_batch([Outgoing(channel_key("web"), body)])[0].result(10)
+        publisher.close()
+        wait_until(lambda: queue_is_empty(runtime), 10, "the duplicate to be consumed")
+    assert channel.attempts == [delivery_id]
+
+
+def queue_is_empty(runtime: Runtime) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        declared = connection.channel().queue_declare(
+            runtime.topology.channel_queue("web"), passive=True
+        )
+        return int(declared.method.message_count) == 0
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("statuses", "outcome"),
+    [
+        (["sent"], "completed"),
+        (["sent", "read", "delivered"], "completed"),
+        (["sent", "failed"], "partially_failed"),
+        (["failed", "suppressed"], "failed"),
+        (["sent", "retrying"], None),
+        (["queued"], None),
+        ([], None),
+    ],
+)
+def test_a_message_settles_only_when_every_delivery_is_final(
+    statuses: list[str], outcome: str | None
+) -> None:
+    assert message_outcome(statuses) == outcome
