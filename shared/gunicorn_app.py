@@ -6,6 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
+
+
+class StructuredLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, sending its lines through the process's structlog set-up."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.handlers.clear()
+            log.propagate = True
 
 
 class FactoryApplication(BaseApplication):  # type: ignore[misc]
@@ -30,4 +41,5 @@ def serve(factory: Callable[[], Any], **options: Any) -> None:
     options.setdefault("accesslog", None)
     # Several omnipush servers share a machine; gunicorn's control socket would collide.
     options.setdefault("control_socket_disable", True)
+    options.setdefault("logger_class", StructuredLogger)
     FactoryApplication(factory, options).run()

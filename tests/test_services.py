@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 from shared.settings import Settings
 from tests.conftest import service_env
-from tests.stack import Service
+from tests.stack import Service, free_port, wait_http_ok
 
 
 def test_a_service_started_without_rabbitmq_says_so_and_keeps_retrying(
@@ -45,3 +46,16 @@ def test_sigterm_stops_a_worker_cleanly(settings: Settings) -> None:
     assert worker.process.wait(20) == 0
     assert "consumer.stopped" in worker.output()
     assert "Traceback" not in worker.output()
+
+
+def test_the_api_logs_json_lines_including_gunicorns_own(settings: Settings) -> None:
+    port = free_port()
+    env = service_env(settings) | {"OMNIPUSH_API_BIND": f"127.0.0.1:{port}"}
+    api = Service(args=["serve", "api", "--workers", "1"], env=env).start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        assert api.stop() == 0
+    lines = [json.loads(line) for line in api.output().splitlines() if line.strip()]
+    assert any(line["event"].startswith("Listening at") for line in lines)
+    assert {line["service"] for line in lines} == {"api"}
