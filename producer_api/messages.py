@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
@@ -14,21 +14,48 @@ from producer_api.schemas import MessageAcceptedSchema, MessageCreateSchema, Mes
 from shared.amqp.topology import DISPATCH_KEY
 from shared.flask_runtime import runtime_of
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Event, Message, OutboxEntry, table_of
-from shared.trace import event_row, record_events
+from shared.models import (
+    Delivery,
+    Event,
+    JsonType,
+    Message,
+    OutboxEntry,
+    UTCDateTime,
+    table_of,
+)
 
 blp = Blueprint("messages", __name__, url_prefix="/v1/messages", description="Send messages")
 
 
-_INSERT_MESSAGE = insert(table_of(Message))
-_INSERT_OUTBOX = insert(table_of(OutboxEntry))
+_MESSAGES, _OUTBOX, _EVENTS = table_of(Message), table_of(OutboxEntry), table_of(Event)
+_NEW_MESSAGE = insert(_MESSAGES).values(
+    {column.key: bindparam(f"m_{column.key}", type_=column.type) for column in _MESSAGES.columns}
+)
+_NEW_OUTBOX_ROW = insert(_OUTBOX).values(
+    message_id=bindparam("m_id"),
+    routing_key=DISPATCH_KEY,
+    payload=bindparam("o_payload", type_=JsonType),
+    available_at=bindparam("m_created_at", type_=UTCDateTime()),
+    created_at=bindparam("m_created_at", type_=UTCDateTime()),
+)
+_ACCEPTED_EVENT = insert(_EVENTS).values(
+    message_id=bindparam("m_id"),
+    delivery_id=None,
+    at=bindparam("m_created_at", type_=UTCDateTime()),
+    stage="accepted",
+    detail=bindparam("e_detail", type_=JsonType),
+)
+# On PostgreSQL the three inserts travel as one statement: one round trip on the API's hottest
+# path (foreign keys are checked at the end of the statement, so the order holds).
+_ACCEPT_AS_ONE = _ACCEPTED_EVENT.add_cte(_NEW_MESSAGE.cte("new_message")).add_cte(
+    _NEW_OUTBOX_ROW.cte("new_outbox_row")
+)
 
 
 def store_message(connection: Connection, app_id: str, body: dict[str, Any]) -> Message:
-    """Add the message, its outbox entry and its first event to the caller's transaction.
+    """Add the message, its outbox entry and its `accepted` event to the caller's transaction.
 
-    Plain INSERTs, no ORM unit of work: this is the hottest path of the API. The outbox insert
-    wakes the relay on commit (a trigger on PostgreSQL, a short poll on SQLite).
+    The outbox insert wakes the relay on commit (a trigger on PostgreSQL, a short poll on SQLite).
     """
     now = utcnow()
     message = Message(
@@ -43,24 +70,15 @@ def store_message(connection: Connection, app_id: str, body: dict[str, Any]) -> 
         created_at=now,
         updated_at=now,
     )
-    # Prebuilt Core inserts: on this path, building SQL costs more than running it.
-    connection.execute(_INSERT_MESSAGE, _columns(message))
-    connection.execute(
-        _INSERT_OUTBOX,
-        {
-            "message_id": message.id,
-            "routing_key": DISPATCH_KEY,
-            "payload": {"message_id": message.id, "app_id": app_id},
-            "available_at": now,
-            "created_at": now,
-        },
-    )
-    record_events(connection, [event_row(message.id, "accepted", recipients=len(body["to"]))])
+    params = {f"m_{column.key}": getattr(message, column.key) for column in _MESSAGES.columns}
+    params["o_payload"] = {"message_id": message.id, "app_id": app_id}
+    params["e_detail"] = {"recipients": len(body["to"])}
+    if connection.dialect.name == "postgresql":
+        connection.execute(_ACCEPT_AS_ONE, params)
+    else:
+        for statement in (_NEW_MESSAGE, _NEW_OUTBOX_ROW, _ACCEPTED_EVENT):
+            connection.execute(statement, params)
     return message
-
-
-def _columns(message: Message) -> dict[str, Any]:
-    return {column.key: getattr(message, column.key) for column in Message.__table__.columns}
 
 
 @blp.route("")
