@@ -18,15 +18,16 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Row, bindparam, update
+from sqlalchemy import Connection, Row, String, bindparam, func, insert, literal, update
 from sqlalchemy import select as sql_select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from shared.amqp.link import AmqpLink, Outgoing
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
-from shared.models import Message, OutboxEntry, table_of
+from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
 from shared.payloads import DispatchPayload, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -51,8 +52,21 @@ _MARK_PUBLISHED = (
 )
 _MARK_QUEUED = (
     update(_M)
-    .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status == "accepted")
+    .where(_M.c.id.in_(bindparam("message_ids", expanding=True)), _M.c.status == "accepted")
     .values(status="queued", updated_at=bindparam("now"))
+)
+# On PostgreSQL the outbox mark, the status change and the `queued` events are one statement.
+_QUEUED_EVENTS = insert(table_of(Event)).from_select(
+    ["message_id", "at", "stage", "detail"],
+    sql_select(
+        func.unnest(bindparam("message_id_array", type_=ARRAY(String()))),
+        bindparam("now", type_=UTCDateTime()),
+        literal("queued"),
+        literal({}, JsonType),
+    ),
+)
+_MARK_ALL_AS_ONE = _QUEUED_EVENTS.add_cte(_MARK_PUBLISHED.cte("published")).add_cte(
+    _MARK_QUEUED.cte("queued")
 )
 
 
@@ -143,9 +157,14 @@ class OutboxRelay:
         self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any]]]
     ) -> None:
         now = utcnow()
-        connection.execute(_MARK_PUBLISHED, {"ids": [row.id for row in rows], "now": now})
+        ids = [row.id for row in rows]
         message_ids = [row.message_id for row in rows]
-        connection.execute(_MARK_QUEUED, {"ids": message_ids, "now": now})
+        if self._postgres:
+            params = {"ids": ids, "message_ids": message_ids, "message_id_array": message_ids}
+            connection.execute(_MARK_ALL_AS_ONE, params | {"now": now})
+            return
+        connection.execute(_MARK_PUBLISHED, {"ids": ids, "now": now})
+        connection.execute(_MARK_QUEUED, {"message_ids": message_ids, "now": now})
         record_events(connection, [event_row(mid, "queued") for mid in message_ids])
 
     def _wait_for_work(self) -> None:
