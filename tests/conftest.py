@@ -27,6 +27,16 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def queue_depth(queue: str) -> int:
+    """How many messages wait in `queue` right now."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        connection.close()
+
+
 def _admin(sql: str) -> None:
     connection = psycopg2.connect(PG_ADMIN_DSN)
     connection.autocommit = True

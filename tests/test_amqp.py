@@ -14,7 +14,8 @@ from sqlalchemy.exc import OperationalError
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing, PublishError
 from shared.amqp.topology import Topology, channel_key
-from tests.conftest import AMQP_URL, queue_prefix
+from tests.conftest import AMQP_URL, queue_depth, queue_prefix
+from tests.stack import wait_until
 
 
 @pytest.fixture
@@ -30,15 +31,6 @@ def link(topology: Topology) -> Iterator[AmqpLink]:
     assert built.wait_ready(10), "the link never connected"
     yield built
     built.close()
-
-
-def queue_depth(topology: Topology, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
 
 
 def test_declaring_twice_is_harmless_and_queues_are_quorum_with_a_delivery_limit(
@@ -67,7 +59,7 @@ def test_many_publishes_are_confirmed_without_one_round_trip_each(
     done, not_done = wait(futures, timeout=30)
     elapsed = time.monotonic() - started
     assert not not_done and all(f.exception() is None for f in done)
-    assert queue_depth(topology, topology.channel_queue("web")) == count
+    assert queue_depth(topology.channel_queue("web")) == count
     # One blocking confirm per message manages about 1.3k/s here; a window does far better.
     assert count / elapsed > 1500, f"{count / elapsed:.0f} confirmed publishes/s"
 
@@ -92,12 +84,10 @@ def test_a_retry_tier_returns_the_message_under_its_own_routing_key(
         ]
     )
     future.result(timeout=10)
-    assert queue_depth(topology, topology.retry_queue("1s")) == 1
-    deadline = time.monotonic() + 15
-    while queue_depth(topology, topology.channel_queue("web")) == 0:
-        assert time.monotonic() < deadline, "the retried message never came back"
-        time.sleep(0.1)
-    assert queue_depth(topology, topology.retry_queue("1s")) == 0
+    assert queue_depth(topology.retry_queue("1s")) == 1
+    web = topology.channel_queue("web")
+    wait_until(lambda: queue_depth(web) == 1, 15, "the retried message to come back")
+    assert queue_depth(topology.retry_queue("1s")) == 0
 
 
 def test_publishing_while_disconnected_fails_fast_instead_of_losing_the_message(
@@ -145,4 +135,4 @@ def test_a_batch_is_held_not_requeued_while_the_store_is_unreachable(
     assert not runner.is_alive()
     # Three tries of the same delivery, never handed back to the broker in between.
     assert consumer.seen == [[False], [False], [False]]
-    assert queue_depth(topology, topology.channel_queue("web")) == 0
+    assert queue_depth(topology.channel_queue("web")) == 0

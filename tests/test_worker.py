@@ -10,7 +10,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import pika
 import pytest
 from sqlalchemy import insert, select
 
@@ -24,7 +23,7 @@ from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.statuses import message_outcome
-from tests.conftest import AMQP_URL, new_tenant, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
 from tests.stack import wait_until
 
 
@@ -132,15 +131,6 @@ def state(runtime: Runtime, message_id: str, delivery_id: str) -> tuple[str, str
     return str(delivery_status), str(message_status), stages
 
 
-def dead_letters(runtime: Runtime) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        declared = connection.channel().queue_declare(runtime.topology.dead_queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
-
-
 def test_a_transient_failure_is_retried_through_a_delay_tier_then_sent(
     isolated_runtime: Runtime,
 ) -> None:
@@ -179,7 +169,7 @@ def test_a_permanent_failure_fails_the_message_and_parks_it_in_the_dead_queue(
     assert delivery_status == "failed"
     assert stages == ["failed", "failed"]
     assert channel.attempts == [delivery_id]
-    wait_until(lambda: dead_letters(runtime) == 1, 10, "the dead letter")
+    wait_until(lambda: queue_depth(runtime.topology.dead_queue) == 1, 10, "the dead letter")
 
 
 def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
@@ -205,19 +195,9 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         body = encode(DeliveryPayload(), payload)
         publisher.publish_batch([Outgoing(channel_key("web"), body)])[0].result(10)
         publisher.close()
-        wait_until(lambda: queue_is_empty(runtime), 10, "the duplicate to be consumed")
+        web_queue = runtime.topology.channel_queue("web")
+        wait_until(lambda: queue_depth(web_queue) == 0, 10, "the duplicate to be consumed")
     assert channel.attempts == [delivery_id]
-
-
-def queue_is_empty(runtime: Runtime) -> bool:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        declared = connection.channel().queue_declare(
-            runtime.topology.channel_queue("web"), passive=True
-        )
-        return int(declared.method.message_count) == 0
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize(
