@@ -80,6 +80,30 @@ def token(app_id: str, user_id: str, ttl: int) -> None:
     click.echo(value)
 
 
+@main.command("trace")
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+def trace(message_id: str, as_json: bool) -> None:
+    """Show what happened to MESSAGE_ID: its timeline, one line per event."""
+    from dataclasses import asdict
+
+    from sqlalchemy.exc import OperationalError
+
+    from omnipush.trace import load_trace, render
+    from shared.db import make_engine
+
+    engine = make_engine(_settings().database_url)
+    try:
+        found = load_trace(engine, message_id)
+    except OperationalError as error:
+        raise click.ClickException(f"cannot reach the store: {error.orig}") from error
+    finally:
+        engine.dispose()
+    if found is None:
+        raise click.ClickException(f"no message {message_id}")
+    click.echo(json.dumps(asdict(found), default=str) if as_json else render(found))
+
+
 @main.group()
 def dev() -> None:
     """Local development helpers used by `make run`."""

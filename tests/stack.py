@@ -22,6 +22,20 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_omnipush(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `omnipush` command to completion, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "omnipush", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

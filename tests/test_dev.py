@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from channels.registry import channel_names
 from omnipush.dev import procfile
 from shared.settings import Settings
 from tests.conftest import service_env
+from tests.stack import run_omnipush
 
 
 def prepare(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "omnipush", "dev", "prepare"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_omnipush("dev", "prepare", env=env, cwd=cwd)
 
 
 def test_prepare_prints_the_urls_a_demo_key_and_link_and_keeps_the_demo_app(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from shared.settings import Settings
 from shared.tokens import mint_browser_token
 from tests.conftest import AMQP_URL, REDIS_URL, new_tenant, queue_prefix, service_env
 from tests.inbox_client import InboxClient
-from tests.stack import Stack, free_port, wait_until
+from tests.stack import Stack, free_port, run_omnipush, wait_until
 
 
 @pytest.fixture
@@ -164,3 +165,31 @@ def test_the_default_sqlite_store_carries_a_message_end_to_end(tmp_path: Path) -
         finally:
             sqlite_stack.stop_all()
             runtime.close()
+
+
+def test_omnipush_trace_tells_an_operator_what_happened_to_a_message(
+    stack: Stack, tenant: NewApp, api: httpx.Client
+) -> None:
+    message_id = send(api, "henry", "traced")
+    wait_until(lambda: message(api, message_id)["status"] == "completed", 10, "completed")
+    env = service_env(stack.settings)
+    shown = run_omnipush("trace", message_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"message {message_id}  app {tenant.app_id}  status completed")
+    assert [line.split()[1] for line in lines[1:6]] == [
+        "accepted",
+        "queued",
+        "dispatched",
+        "sent",
+        "completed",
+    ]
+    assert lines[-1].startswith("delivery dlv_") and "user henry  sent  attempts 1" in lines[-1]
+
+    traced = json.loads(run_omnipush("trace", message_id, "--json", env=env).stdout)
+    assert traced["message"]["status"] == "completed"
+    assert [d["status"] for d in traced["deliveries"]] == ["sent"]
+
+    missing = run_omnipush("trace", "msg_nope", env=env)
+    assert missing.returncode == 1
+    assert "no message msg_nope" in missing.stderr
