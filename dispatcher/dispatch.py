@@ -9,12 +9,12 @@ make that harmless.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Future, wait
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Insert, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.amqp.consumer import BatchConsumer
@@ -44,6 +44,14 @@ _MARK_DISPATCHED = (
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .values(status="dispatched", updated_at=bindparam("now"))
 )
+# INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
+# Indexed by "is PostgreSQL"; RETURNING says which rows were new.
+_INSERT_DELIVERIES = {
+    dialect_is_postgresql: module.insert(_D)
+    .on_conflict_do_nothing()
+    .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
+    for dialect_is_postgresql, module in ((True, postgresql), (False, sqlite))
+}
 _PENDING = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     .where(
@@ -130,12 +138,22 @@ class DispatchConsumer(BatchConsumer):
             events.append(
                 event_row(message.id, "dispatched", deliveries=len(targets) * len(message.channels))
             )
-        if rows:
-            connection.execute(_insert_ignoring_duplicates(connection), rows)
+        insert_rows = _INSERT_DELIVERIES[connection.dialect.name == "postgresql"]
+        inserted = connection.execute(insert_rows, rows).all() if rows else []
         record_events(connection, events)
         if fresh:
             connection.execute(_MARK_DISPATCHED, {"ids": [m.id for m in fresh], "now": now})
-        pending = connection.execute(_PENDING, {"ids": [m.id for m in messages]}).all()
+        # A message whose rows were all written just now needs no lookup; one seen before (a
+        # redelivery) or raced by another dispatcher reads back what is still to be sent.
+        expected = Counter(row["message_id"] for row in rows)
+        written = Counter(row.message_id for row in inserted)
+        recheck = {
+            m.id for m in messages if m.status == "dispatched" or written[m.id] != expected[m.id]
+        }
+        pending = [row for row in inserted if row.message_id not in recheck]
+        if recheck:
+            pending += connection.execute(_PENDING, {"ids": list(recheck)}).all()
+        pending.sort(key=lambda row: row.id)
         result: dict[str, list[dict[str, str]]] = defaultdict(list)
         for delivery_id, message_id, app_id, channel in pending:
             result[message_id].append(
@@ -147,10 +165,3 @@ class DispatchConsumer(BatchConsumer):
                 }
             )
         return result
-
-
-def _insert_ignoring_duplicates(connection: Connection) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, so a redelivered message never fails on its rows."""
-    module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement: Insert = module.insert(_D).on_conflict_do_nothing()
-    return statement
