@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
-from producer_api import messages, tokens
+from producer_api import messages, tokens, users
 from producer_api.auth import install_api_key_auth
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
@@ -45,5 +45,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)
     api.register_blueprint(tokens.blp)
+    api.register_blueprint(users.blp)
     app.register_blueprint(health_blueprint(("store", "broker", "redis")))
     return app

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
@@ -86,6 +87,26 @@ class User(Base):
     quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Device(Base):
+    """A push target of a user: an FCM or APNs token, or a Web Push subscription."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["app_id", "user_id"], ["users.app_id", "users.user_id"], ondelete="CASCADE"
+        ),
+        Index("ix_devices_user", "app_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[str] = mapped_column(String(200))
+    platform: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str | None] = mapped_column(Text)
+    subscription: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Message(Base):

@@ -14,8 +14,11 @@ import pika
 import psycopg2
 import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
 
 from producer_api.api_keys import NewApp, create_app_with_key
+from producer_api.app import create_app
 from shared.amqp.topology import Topology
 from shared.migrate import upgrade
 from shared.runtime import Runtime
@@ -112,6 +115,24 @@ def new_tenant(runtime: Runtime) -> NewApp:
 def tenant(runtime: Runtime) -> NewApp:
     """A new app (business system) with its API key."""
     return new_tenant(runtime)
+
+
+@pytest.fixture(scope="module")
+def api_app(settings: Settings, runtime: Runtime) -> Flask:
+    """The producer API in-process, on the session's store."""
+    return create_app(settings, runtime=runtime)
+
+
+@pytest.fixture
+def client(api_app: Flask) -> Iterator[FlaskClient]:
+    """A test client of the in-process API."""
+    with api_app.test_client() as test_client:
+        yield test_client
+
+
+def bearer(tenant: NewApp) -> dict[str, str]:
+    """The Authorization header of `tenant`'s API key."""
+    return {"Authorization": f"Bearer {tenant.api_key}"}
 
 
 def service_env(settings: Settings) -> dict[str, str]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -17,24 +15,10 @@ from shared.models import Message, OutboxEntry
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import verify_browser_token
+from tests.conftest import bearer as auth
 from tests.conftest import new_tenant
 
 GOOD = {"to": [{"user_id": "alice"}], "channels": ["web"], "content": {"title": "Hi"}}
-
-
-@pytest.fixture(scope="module")
-def app(settings: Settings, runtime: Runtime) -> Flask:
-    return create_app(settings, runtime=runtime)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as test_client:
-        yield test_client
-
-
-def auth(tenant: NewApp) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tenant.api_key}"}
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
