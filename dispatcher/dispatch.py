@@ -14,14 +14,14 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Message, table_of
+from shared.models import Delivery, Message, Subscription, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -52,6 +52,13 @@ _INSERT_DELIVERIES = {
     .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     for dialect_is_postgresql, module in ((True, postgresql), (False, sqlite))
 }
+_MARK_NOTHING_TO_DO = (
+    update(_M)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="completed", updated_at=bindparam("now"))
+)
+_S = table_of(Subscription)
+_TOPIC_MEMBERS = select(_S.c.app_id, _S.c.topic_key, _S.c.user_id)
 _PENDING = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     .where(
@@ -65,6 +72,19 @@ _PENDING = (
 def recipient_key(recipient: dict[str, Any]) -> str:
     """The identity of a recipient within one message, e.g. `user:alice`."""
     return f"user:{recipient['user_id']}"
+
+
+def topic_members(
+    connection: Connection, topics: set[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """(app_id, topic key) -> its subscribers' user ids, now, for every topic named."""
+    members: dict[tuple[str, str], list[str]] = defaultdict(list)
+    if topics:
+        for app_id, key, user_id in connection.execute(
+            _TOPIC_MEMBERS.where(tuple_(_S.c.app_id, _S.c.topic_key).in_(list(topics)))
+        ):
+            members[(app_id, key)].append(user_id)
+    return members
 
 
 class DispatchConsumer(BatchConsumer):
@@ -116,8 +136,19 @@ class DispatchConsumer(BatchConsumer):
         rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         fresh = [m for m in messages if m.status != "dispatched"]
+        members = topic_members(
+            connection,
+            {(m.app_id, r["topic"]) for m in fresh for r in m.recipients if "topic" in r},
+        )
         for message in fresh:
-            targets = {recipient_key(r): r for r in message.recipients}
+            users = [
+                user
+                for r in message.recipients
+                for user in (
+                    [r["user_id"]] if "user_id" in r else members[(message.app_id, r["topic"])]
+                )
+            ]
+            targets = {recipient_key({"user_id": u}): {"user_id": u} for u in users}
             for key, recipient in targets.items():
                 for channel in message.channels:
                     rows.append(
@@ -143,6 +174,12 @@ class DispatchConsumer(BatchConsumer):
         record_events(connection, events)
         if fresh:
             connection.execute(_MARK_DISPATCHED, {"ids": [m.id for m in fresh], "now": now})
+        # A message whose topics have no subscribers has nothing to wait for.
+        with_deliveries = {row["message_id"] for row in rows}
+        empty = [m.id for m in fresh if m.id not in with_deliveries]
+        if empty:
+            connection.execute(_MARK_NOTHING_TO_DO, {"ids": empty, "now": now})
+            record_events(connection, [event_row(mid, "completed", deliveries=0) for mid in empty])
         # A message whose rows were all written just now needs no lookup; one seen before (a
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
         expected = Counter(row["message_id"] for row in rows)

@@ -14,7 +14,10 @@ from webargs.flaskparser import FlaskParser
 
 
 class JsonBodyParser(FlaskParser):
-    """A webargs parser that does not insist on `Content-Type: application/json`."""
+    """A webargs parser that does not insist on `Content-Type: application/json`, and that lets
+    each schema's own `unknown = RAISE` reject unknown fields in every location."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}  # noqa: RUF012 - webargs reads it
 
     def _raw_load_json(self, req: Any) -> Any:
         data = req.get_data(cache=True)

@@ -20,6 +20,7 @@ from shared.models import (
     JsonType,
     Message,
     OutboxEntry,
+    Topic,
     UTCDateTime,
     table_of,
 )
@@ -81,6 +82,25 @@ def store_message(connection: Connection, app_id: str, body: dict[str, Any]) -> 
     return message
 
 
+def _check_topics(connection: Connection, app_id: str, recipients: list[dict[str, Any]]) -> None:
+    """422 naming each `to.N.topic` that this app has no topic for."""
+    wanted = {index: r["topic"] for index, r in enumerate(recipients) if "topic" in r}
+    if not wanted:
+        return
+    known = set(
+        connection.scalars(
+            select(Topic.key).where(Topic.app_id == app_id, Topic.key.in_(set(wanted.values())))
+        )
+    )
+    unknown = {
+        f"to.{index}.topic": [f"No topic {key} for this app."]
+        for index, key in wanted.items()
+        if key not in known
+    }
+    if unknown:
+        fail(422, "The message names topics this app does not have.", errors=unknown)
+
+
 @blp.route("")
 class Messages(MethodView):
     @blp.arguments(MessageCreateSchema())
@@ -89,8 +109,10 @@ class Messages(MethodView):
     @blp.alt_response(413, description="Body over 256 KiB")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Accept a message; it is stored and queued before this answers."""
+        app_id = current_app_id()
         with runtime_of().engine.begin() as connection:
-            message = store_message(connection, current_app_id(), body)
+            _check_topics(connection, app_id, body["to"])
+            message = store_message(connection, app_id, body)
         location = url_for("messages.message", message_id=message.id)
         accepted = {"id": message.id, "status": "accepted", "created_at": message.created_at}
         return accepted, 202, {"Location": location}

@@ -28,7 +28,15 @@ class StrictSchema(Schema):
 
 
 class RecipientSchema(StrictSchema):
-    user_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    """One entry of `to`: a user of the app, or a topic (its subscribers at dispatch time)."""
+
+    user_id = fields.String(validate=validate.Length(min=1, max=200))
+    topic = fields.String(validate=validate.Length(min=1, max=100))
+
+    @validates_schema
+    def exactly_one_kind(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if len(data) != 1:
+            raise ValidationError("Give exactly one of user_id or topic.")
 
 
 class ContentSchema(StrictSchema):

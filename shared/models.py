@@ -109,6 +109,34 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Topic(Base):
+    """A named audience of one app; a message to it reaches its subscribers at dispatch time."""
+
+    __tablename__ = "topics"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    """One user subscribed to one topic."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["app_id", "topic_key"], ["topics.app_id", "topics.key"], ondelete="CASCADE"
+        ),
+    )
+
+    app_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    topic_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Message(Base):
     """One message as a business system submitted it, and where it stands overall."""
 

@@ -1,0 +1,182 @@
+"""`/v1/topics`: named audiences of an app and who is subscribed to them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask.views import MethodView
+from marshmallow import Schema, fields, validate
+from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from producer_api.auth import current_app_id
+from producer_api.blueprint import Blueprint, fail
+from producer_api.schemas import StrictSchema
+from shared.flask_runtime import runtime_of
+from shared.ids import utcnow
+from shared.models import Subscription, Topic, table_of
+
+blp = Blueprint("topics", __name__, url_prefix="/v1/topics", description="Topics")
+
+TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+MAX_SUBSCRIBE = 1000
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+_SUBSCRIPTIONS = table_of(Subscription)
+
+
+class TopicBodySchema(StrictSchema):
+    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+
+class TopicSchema(Schema):
+    key = fields.String()
+    name = fields.String(allow_none=True)
+    subscribers = fields.Integer()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class SubscribeSchema(StrictSchema):
+    user_ids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=200)),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_SUBSCRIBE),
+    )
+
+
+class SubscribedSchema(Schema):
+    subscribed = fields.Integer()
+
+
+class SubscriberPageQuery(StrictSchema):
+    limit = fields.Integer(load_default=DEFAULT_PAGE, validate=validate.Range(min=1, max=MAX_PAGE))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+
+
+class SubscriberPageSchema(Schema):
+    items = fields.List(fields.Dict())
+    next_cursor = fields.String(allow_none=True)
+
+
+def _check_key(key: str) -> None:
+    if not TOPIC_KEY.match(key):
+        fail(422, "A topic key is 1 to 100 of a-z, 0-9, '.', '_' and '-', starting alphanumeric.")
+
+
+def _topic(connection: Connection, app_id: str, key: str) -> Any:
+    topic = connection.execute(
+        select(Topic.key, Topic.name, Topic.created_at, Topic.updated_at).where(
+            Topic.app_id == app_id, Topic.key == key
+        )
+    ).first()
+    if topic is None:
+        fail(404, f"No topic {key} for this app.")
+    return topic
+
+
+def _shown(connection: Connection, app_id: str, key: str) -> dict[str, Any]:
+    topic = _topic(connection, app_id, key)
+    count = connection.scalar(
+        select(func.count()).where(Subscription.app_id == app_id, Subscription.topic_key == key)
+    )
+    return {**topic._asdict(), "subscribers": int(count or 0)}
+
+
+@blp.route("/<string:key>")
+class TopicResource(MethodView):
+    @blp.arguments(TopicBodySchema(), required=False)
+    @blp.response(200, TopicSchema())
+    @blp.alt_response(201, schema=TopicSchema(), description="The topic was created")
+    def put(self, body: dict[str, Any], key: str) -> tuple[dict[str, Any], int]:
+        """Create a topic, or rename it."""
+        _check_key(key)
+        app_id, now = current_app_id(), utcnow()
+        with runtime_of().engine.begin() as connection:
+            module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+            inserted = connection.execute(
+                module.insert(table_of(Topic))
+                .values(
+                    app_id=app_id, key=key, name=body.get("name"), created_at=now, updated_at=now
+                )
+                .on_conflict_do_update(
+                    index_elements=["app_id", "key"],
+                    set_={"name": body.get("name"), "updated_at": now},
+                )
+                .returning(Topic.created_at)
+            ).scalar_one()
+            shown = _shown(connection, app_id, key)
+        return shown, 201 if inserted == now else 200
+
+    @blp.response(200, TopicSchema())
+    @blp.alt_response(404, description="No such topic for this app")
+    def get(self, key: str) -> dict[str, Any]:
+        """A topic and how many users are subscribed to it."""
+        with runtime_of().engine.connect() as connection:
+            return _shown(connection, current_app_id(), key)
+
+
+@blp.route("/<string:key>/subscribers")
+class Subscribers(MethodView):
+    @blp.arguments(SubscribeSchema())
+    @blp.response(200, SubscribedSchema())
+    @blp.alt_response(404, description="No such topic for this app")
+    def post(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        """Subscribe up to 1000 users at once; users already subscribed stay as they are."""
+        app_id, now = current_app_id(), utcnow()
+        user_ids = list(dict.fromkeys(body["user_ids"]))
+        with runtime_of().engine.begin() as connection:
+            _topic(connection, app_id, key)
+            module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+            added = connection.execute(
+                module.insert(_SUBSCRIPTIONS)
+                .on_conflict_do_nothing()
+                .returning(_SUBSCRIPTIONS.c.user_id),
+                [
+                    {"app_id": app_id, "topic_key": key, "user_id": user, "created_at": now}
+                    for user in user_ids
+                ],
+            ).all()
+        return {"subscribed": len(added)}
+
+    @blp.arguments(SubscriberPageQuery(), location="query")
+    @blp.response(200, SubscriberPageSchema())
+    @blp.alt_response(404, description="No such topic for this app")
+    def get(self, query: dict[str, Any], key: str) -> dict[str, Any]:
+        """Subscribers in user id order, a page at a time (`cursor` = the last id seen)."""
+        app_id = current_app_id()
+        conditions = [Subscription.app_id == app_id, Subscription.topic_key == key]
+        if query["cursor"] is not None:
+            conditions.append(Subscription.user_id > query["cursor"])
+        with runtime_of().engine.connect() as connection:
+            _topic(connection, app_id, key)
+            rows = connection.execute(
+                select(Subscription.user_id, Subscription.created_at)
+                .where(*conditions)
+                .order_by(Subscription.user_id)
+                .limit(query["limit"] + 1)
+            ).all()
+        page = rows[: query["limit"]]
+        return {
+            "items": [{"user_id": u, "subscribed_at": at.isoformat()} for u, at in page],
+            "next_cursor": page[-1].user_id if len(rows) > query["limit"] else None,
+        }
+
+
+@blp.route("/<string:key>/subscribers/<string:user_id>")
+class Subscriber(MethodView):
+    @blp.response(204)
+    @blp.alt_response(404, description="That user is not subscribed to that topic")
+    def delete(self, key: str, user_id: str) -> None:
+        """Unsubscribe one user."""
+        app_id = current_app_id()
+        with runtime_of().engine.begin() as connection:
+            removed = connection.execute(
+                delete(Subscription).where(
+                    Subscription.app_id == app_id,
+                    Subscription.topic_key == key,
+                    Subscription.user_id == user_id,
+                )
+            )
+            if not removed.rowcount:
+                fail(404, f"{user_id} is not subscribed to {key}.")
