@@ -131,7 +131,11 @@ class DispatchConsumer(BatchConsumer):
         self, connection: Connection, message_ids: list[str]
     ) -> dict[str, list[dict[str, str]]]:
         """Write missing deliveries; return, per message, the deliveries still to be sent."""
-        messages = connection.execute(_DISPATCHABLE, {"ids": message_ids}).all()
+        # On PostgreSQL the rows stay locked until commit, so a cancel either lands before this
+        # batch reads them (and they are skipped) or waits and finds them dispatched.
+        postgres = connection.dialect.name == "postgresql"
+        dispatchable = _DISPATCHABLE.with_for_update() if postgres else _DISPATCHABLE
+        messages = connection.execute(dispatchable, {"ids": message_ids}).all()
         now = utcnow()
         rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []

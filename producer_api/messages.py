@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
@@ -24,6 +24,7 @@ from shared.models import (
     UTCDateTime,
     table_of,
 )
+from shared.trace import event_row, record_events
 
 blp = Blueprint("messages", __name__, url_prefix="/v1/messages", description="Send messages")
 
@@ -82,6 +83,20 @@ def store_message(connection: Connection, app_id: str, body: dict[str, Any]) -> 
     return message
 
 
+#: Statuses a message can still be canceled from: nothing has been sent for it yet.
+CANCELABLE = ("accepted", "scheduled", "queued")
+_CANCEL = (
+    update(_MESSAGES)
+    .where(
+        _MESSAGES.c.id == bindparam("message"),
+        _MESSAGES.c.app_id == bindparam("app"),
+        _MESSAGES.c.status.in_(CANCELABLE),
+    )
+    .values(status="canceled", updated_at=bindparam("now"))
+    .returning(_MESSAGES.c.id)
+)
+
+
 def _check_topics(connection: Connection, app_id: str, recipients: list[dict[str, Any]]) -> None:
     """422 naming each `to.N.topic` that this app has no topic for."""
     wanted = {index: r["topic"] for index, r in enumerate(recipients) if "topic" in r}
@@ -118,34 +133,59 @@ class Messages(MethodView):
         return accepted, 202, {"Location": location}
 
 
+def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
+    """The message of `app_id` with its deliveries and events; 404 when it has no such one."""
+    with runtime_of().sessions() as session:
+        message = session.scalar(
+            select(Message).where(Message.id == message_id, Message.app_id == app_id)
+        )
+        if message is None:
+            fail(404, f"No message {message_id} for this app.")
+        deliveries = session.scalars(
+            select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
+        ).all()
+        events = session.scalars(
+            select(Event).where(Event.message_id == message_id).order_by(Event.id)
+        ).all()
+    return {
+        "id": message.id,
+        "status": message.status,
+        "recipients": message.recipients,
+        "channels": message.channels,
+        "content": message.content,
+        "category": message.category,
+        "priority": message.priority,
+        "created_at": message.created_at,
+        "updated_at": message.updated_at,
+        "deliveries": deliveries,
+        "events": events,
+    }
+
+
 @blp.route("/<string:message_id>", endpoint="message")
 class MessageResource(MethodView):
     @blp.response(200, MessageSchema())
     @blp.alt_response(404, description="No such message for this app")
     def get(self, message_id: str) -> dict[str, Any]:
         """The message, its deliveries and its timeline of events."""
-        with runtime_of().sessions() as session:
-            message = session.scalar(
-                select(Message).where(Message.id == message_id, Message.app_id == current_app_id())
-            )
-            if message is None:
-                fail(404, f"No message {message_id} for this app.")
-            deliveries = session.scalars(
-                select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
-            ).all()
-            events = session.scalars(
-                select(Event).where(Event.message_id == message_id).order_by(Event.id)
-            ).all()
-        return {
-            "id": message.id,
-            "status": message.status,
-            "recipients": message.recipients,
-            "channels": message.channels,
-            "content": message.content,
-            "category": message.category,
-            "priority": message.priority,
-            "created_at": message.created_at,
-            "updated_at": message.updated_at,
-            "deliveries": deliveries,
-            "events": events,
-        }
+        return _message_view(message_id, current_app_id())
+
+    @blp.response(200, MessageSchema())
+    @blp.alt_response(404, description="No such message for this app")
+    @blp.alt_response(409, description="Already dispatched (or finished): too late to cancel")
+    def delete(self, message_id: str) -> dict[str, Any]:
+        """Cancel a message that has not been dispatched yet."""
+        app_id = current_app_id()
+        with runtime_of().engine.begin() as connection:
+            canceled = connection.execute(
+                _CANCEL, {"message": message_id, "app": app_id, "now": utcnow()}
+            ).first()
+            if canceled is None:
+                status = connection.scalar(
+                    select(Message.status).where(Message.id == message_id, Message.app_id == app_id)
+                )
+                if status is None:
+                    fail(404, f"No message {message_id} for this app.")
+                fail(409, f"Message {message_id} is {status}: too late to cancel.")
+            record_events(connection, [event_row(message_id, "canceled")])
+        return _message_view(message_id, app_id)

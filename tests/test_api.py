@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from producer_api.api_keys import NewApp
 from producer_api.app import create_app
@@ -16,7 +16,7 @@ from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import verify_browser_token
 from tests.conftest import bearer as auth
-from tests.conftest import new_tenant
+from tests.conftest import isolated_settings, new_tenant
 
 GOOD = {"to": [{"user_id": "alice"}], "channels": ["web"], "content": {"title": "Hi"}}
 
@@ -155,3 +155,37 @@ def test_readiness_names_what_is_unreachable(settings: Settings) -> None:
     assert body["checks"]["broker"].startswith("unreachable at 127.0.0.1:1")
     assert body["checks"]["redis"].startswith("unreachable")
     assert "broker" in body["detail"] and "redis" in body["detail"]
+
+
+def test_a_message_not_yet_dispatched_can_be_canceled_and_only_then() -> None:
+    # A store of its own: no relay or dispatcher of another test may take the message first.
+    with isolated_settings() as own:
+        runtime = Runtime.build(own)
+        try:
+            client = create_app(own, runtime=runtime).test_client()
+            tenant = new_tenant(runtime)
+            message_id = client.post("/v1/messages", json=GOOD, headers=auth(tenant)).get_json()[
+                "id"
+            ]
+            assert_problem(
+                client.delete(f"/v1/messages/{message_id}", headers=auth(new_tenant(runtime))), 404
+            )
+
+            canceled = client.delete(f"/v1/messages/{message_id}", headers=auth(tenant))
+            assert canceled.status_code == 200
+            body = canceled.get_json()
+            assert body["status"] == "canceled"
+            assert [e["stage"] for e in body["events"]] == ["accepted", "canceled"]
+            again = assert_problem(
+                client.delete(f"/v1/messages/{message_id}", headers=auth(tenant)), 409
+            )
+            assert "canceled" in again["detail"]
+
+            late = client.post("/v1/messages", json=GOOD, headers=auth(tenant)).get_json()["id"]
+            with runtime.engine.begin() as connection:
+                connection.execute(
+                    update(Message).where(Message.id == late).values(status="dispatched")
+                )
+            assert_problem(client.delete(f"/v1/messages/{late}", headers=auth(tenant)), 409)
+        finally:
+            runtime.close()

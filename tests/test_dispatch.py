@@ -131,3 +131,19 @@ def test_a_redelivered_message_adds_no_rows_and_republishes_only_what_is_unsent(
     assert deliveries(runtime, message_id) == [("cat", "sent"), ("dan", "queued")]
     assert dispatched_events(runtime, message_id) == 1
     assert queue_depth(runtime.topology.dispatch_queue) == 0
+
+
+def test_a_canceled_message_is_not_dispatched(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    message_id, app_id = accepted_message(runtime, ["eve"])
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            update(Message).where(Message.id == message_id).values(status="canceled")
+        )
+    with running_dispatcher(runtime):
+        dispatch(runtime, message_id, app_id)
+        wait_until(
+            lambda: queue_depth(runtime.topology.dispatch_queue) == 0, 10, "the message consumed"
+        )
+    assert deliveries(runtime, message_id) == []
+    assert dispatched_events(runtime, message_id) == 0
