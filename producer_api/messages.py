@@ -10,7 +10,13 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
-from producer_api.schemas import MessageAcceptedSchema, MessageCreateSchema, MessageSchema
+from producer_api.schemas import (
+    MessageAcceptedSchema,
+    MessageCreateSchema,
+    MessageListQuery,
+    MessagePageSchema,
+    MessageSchema,
+)
 from shared.amqp.topology import DISPATCH_KEY
 from shared.flask_runtime import runtime_of
 from shared.ids import new_id, utcnow
@@ -118,6 +124,37 @@ def _check_topics(connection: Connection, app_id: str, recipients: list[dict[str
 
 @blp.route("")
 class Messages(MethodView):
+    @blp.arguments(MessageListQuery(), location="query")
+    @blp.response(200, MessagePageSchema())
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """This app's messages, newest first, a page at a time (`cursor`: the last id seen)."""
+        conditions = [Message.app_id == current_app_id()]
+        if query["status"] is not None:
+            conditions.append(Message.status == query["status"])
+        if query["cursor"] is not None:
+            conditions.append(Message.id < query["cursor"])
+        with runtime_of().engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    Message.id,
+                    Message.status,
+                    Message.channels,
+                    Message.category,
+                    Message.priority,
+                    Message.created_at,
+                    Message.updated_at,
+                )
+                .where(*conditions)
+                .order_by(Message.id.desc())
+                .limit(query["limit"] + 1)
+            ).all()
+        page = rows[: query["limit"]]
+        more = len(rows) > query["limit"]
+        return {
+            "items": [row._asdict() for row in page],
+            "next_cursor": page[-1].id if more else None,
+        }
+
     @blp.arguments(MessageCreateSchema())
     @blp.response(202, MessageAcceptedSchema())
     @blp.alt_response(401, description="Missing or unknown API key")

@@ -68,6 +68,40 @@ class MessageCreateSchema(StrictSchema):
             raise ValidationError("Each channel may appear once.", field_name="channels")
 
 
+MESSAGE_STATUSES = (
+    "accepted",
+    "scheduled",
+    "queued",
+    "dispatched",
+    "completed",
+    "failed",
+    "partially_failed",
+    "canceled",
+    "expired",
+)
+
+
+class MessageListQuery(StrictSchema):
+    status = fields.String(load_default=None, validate=validate.OneOf(MESSAGE_STATUSES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=40))
+
+
+class MessageSummarySchema(Schema):
+    id = fields.String()
+    status = fields.String()
+    channels = fields.List(fields.String())
+    category = fields.String()
+    priority = fields.String()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class MessagePageSchema(Schema):
+    items = fields.List(fields.Nested(MessageSummarySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
 class MessageAcceptedSchema(Schema):
     id = fields.String()
     status = fields.String()

@@ -189,3 +189,26 @@ def test_a_message_not_yet_dispatched_can_be_canceled_and_only_then() -> None:
             assert_problem(client.delete(f"/v1/messages/{late}", headers=auth(tenant)), 409)
         finally:
             runtime.close()
+
+
+def test_messages_are_listed_newest_first_by_page_and_status(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    ids = [
+        client.post("/v1/messages", json=GOOD, headers=auth(tenant)).get_json()["id"]
+        for _ in range(5)
+    ]
+    with runtime.engine.begin() as connection:
+        connection.execute(update(Message).where(Message.id == ids[1]).values(status="failed"))
+    first = client.get("/v1/messages?limit=3", headers=auth(tenant)).get_json()
+    assert [m["id"] for m in first["items"]] == ids[::-1][:3]
+    rest = client.get(
+        f"/v1/messages?limit=3&cursor={first['next_cursor']}", headers=auth(tenant)
+    ).get_json()
+    assert ([m["id"] for m in rest["items"]], rest["next_cursor"]) == (ids[::-1][3:], None)
+    failed = client.get("/v1/messages?status=failed", headers=auth(tenant)).get_json()
+    assert [m["id"] for m in failed["items"]] == [ids[1]]
+    stranger = new_tenant(runtime)
+    assert client.get("/v1/messages", headers=auth(stranger)).get_json()["items"] == []
+    for bad in ("status=lost", "limit=0", "limit=201", "sort=asc"):
+        assert_problem(client.get(f"/v1/messages?{bad}", headers=auth(tenant)), 422)
