@@ -94,7 +94,9 @@ class TopicResource(MethodView):
         app_id, now = current_app_id(), utcnow()
         with runtime_of().engine.begin() as connection:
             module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-            inserted = connection.execute(
+            # One upsert; the row it leaves was created by this request exactly when its
+            # created_at is this request's timestamp (an update keeps the original one).
+            created_at = connection.execute(
                 module.insert(table_of(Topic))
                 .values(
                     app_id=app_id, key=key, name=body.get("name"), created_at=now, updated_at=now
@@ -106,7 +108,7 @@ class TopicResource(MethodView):
                 .returning(Topic.created_at)
             ).scalar_one()
             shown = _shown(connection, app_id, key)
-        return shown, 201 if inserted == now else 200
+        return shown, 201 if created_at == now else 200
 
     @blp.response(200, TopicSchema())
     @blp.alt_response(404, description="No such topic for this app")
