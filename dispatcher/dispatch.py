@@ -15,11 +15,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, bindparam, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
+from shared.db import insert_for
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message, Subscription, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
@@ -45,12 +45,12 @@ _MARK_DISPATCHED = (
     .values(status="dispatched", updated_at=bindparam("now"))
 )
 # INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
-# Indexed by "is PostgreSQL"; RETURNING says which rows were new.
+# One per store dialect; RETURNING says which rows were new.
 _INSERT_DELIVERIES = {
-    dialect_is_postgresql: module.insert(_D)
+    dialect: insert_for(dialect, _D)
     .on_conflict_do_nothing()
     .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
-    for dialect_is_postgresql, module in ((True, postgresql), (False, sqlite))
+    for dialect in ("postgresql", "sqlite")
 }
 _MARK_NOTHING_TO_DO = (
     update(_M)
@@ -69,9 +69,9 @@ _PENDING = (
 )
 
 
-def recipient_key(recipient: dict[str, Any]) -> str:
+def recipient_key(user_id: str) -> str:
     """The identity of a recipient within one message, e.g. `user:alice`."""
-    return f"user:{recipient['user_id']}"
+    return f"user:{user_id}"
 
 
 def topic_members(
@@ -152,8 +152,8 @@ class DispatchConsumer(BatchConsumer):
                     [r["user_id"]] if "user_id" in r else members[(message.app_id, r["topic"])]
                 )
             ]
-            targets = {recipient_key({"user_id": u}): {"user_id": u} for u in users}
-            for key, recipient in targets.items():
+            targets = {recipient_key(user): user for user in users}
+            for key, user_id in targets.items():
                 for channel in message.channels:
                     rows.append(
                         {
@@ -161,7 +161,7 @@ class DispatchConsumer(BatchConsumer):
                             "message_id": message.id,
                             "app_id": message.app_id,
                             "recipient": key,
-                            "user_id": recipient.get("user_id"),
+                            "user_id": user_id,
                             "address": None,
                             "channel": channel,
                             "status": "queued",
@@ -173,7 +173,7 @@ class DispatchConsumer(BatchConsumer):
             events.append(
                 event_row(message.id, "dispatched", deliveries=len(targets) * len(message.channels))
             )
-        insert_rows = _INSERT_DELIVERIES[connection.dialect.name == "postgresql"]
+        insert_rows = _INSERT_DELIVERIES[connection.dialect.name]
         inserted = connection.execute(insert_rows, rows).all() if rows else []
         record_events(connection, events)
         if fresh:

@@ -69,7 +69,7 @@ class ApiKeyCache:
         if hit is not None and hit[1] > now:
             return hit[0]
         with session_factory() as session:
-            app_id = session.scalar(select(App.id).where(App.api_key_hash == digest))
+            app_id = app_for_key(session, api_key)
         if app_id is not None:
             with self._lock:
                 if len(self._entries) >= self.max_entries:

@@ -8,11 +8,11 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Connection, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
 from producer_api.schemas import StrictSchema
+from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Subscription, Topic, table_of
@@ -93,11 +93,10 @@ class TopicResource(MethodView):
         _check_key(key)
         app_id, now = current_app_id(), utcnow()
         with runtime_of().engine.begin() as connection:
-            module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
             # One upsert; the row it leaves was created by this request exactly when its
             # created_at is this request's timestamp (an update keeps the original one).
             created_at = connection.execute(
-                module.insert(table_of(Topic))
+                insert_for(connection.dialect.name, table_of(Topic))
                 .values(
                     app_id=app_id, key=key, name=body.get("name"), created_at=now, updated_at=now
                 )
@@ -129,9 +128,8 @@ class Subscribers(MethodView):
         user_ids = list(dict.fromkeys(body["user_ids"]))
         with runtime_of().engine.begin() as connection:
             _topic(connection, app_id, key)
-            module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
             added = connection.execute(
-                module.insert(_SUBSCRIPTIONS)
+                insert_for(connection.dialect.name, _SUBSCRIPTIONS)
                 .on_conflict_do_nothing()
                 .returning(_SUBSCRIPTIONS.c.user_id),
                 [

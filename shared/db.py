@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,3 +44,13 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def is_postgresql(engine: Engine) -> bool:
     """Whether the store is PostgreSQL (LISTEN/NOTIFY, SKIP LOCKED and JSONB are there)."""
     return engine.dialect.name == "postgresql"
+
+
+def insert_for(dialect_name: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with the dialect's `on_conflict_do_nothing` / `on_conflict_do_update`.
+
+    Only PostgreSQL and SQLite are supported stores; both spell upserts this way.
+    """
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
