@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import create_app
+from shared.amqp.link import AmqpLink, Outgoing
 from shared.amqp.topology import Topology
 from shared.migrate import upgrade
 from shared.runtime import Runtime
@@ -104,6 +105,26 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     built = Runtime.build(settings)
     yield built
     built.close()
+
+
+@pytest.fixture
+def isolated_runtime(settings: Settings) -> Iterator[Runtime]:
+    """The session's store with queues of its own: no running stack takes this test's work."""
+    with queue_prefix() as prefix:
+        built = Runtime.build(settings.with_overrides(queue_prefix=prefix))
+        yield built
+        built.close()
+
+
+def publish(runtime: Runtime, routing_key: str, body: bytes) -> None:
+    """Publish one message on `runtime`'s exchange and wait for the broker's confirm."""
+    link = AmqpLink(AMQP_URL, runtime.topology)
+    link.start()
+    try:
+        assert link.wait_ready(10), "RabbitMQ did not answer"
+        link.publish_batch([Outgoing(routing_key, body)])[0].result(10)
+    finally:
+        link.close()
 
 
 def new_tenant(runtime: Runtime) -> NewApp:

@@ -6,27 +6,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from sqlalchemy import func, insert, select, update
 
 from dispatcher.dispatch import DispatchConsumer
-from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.link import AmqpLink
 from shared.amqp.topology import DISPATCH_KEY
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message
 from shared.payloads import DispatchPayload, encode
 from shared.runtime import Runtime
-from shared.settings import Settings
-from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, publish, queue_depth
 from tests.stack import wait_until
-
-
-@pytest.fixture
-def isolated_runtime(settings: Settings) -> Iterator[Runtime]:
-    with queue_prefix() as prefix:
-        built = Runtime.build(settings.with_overrides(queue_prefix=prefix))
-        yield built
-        built.close()
 
 
 @contextmanager
@@ -69,12 +59,8 @@ def accepted_message(runtime: Runtime, users: list[str]) -> tuple[str, str]:
 
 
 def dispatch(runtime: Runtime, message_id: str, app_id: str) -> None:
-    link = AmqpLink(AMQP_URL, runtime.topology)
-    link.start()
-    assert link.wait_ready(10)
     body = encode(DispatchPayload(), {"message_id": message_id, "app_id": app_id})
-    link.publish_batch([Outgoing(DISPATCH_KEY, body)])[0].result(10)
-    link.close()
+    publish(runtime, DISPATCH_KEY, body)
 
 
 def deliveries(runtime: Runtime, message_id: str) -> list[tuple[str | None, str]]:

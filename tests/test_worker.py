@@ -15,15 +15,14 @@ from sqlalchemy import insert, select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
 from dispatcher.worker import ChannelWorker
-from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message
 from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
-from shared.settings import Settings
 from shared.statuses import message_outcome
-from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, publish, queue_depth
 from tests.stack import wait_until
 
 
@@ -43,14 +42,6 @@ class ScriptedChannel(Channel):
         if outcome is Outcome.SENT:
             return Result.sent()
         return Result(outcome, f"scripted {outcome.value}")
-
-
-@pytest.fixture
-def isolated_runtime(settings: Settings) -> Iterator[Runtime]:
-    with queue_prefix() as prefix:
-        built = Runtime.build(settings.with_overrides(queue_prefix=prefix))
-        yield built
-        built.close()
 
 
 def queued_delivery(runtime: Runtime) -> tuple[str, str]:
@@ -94,13 +85,7 @@ def queued_delivery(runtime: Runtime) -> tuple[str, str]:
         "app_id": tenant.app_id,
         "channel": "web",
     }
-    publisher = AmqpLink(AMQP_URL, runtime.topology)
-    publisher.start()
-    assert publisher.wait_ready(10)
-    publisher.publish_batch([Outgoing(channel_key("web"), encode(DeliveryPayload(), payload))])[
-        0
-    ].result(10)
-    publisher.close()
+    publish(runtime, channel_key("web"), encode(DeliveryPayload(), payload))
     return message_id, delivery_id
 
 
@@ -181,9 +166,6 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
         # The same AMQP message again, as a broker redelivery would bring it.
-        publisher = AmqpLink(AMQP_URL, runtime.topology)
-        publisher.start()
-        assert publisher.wait_ready(10)
         with runtime.engine.connect() as connection:
             app_id = connection.scalar(select(Message.app_id).where(Message.id == message_id))
         payload = {
@@ -192,9 +174,7 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
             "app_id": app_id,
             "channel": "web",
         }
-        body = encode(DeliveryPayload(), payload)
-        publisher.publish_batch([Outgoing(channel_key("web"), body)])[0].result(10)
-        publisher.close()
+        publish(runtime, channel_key("web"), encode(DeliveryPayload(), payload))
         web_queue = runtime.topology.channel_queue("web")
         wait_until(lambda: queue_depth(web_queue) == 0, 10, "the duplicate to be consumed")
     assert channel.attempts == [delivery_id]
