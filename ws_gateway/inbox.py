@@ -57,8 +57,8 @@ def _payload(row: Any) -> dict[str, Any]:
 
 
 def _age(row: Any) -> tuple[datetime, datetime, str]:
-    # Delivery ids sort by millisecond only, and one dispatch batch creates its deliveries in
-    # the same millisecond with one timestamp; the message's own time orders those.
+    # Ids from one dispatcher process strictly increase, but ids minted by two dispatchers in
+    # the same millisecond do not order; the delivery's and then the message's time do.
     return (row.created_at, row.message_created_at, row.id)
 
 
