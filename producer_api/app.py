@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
-from producer_api import messages, tokens, topics, users
+from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import install_api_key_auth
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
@@ -47,5 +47,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(tokens.blp)
     api.register_blueprint(users.blp)
     api.register_blueprint(topics.blp)
+    api.register_blueprint(templates.blp)
     app.register_blueprint(health_blueprint(("store", "broker", "redis")))
     return app
