@@ -73,9 +73,14 @@ class ChannelContext:
 
 
 class Channel(ABC):
-    """One channel (web, email, sms, ...): subclasses set `name` and implement `send`."""
+    """One channel (web, email, sms, ...): subclasses set `name` and implement `send`.
+
+    `reaches` names the bare address kinds of a message's `to` (`email`, `phone`) the channel
+    can deliver to without a user; every channel serves the app's users.
+    """
 
     name: ClassVar[str]
+    reaches: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context

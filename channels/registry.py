@@ -38,6 +38,11 @@ def channel_names() -> tuple[str, ...]:
     return tuple(sorted(channel_classes()))
 
 
+def channels_reaching(kind: str) -> tuple[str, ...]:
+    """The channels that deliver to a bare address of `kind` (`email`, `phone`)."""
+    return tuple(name for name, cls in sorted(channel_classes().items()) if kind in cls.reaches)
+
+
 def channel_class(name: str) -> type[Channel]:
     """The class of channel `name`; KeyError names the known ones."""
     classes = channel_classes()

@@ -9,6 +9,7 @@ make that harmless.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from concurrent.futures import Future, wait
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, bindparam, select, tuple_, update
 
+from channels.registry import channel_classes
+from dispatcher.targets import delivery_targets
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
@@ -29,13 +32,14 @@ from shared.trace import event_row, record_events
 log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
-DISPATCHABLE = ("accepted", "queued", "dispatched")
+# A scheduled message is only in the queue once it is due; the relay may mark it after this reads.
+DISPATCHABLE = ("accepted", "scheduled", "queued", "dispatched")
 
 # The dispatcher's statements, built once (building SQL costs more than running it here).
 _D = table_of(Delivery)
 _M = table_of(Message)
 _DISPATCHABLE = (
-    select(_M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels)
+    select(_M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels, _M.c.expires_at)
     .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status.in_(DISPATCHABLE))
     .order_by(_M.c.id)
 )
@@ -52,10 +56,10 @@ _INSERT_DELIVERIES = {
     .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     for dialect in ("postgresql", "sqlite")
 }
-_MARK_NOTHING_TO_DO = (
+_MARK_FINISHED = (
     update(_M)
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
-    .values(status="completed", updated_at=bindparam("now"))
+    .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
 _S = table_of(Subscription)
 _TOPIC_MEMBERS = select(_S.c.app_id, _S.c.topic_key, _S.c.user_id)
@@ -67,11 +71,6 @@ _PENDING = (
     )
     .order_by(_D.c.id)
 )
-
-
-def recipient_key(user_id: str) -> str:
-    """The identity of a recipient within one message, e.g. `user:alice`."""
-    return f"user:{user_id}"
 
 
 def topic_members(
@@ -87,6 +86,10 @@ def topic_members(
     return members
 
 
+def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic: str) -> list[str]:
+    return members.get((app_id, topic), [])
+
+
 class DispatchConsumer(BatchConsumer):
     """Consumes `dispatch`; see the module docstring."""
 
@@ -95,6 +98,7 @@ class DispatchConsumer(BatchConsumer):
         self.runtime = runtime
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
+        self._reaches = {name: cls.reaches for name, cls in channel_classes().items()}
 
     def handle_batch(self, batch: list[Inbound]) -> None:
         wanted: dict[str, list[Inbound]] = defaultdict(list)
@@ -139,40 +143,39 @@ class DispatchConsumer(BatchConsumer):
         now = utcnow()
         rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        fresh = [m for m in messages if m.status != "dispatched"]
+        undispatched = [m for m in messages if m.status != "dispatched"]
+        # A message whose expiry passed while it waited (scheduled, or queued behind others)
+        # is not sent at all.
+        expired = [m.id for m in undispatched if m.expires_at is not None and m.expires_at <= now]
+        fresh = [m for m in undispatched if m.id not in expired]
         members = topic_members(
             connection,
             {(m.app_id, r["topic"]) for m in fresh for r in m.recipients if "topic" in r},
         )
         for message in fresh:
-            users = [
-                user
-                for r in message.recipients
-                for user in (
-                    [r["user_id"]] if "user_id" in r else members[(message.app_id, r["topic"])]
-                )
-            ]
-            targets = {recipient_key(user): user for user in users}
-            for key, user_id in targets.items():
-                for channel in message.channels:
-                    rows.append(
-                        {
-                            "id": new_id("dlv"),
-                            "message_id": message.id,
-                            "app_id": message.app_id,
-                            "recipient": key,
-                            "user_id": user_id,
-                            "address": None,
-                            "channel": channel,
-                            "status": "queued",
-                            "attempts": 0,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                    )
-            events.append(
-                event_row(message.id, "dispatched", deliveries=len(targets) * len(message.channels))
+            targets = delivery_targets(
+                message.recipients,
+                message.channels,
+                functools.partial(subscribers_of, members, message.app_id),
+                self._reaches,
             )
+            rows.extend(
+                {
+                    "id": new_id("dlv"),
+                    "message_id": message.id,
+                    "app_id": message.app_id,
+                    "recipient": target.recipient,
+                    "user_id": target.user_id,
+                    "address": target.address,
+                    "channel": target.channel,
+                    "status": "queued",
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for target in targets
+            )
+            events.append(event_row(message.id, "dispatched", deliveries=len(targets)))
         insert_rows = _INSERT_DELIVERIES[connection.dialect.name]
         inserted = connection.execute(insert_rows, rows).all() if rows else []
         record_events(connection, events)
@@ -181,9 +184,10 @@ class DispatchConsumer(BatchConsumer):
         # A message whose topics have no subscribers has nothing to wait for.
         with_deliveries = {row["message_id"] for row in rows}
         empty = [m.id for m in fresh if m.id not in with_deliveries]
-        if empty:
-            connection.execute(_MARK_NOTHING_TO_DO, {"ids": empty, "now": now})
-            record_events(connection, [event_row(mid, "completed", deliveries=0) for mid in empty])
+        for status, ids in (("completed", empty), ("expired", expired)):
+            if ids:
+                connection.execute(_MARK_FINISHED, {"ids": ids, "now": now, "status": status})
+                record_events(connection, [event_row(mid, status, deliveries=0) for mid in ids])
         # A message whose rows were all written just now needs no lookup; one seen before (a
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
         expected = Counter(row["message_id"] for row in rows)

@@ -52,7 +52,10 @@ _MARK_PUBLISHED = (
 )
 _MARK_QUEUED = (
     update(_M)
-    .where(_M.c.id.in_(bindparam("message_ids", expanding=True)), _M.c.status == "accepted")
+    .where(
+        _M.c.id.in_(bindparam("message_ids", expanding=True)),
+        _M.c.status.in_(("accepted", "scheduled")),
+    )
     .values(status="queued", updated_at=bindparam("now"))
 )
 # On PostgreSQL the outbox mark, the status change and the `queued` events are one statement.

@@ -68,7 +68,7 @@ _CLAIM = (
         _D.c.attempts,
     )
 )
-_CONTENT = select(_M.c.id, _M.c.content, _M.c.category).where(
+_CONTENT = select(_M.c.id, _M.c.content, _M.c.category, _M.c.expires_at).where(
     _M.c.id.in_(bindparam("ids", expanding=True))
 )
 _BUSY = select(_D.c.id).where(
@@ -147,17 +147,17 @@ class ChannelWorker(BatchConsumer):
         if not by_id:
             return
         with self.runtime.engine.begin() as connection:
-            claimed = self._claim(connection, list(by_id))
+            claimed, expired = self._claim(connection, list(by_id))
             busy = self._busy(connection, [i for i in by_id if i not in claimed])
         claimed_at = time.monotonic()
-        deliveries = list(claimed.values())
+        deliveries = [d for d in claimed.values() if d.delivery_id not in expired]
         attempts = [
             Attempt(by_id[d.delivery_id], d, result)
             for d, result in zip(deliveries, self._send(deliveries), strict=True)
         ]
         sent_at = time.monotonic()
         with self.runtime.engine.begin() as connection:
-            follow_ups = self._record(connection, attempts)
+            follow_ups = self._record(connection, attempts, [claimed[i] for i in expired])
         recorded_at = time.monotonic()
         self._log.info(
             "worker.batch",
@@ -165,6 +165,7 @@ class ChannelWorker(BatchConsumer):
             sent=sum(a.result.outcome is Outcome.SENT for a in attempts),
             failed=sum(a.result.outcome is not Outcome.SENT for a in attempts),
             busy=len(busy),
+            expired=len(expired),
             claim_ms=round((claimed_at - started) * 1000, 1),
             send_ms=round((sent_at - claimed_at) * 1000, 1),
             record_ms=round((recorded_at - sent_at) * 1000, 1),
@@ -174,21 +175,27 @@ class ChannelWorker(BatchConsumer):
             follow_ups.append((source, self._retry_message(source, BUSY_TIER)))
         self._settle(by_id, follow_ups)
 
-    def _claim(self, connection: Connection, ids: list[str]) -> dict[str, OutboundDelivery]:
+    def _claim(
+        self, connection: Connection, ids: list[str]
+    ) -> tuple[dict[str, OutboundDelivery], set[str]]:
+        """The deliveries this worker now holds, and those of them whose message expired."""
         now = utcnow()
         stale = now - timedelta(seconds=self.claim_seconds)
         rows = connection.execute(_CLAIM, {"ids": ids, "now": now, "stale": stale}).all()
         if not rows:
-            return {}
+            return {}, set()
         contents = {
-            message_id: (content, category)
-            for message_id, content, category in connection.execute(
+            message_id: (content, category, expires_at)
+            for message_id, content, category, expires_at in connection.execute(
                 _CONTENT, {"ids": list({row.message_id for row in rows})}
             )
         }
         claimed = {}
+        expired = set()
         for row in sorted(rows, key=lambda r: r.id):
-            content, category = contents[row.message_id]
+            content, category, expires_at = contents[row.message_id]
+            if expires_at is not None and expires_at <= now:
+                expired.add(row.id)
             claimed[row.id] = OutboundDelivery(
                 delivery_id=row.id,
                 message_id=row.message_id,
@@ -201,7 +208,7 @@ class ChannelWorker(BatchConsumer):
                 created_at=row.created_at,
                 attempt=row.attempts,
             )
-        return claimed
+        return claimed, expired
 
     def _busy(self, connection: Connection, ids: list[str]) -> list[str]:
         """Of the unclaimed ids, those another worker holds right now (the rest are done)."""
@@ -223,13 +230,17 @@ class ChannelWorker(BatchConsumer):
         return results
 
     def _record(
-        self, connection: Connection, attempts: list[Attempt]
+        self, connection: Connection, attempts: list[Attempt], expired: list[OutboundDelivery]
     ) -> list[tuple[Inbound, Outgoing]]:
         now = utcnow()
         # Deliveries that end the same way share one UPDATE: (status, last_error) -> ids.
         groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
         events: list[dict[str, Any]] = []
         follow_ups: list[tuple[Inbound, Outgoing]] = []
+        # Past their message's expires_at: not sent, and final (nothing to retry or park).
+        for delivery in expired:
+            groups[("expired", None)].append(delivery.delivery_id)
+            events.append(event_row(delivery.message_id, "expired", delivery.delivery_id))
         for attempt in attempts:
             delivery, result = attempt.delivery, attempt.result
             if result.outcome is Outcome.SENT:
@@ -287,7 +298,8 @@ class ChannelWorker(BatchConsumer):
             else:
                 params = {"ids": ids, "now": now, "status": status, "error": error}
                 connection.execute(_MARK_UNSENT, params)
-        events += self._settle_messages(connection, {a.delivery.message_id for a in attempts})
+        settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
+        events += self._settle_messages(connection, settling)
         record_events(connection, events)
         return follow_ups
 

@@ -4,90 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import url_for
+from flask import request, url_for
 from flask.views import MethodView
-from sqlalchemy import Connection, bindparam, insert, select, update
+from marshmallow import ValidationError
+from sqlalchemy import Connection, bindparam, delete, select, update
 
+from producer_api import intake
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
+from producer_api.idempotency import HEADER_DOC, REPLAYED_HEADER, idempotent, remember
 from producer_api.schemas import (
+    BatchCreateDocSchema,
+    BatchCreateSchema,
+    BatchResultSchema,
     MessageAcceptedSchema,
     MessageCreateSchema,
     MessageListQuery,
     MessagePageSchema,
     MessageSchema,
 )
-from shared.amqp.topology import DISPATCH_KEY
 from shared.flask_runtime import runtime_of
-from shared.ids import new_id, utcnow
-from shared.models import (
-    Delivery,
-    Event,
-    JsonType,
-    Message,
-    OutboxEntry,
-    Topic,
-    UTCDateTime,
-    table_of,
-)
+from shared.ids import utcnow
+from shared.models import Delivery, Event, Message, OutboxEntry, table_of
+from shared.problems import flatten_errors
 from shared.trace import event_row, record_events
 
 blp = Blueprint("messages", __name__, url_prefix="/v1/messages", description="Send messages")
 
-
-_MESSAGES, _OUTBOX, _EVENTS = table_of(Message), table_of(OutboxEntry), table_of(Event)
-_NEW_MESSAGE = insert(_MESSAGES).values(
-    {column.key: bindparam(f"m_{column.key}", type_=column.type) for column in _MESSAGES.columns}
-)
-_NEW_OUTBOX_ROW = insert(_OUTBOX).values(
-    message_id=bindparam("m_id"),
-    routing_key=DISPATCH_KEY,
-    payload=bindparam("o_payload", type_=JsonType),
-    available_at=bindparam("m_created_at", type_=UTCDateTime()),
-    created_at=bindparam("m_created_at", type_=UTCDateTime()),
-)
-_ACCEPTED_EVENT = insert(_EVENTS).values(
-    message_id=bindparam("m_id"),
-    delivery_id=None,
-    at=bindparam("m_created_at", type_=UTCDateTime()),
-    stage="accepted",
-    detail=bindparam("e_detail", type_=JsonType),
-)
-# On PostgreSQL the three inserts travel as one statement: one round trip on the API's hottest
-# path (foreign keys are checked at the end of the statement, so the order holds).
-_ACCEPT_AS_ONE = _ACCEPTED_EVENT.add_cte(_NEW_MESSAGE.cte("new_message")).add_cte(
-    _NEW_OUTBOX_ROW.cte("new_outbox_row")
-)
+#: A batch may carry up to 500 full messages, more than the API's usual body limit.
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+_ACCEPTED_HEADERS = {
+    "Location": {"description": "The message's URL", "schema": {"type": "string"}},
+    REPLAYED_HEADER: {
+        "description": "`true` when this is the stored answer to an earlier request",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
 
 
-def store_message(connection: Connection, app_id: str, body: dict[str, Any]) -> Message:
-    """Add the message, its outbox entry and its `accepted` event to the caller's transaction.
+@blp.before_request
+def larger_body_for_batches() -> None:
+    if request.endpoint == "messages.batch":
+        request.max_content_length = BATCH_MAX_BYTES
 
-    The outbox insert wakes the relay on commit (a trigger on PostgreSQL, a short poll on SQLite).
-    """
-    now = utcnow()
-    message = Message(
-        id=new_id("msg"),
-        app_id=app_id,
-        status="accepted",
-        recipients=body["to"],
-        channels=body["channels"],
-        content=body["content"],
-        category=body["category"],
-        priority=body["priority"],
-        created_at=now,
-        updated_at=now,
-    )
-    params = {f"m_{column.key}": getattr(message, column.key) for column in _MESSAGES.columns}
-    params["o_payload"] = {"message_id": message.id, "app_id": app_id}
-    params["e_detail"] = {"recipients": len(body["to"])}
-    if connection.dialect.name == "postgresql":
-        connection.execute(_ACCEPT_AS_ONE, params)
-    else:
-        for statement in (_NEW_MESSAGE, _NEW_OUTBOX_ROW, _ACCEPTED_EVENT):
-            connection.execute(statement, params)
-    return message
 
+_MESSAGES, _OUTBOX = table_of(Message), table_of(OutboxEntry)
 
 #: Statuses a message can still be canceled from: nothing has been sent for it yet.
 CANCELABLE = ("accepted", "scheduled", "queued")
@@ -101,25 +62,28 @@ _CANCEL = (
     .values(status="canceled", updated_at=bindparam("now"))
     .returning(_MESSAGES.c.id)
 )
-
-
-def _check_topics(connection: Connection, app_id: str, recipients: list[dict[str, Any]]) -> None:
-    """422 naming each `to.N.topic` that this app has no topic for."""
-    wanted = {index: r["topic"] for index, r in enumerate(recipients) if "topic" in r}
-    if not wanted:
-        return
-    known = set(
-        connection.scalars(
-            select(Topic.key).where(Topic.app_id == app_id, Topic.key.in_(set(wanted.values())))
+# A canceled message's outbox row is never relayed (a scheduled one would wait for days). It
+# goes first: the relay locks outbox rows before messages, so the same order cannot deadlock.
+_DROP_UNPUBLISHED = delete(_OUTBOX).where(
+    _OUTBOX.c.message_id == bindparam("message"),
+    _OUTBOX.c.published_at.is_(None),
+    _OUTBOX.c.message_id.in_(
+        select(_MESSAGES.c.id).where(
+            _MESSAGES.c.id == bindparam("message"),
+            _MESSAGES.c.app_id == bindparam("app"),
+            _MESSAGES.c.status.in_(CANCELABLE),
         )
-    )
-    unknown = {
-        f"to.{index}.topic": [f"No topic {key} for this app."]
-        for index, key in wanted.items()
-        if key not in known
-    }
-    if unknown:
-        fail(422, "The message names topics this app does not have.", errors=unknown)
+    ),
+)
+
+
+def accept_one(connection: Connection, app_id: str, body: dict[str, Any]) -> intake.Accepted:
+    """Resolve and store one message in the caller's transaction; 422 when it is rejected."""
+    (result,) = intake.resolve(connection, app_id, [body])
+    if isinstance(result, intake.Rejected):
+        fail(422, result.detail, errors=result.errors)
+    intake.store(connection, [result])
+    return result
 
 
 @blp.route("")
@@ -156,18 +120,78 @@ class Messages(MethodView):
         }
 
     @blp.arguments(MessageCreateSchema())
-    @blp.response(202, MessageAcceptedSchema())
-    @blp.alt_response(401, description="Missing or unknown API key")
-    @blp.alt_response(413, description="Body over 256 KiB")
+    @blp.response(202, MessageAcceptedSchema(), headers=_ACCEPTED_HEADERS)
+    @blp.alt_response(409, description="The same Idempotency-Key is still in flight")
+    @blp.doc(parameters=[HEADER_DOC])
+    @idempotent
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
-        """Accept a message; it is stored and queued before this answers."""
-        app_id = current_app_id()
+        """Accept a message; it is stored and queued (or scheduled) before this answers."""
         with runtime_of().engine.begin() as connection:
-            _check_topics(connection, app_id, body["to"])
-            message = store_message(connection, app_id, body)
-        location = url_for("messages.message", message_id=message.id)
-        accepted = {"id": message.id, "status": "accepted", "created_at": message.created_at}
-        return accepted, 202, {"Location": location}
+            accepted = accept_one(connection, current_app_id(), body)
+            location = url_for("messages.message", message_id=accepted.id)
+            answer = accepted.answer()
+            remember(connection, 202, MessageAcceptedSchema().dump(answer), {"Location": location})
+        return answer, 202, {"Location": location}
+
+
+@blp.route("/batch", endpoint="batch")
+class MessageBatch(MethodView):
+    @blp.arguments(BatchCreateSchema())
+    @blp.response(200, BatchResultSchema())
+    @blp.alt_response(409, description="The same Idempotency-Key is still in flight")
+    @blp.doc(
+        parameters=[HEADER_DOC],
+        requestBody={"content": {"application/json": {"schema": BatchCreateDocSchema}}},
+    )
+    @idempotent
+    def post(self, body: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        """Accept up to 500 messages in one transaction, with a result per item in order.
+
+        An item that is not valid is rejected with its errors; the others are accepted.
+        """
+        app_id = current_app_id()
+        schema = MessageCreateSchema()
+        results: list[dict[str, Any]] = []
+        valid: list[tuple[int, dict[str, Any]]] = []
+        for index, item in enumerate(body["messages"]):
+            try:
+                valid.append((index, schema.load(item)))
+            except ValidationError as error:
+                results.append(_rejected(index, "The message is not valid; see errors.", error))
+        with runtime_of().engine.begin() as connection:
+            resolved = intake.resolve(connection, app_id, [item for _index, item in valid])
+            accepted = [r for r in resolved if isinstance(r, intake.Accepted)]
+            intake.store(connection, accepted)
+            for (index, _item), result in zip(valid, resolved, strict=True):
+                if isinstance(result, intake.Rejected):
+                    results.append(_rejected(index, result.detail, result.errors))
+                else:
+                    results.append({"index": index, **result.answer()})
+            results.sort(key=lambda r: int(r["index"]))
+            answer = {
+                "accepted": len(accepted),
+                "rejected": len(results) - len(accepted),
+                "results": results,
+            }
+            remember(connection, 200, BatchResultSchema().dump(answer), {})
+        return answer
+
+
+def _rejected(
+    index: int, detail: str, errors: ValidationError | dict[str, list[str]]
+) -> dict[str, Any]:
+    if isinstance(errors, ValidationError):
+        errors = flatten_errors(errors.messages)
+    return {
+        "index": index,
+        "status": "rejected",
+        "error": {
+            "status": 422,
+            "title": "Unprocessable Entity",
+            "detail": detail,
+            "errors": errors,
+        },
+    }
 
 
 def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
@@ -190,8 +214,13 @@ def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
         "recipients": message.recipients,
         "channels": message.channels,
         "content": message.content,
+        "template": message.content.get("template"),
         "category": message.category,
         "priority": message.priority,
+        "send_at": message.send_at,
+        "expires_at": message.expires_at,
+        "dedup_key": message.dedup_key,
+        "callback_url": message.callback_url,
         "created_at": message.created_at,
         "updated_at": message.updated_at,
         "deliveries": deliveries,
@@ -214,6 +243,7 @@ class MessageResource(MethodView):
         """Cancel a message that has not been dispatched yet."""
         app_id = current_app_id()
         with runtime_of().engine.begin() as connection:
+            connection.execute(_DROP_UNPUBLISHED, {"message": message_id, "app": app_id})
             canceled = connection.execute(
                 _CANCEL, {"message": message_id, "app": app_id, "now": utcnow()}
             ).first()

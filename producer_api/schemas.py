@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from channels.registry import channel_names
+from channels.registry import channel_names, channels_reaching
+from producer_api.fields import PhoneNumber, StrictSchema
+from shared.ids import utcnow
+
+__all__ = ["StrictSchema"]
 
 CATEGORIES = ("notification", "marketing", "verification")
 PRIORITIES = ("high", "normal", "low")
 MAX_RECIPIENTS = 1000
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+#: The kinds of a `to` entry; the address kinds need a channel that reaches bare addresses.
+RECIPIENT_KINDS = ("user_id", "topic", "email", "phone")
+ADDRESS_KINDS = ("email", "phone")
 
 
 def known_channel(name: str) -> None:
@@ -20,23 +29,19 @@ def known_channel(name: str) -> None:
         raise ValidationError(f"Must be one of: {', '.join(names)}.")
 
 
-class StrictSchema(Schema):
-    """Rejects unknown fields, as the contract requires."""
-
-    class Meta:
-        unknown = RAISE
-
-
 class RecipientSchema(StrictSchema):
-    """One entry of `to`: a user of the app, or a topic (its subscribers at dispatch time)."""
+    """One entry of `to`: a user of the app, a topic (its subscribers at dispatch time), or a
+    bare email address or phone number that is nobody's user."""
 
     user_id = fields.String(validate=validate.Length(min=1, max=200))
     topic = fields.String(validate=validate.Length(min=1, max=100))
+    email = fields.Email(validate=validate.Length(max=320))
+    phone = PhoneNumber()
 
     @validates_schema
     def exactly_one_kind(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if len(data) != 1:
-            raise ValidationError("Give exactly one of user_id or topic.")
+            raise ValidationError(f"Give exactly one of {', '.join(RECIPIENT_KINDS)}.")
 
 
 class ContentSchema(StrictSchema):
@@ -47,6 +52,8 @@ class ContentSchema(StrictSchema):
 
 
 class MessageCreateSchema(StrictSchema):
+    """The body of `POST /v1/messages` (and each item of a batch)."""
+
     to = fields.List(
         fields.Nested(RecipientSchema),
         required=True,
@@ -57,15 +64,101 @@ class MessageCreateSchema(StrictSchema):
         required=True,
         validate=validate.Length(min=1),
     )
-    content = fields.Nested(ContentSchema, required=True)
+    content = fields.Nested(ContentSchema, allow_none=True)
+    template = fields.String(allow_none=True, validate=validate.Length(min=1, max=100))
+    params = fields.Dict(keys=fields.String(), allow_none=True)
     category = fields.String(load_default="notification", validate=validate.OneOf(CATEGORIES))
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
+    send_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    dedup_key = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=200)
+    )
+    callback_url = fields.Url(
+        load_default=None,
+        allow_none=True,
+        schemes={"http", "https"},
+        validate=validate.Length(max=2000),
+    )
 
     @validates_schema
     def distinct_channels(self, data: dict[str, Any], **_kwargs: Any) -> None:
         channels = data.get("channels") or []
         if len(set(channels)) != len(channels):
             raise ValidationError("Each channel may appear once.", field_name="channels")
+
+    @validates_schema
+    def content_or_template(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        templated = data.get("template") is not None
+        if (data.get("content") is not None) == templated:
+            raise ValidationError("Give either content or template (with params).", "content")
+        if data.get("params") is not None and not templated:
+            raise ValidationError("params go with a template.", "params")
+
+    @validates_schema
+    def addresses_have_a_channel(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        channels = set(data.get("channels") or [])
+        errors: dict[str, list[str]] = {}
+        for index, recipient in enumerate(data.get("to") or []):
+            for kind in ADDRESS_KINDS:
+                if kind in recipient and not channels & set(channels_reaching(kind)):
+                    reaching = ", ".join(channels_reaching(kind)) or "none installed"
+                    errors[f"to.{index}.{kind}"] = [
+                        f"None of the channels delivers to a bare {kind} (reaching: {reaching})."
+                    ]
+        if errors:
+            raise ValidationError(errors)
+
+    @validates_schema
+    def sane_times(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        now = utcnow()
+        send_at: datetime | None = data.get("send_at")
+        expires_at: datetime | None = data.get("expires_at")
+        if send_at is not None and send_at > now + MAX_SCHEDULE_AHEAD:
+            raise ValidationError("Must be at most 30 days ahead.", "send_at")
+        if expires_at is not None and expires_at <= max(now, send_at or now):
+            raise ValidationError("Must be later than now and than send_at.", "expires_at")
+
+
+MAX_BATCH = 500
+
+
+class BatchCreateSchema(StrictSchema):
+    """`POST /v1/messages/batch` as parsed: each item is validated on its own, so one bad item
+    is reported in its result instead of refusing the others."""
+
+    messages = fields.List(fields.Dict(), required=True, validate=validate.Length(1, MAX_BATCH))
+
+
+class BatchCreateDocSchema(Schema):
+    """`POST /v1/messages/batch` as documented: each item is a `MessageCreate`."""
+
+    messages = fields.List(
+        fields.Nested(MessageCreateSchema), required=True, validate=validate.Length(1, MAX_BATCH)
+    )
+
+
+class ItemProblemSchema(Schema):
+    status = fields.Integer()
+    title = fields.String()
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class BatchItemSchema(Schema):
+    """One item's result: accepted (or scheduled) with its id, or rejected with why."""
+
+    index = fields.Integer()
+    id = fields.String()
+    status = fields.String()
+    created_at = fields.DateTime()
+    error = fields.Nested(ItemProblemSchema)
+
+
+class BatchResultSchema(Schema):
+    accepted = fields.Integer()
+    rejected = fields.Integer()
+    results = fields.List(fields.Nested(BatchItemSchema))
 
 
 MESSAGE_STATUSES = (
@@ -136,8 +229,13 @@ class MessageSchema(Schema):
     to = fields.List(fields.Dict(), attribute="recipients")
     channels = fields.List(fields.String())
     content = fields.Dict()
+    template = fields.String(allow_none=True)
     category = fields.String()
     priority = fields.String()
+    send_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True)
+    dedup_key = fields.String(allow_none=True)
+    callback_url = fields.String(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     deliveries = fields.List(fields.Nested(DeliverySchema))

@@ -7,10 +7,10 @@ from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
 
-import phonenumbers
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from producer_api.schemas import CATEGORIES, StrictSchema
+from producer_api.fields import PhoneNumber, StrictSchema
+from producer_api.schemas import CATEGORIES
 
 #: Channels a preference may name: every channel of the contract, installed here or not.
 PREFERENCE_CHANNELS = ("web", "email", "sms", "push", "webhook")
@@ -28,23 +28,6 @@ def _timezones() -> frozenset[str]:
 def known_timezone(name: str) -> None:
     if name not in _timezones():
         raise ValidationError("Must be an IANA time zone such as Europe/Paris.")
-
-
-class PhoneNumber(fields.String):
-    """A phone number in international form, stored as E.164 (`+33612345678`)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            number = phonenumbers.parse(text, None)
-        except phonenumbers.NumberParseException as error:
-            raise ValidationError(
-                "Must be an international number such as +33612345678."
-            ) from error
-        if not phonenumbers.is_valid_number(number):
-            raise ValidationError("Not a valid phone number.")
-        formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        return formatted
 
 
 class WebPushKeysSchema(StrictSchema):

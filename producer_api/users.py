@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from producer_api.auth import current_app_id
@@ -13,7 +13,8 @@ from producer_api.blueprint import Blueprint, fail
 from producer_api.user_schemas import UserBodySchema, UserSchema
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
-from shared.models import Device, User
+from shared.masking import mask_address
+from shared.models import Delivery, Device, User
 
 blp = Blueprint("users", __name__, url_prefix="/v1/users", description="Recipients")
 
@@ -109,12 +110,25 @@ class UserResource(MethodView):
     @blp.response(204)
     @blp.alt_response(404, description="No such user for this app")
     def delete(self, user_id: str) -> None:
-        """Forget a recipient: its addresses and devices go; past deliveries stay."""
+        """Forget a recipient: its addresses and devices go; past deliveries stay, with the
+        address they went to masked."""
         app_id = current_app_id()
         with runtime_of().sessions() as session, session.begin():
             session.execute(
                 delete(Device).where(Device.app_id == app_id, Device.user_id == user_id)
             )
+            addressed = session.execute(
+                select(Delivery.id, Delivery.address).where(
+                    Delivery.app_id == app_id,
+                    Delivery.user_id == user_id,
+                    Delivery.address.is_not(None),
+                )
+            ).all()
+            if addressed:
+                session.execute(
+                    update(Delivery),
+                    [{"id": d.id, "address": mask_address(d.address)} for d in addressed],
+                )
             deleted = session.execute(
                 delete(User).where(User.app_id == app_id, User.user_id == user_id)
             )

@@ -24,4 +24,6 @@ def message_outcome(delivery_statuses: list[str]) -> str | None:
     succeeded = sum(s in DELIVERY_SUCCEEDED for s in delivery_statuses)
     if succeeded == len(delivery_statuses):
         return "completed"
-    return "partially_failed" if succeeded else "failed"
+    if succeeded:
+        return "partially_failed"
+    return "expired" if all(s == "expired" for s in delivery_statuses) else "failed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from sqlalchemy import func, insert, select, update
 
@@ -133,3 +134,24 @@ def test_a_canceled_message_is_not_dispatched(isolated_runtime: Runtime) -> None
         )
     assert deliveries(runtime, message_id) == []
     assert dispatched_events(runtime, message_id) == 0
+
+
+def test_a_message_past_its_expiry_is_expired_not_sent(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    message_id, app_id = accepted_message(runtime, ["fay"])
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with running_dispatcher(runtime):
+        dispatch(runtime, message_id, app_id)
+        wait_until(
+            lambda: queue_depth(runtime.topology.dispatch_queue) == 0, 10, "the message consumed"
+        )
+    assert deliveries(runtime, message_id) == []
+    with runtime.sessions() as session:
+        assert session.get(Message, message_id).status == "expired"  # type: ignore[union-attr]
+        stages = session.scalars(select(Event.stage).where(Event.message_id == message_id)).all()
+    assert list(stages) == ["expired"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from producer_api.api_keys import NewApp
+from shared.ids import utcnow
 from shared.migrate import upgrade
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -129,6 +131,31 @@ def test_a_browser_never_sees_another_users_or_apps_notifications(
     finally:
         carol.close()
         carol_elsewhere.close()
+
+
+def test_a_scheduled_message_waits_for_its_time_then_reaches_the_browser(
+    stack: Stack, tenant: NewApp, api: httpx.Client
+) -> None:
+    tab = browser(stack, tenant, "erin").connect()
+    try:
+        send_at = utcnow() + timedelta(seconds=2)
+        response = api.post(
+            "/v1/messages",
+            json={
+                "to": [{"user_id": "erin"}],
+                "channels": ["web"],
+                "content": {"title": "later"},
+                "send_at": send_at.isoformat(),
+            },
+        )
+        assert response.json()["status"] == "scheduled", response.text
+        (notification,) = tab.wait_for(1)
+        assert utcnow() >= send_at, "delivered before its send_at"
+        assert notification["message_id"] == response.json()["id"]
+        wait_until(lambda: "dispatched" in stages(api, notification["message_id"]), 10, "trace")
+        assert stages(api, notification["message_id"])[:3] == ["scheduled", "queued", "dispatched"]
+    finally:
+        tab.close()
 
 
 def test_the_default_sqlite_store_carries_a_message_end_to_end(tmp_path: Path) -> None:

@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import insert
 
 from producer_api.api_keys import NewApp
+from shared.ids import new_id, utcnow
+from shared.models import Delivery
 from shared.runtime import Runtime
 from tests.conftest import bearer as auth
 from tests.conftest import new_tenant
@@ -117,3 +120,38 @@ def test_users_need_an_api_key_and_a_sane_id(client: FlaskClient, tenant: NewApp
     assert client.get("/v1/users/alice").status_code == 401
     long_id = "u" * 201
     assert client.put(f"/v1/users/{long_id}", json={}, headers=auth(tenant)).status_code == 422
+
+
+def test_deleting_a_user_masks_the_addresses_their_past_deliveries_went_to(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    client.put("/v1/users/mia", json={"email": "mia@example.com"}, headers=auth(tenant))
+    message_id = client.post(
+        "/v1/messages",
+        json={"to": [{"user_id": "mia"}], "channels": ["web"], "content": {"title": "t"}},
+        headers=auth(tenant),
+    ).get_json()["id"]
+    now = utcnow()
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Delivery),
+            [
+                {
+                    "id": new_id("dlv"),
+                    "message_id": message_id,
+                    "app_id": tenant.app_id,
+                    "recipient": "user:mia",
+                    "user_id": "mia",
+                    "address": address,
+                    "channel": channel,
+                    "status": "sent",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for channel, address in (("email", "mia@example.com"), ("sms", "+33612345678"))
+            ],
+        )
+    assert client.delete("/v1/users/mia", headers=auth(tenant)).status_code == 204
+    shown = client.get(f"/v1/messages/{message_id}", headers=auth(tenant)).get_json()
+    assert sorted(d["address"] for d in shown["deliveries"]) == ["+33*******78", "m***@example.com"]
+    assert client.get("/v1/users/mia", headers=auth(tenant)).status_code == 404

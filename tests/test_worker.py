@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import insert, select
@@ -44,7 +45,7 @@ class ScriptedChannel(Channel):
         return Result(outcome, f"scripted {outcome.value}")
 
 
-def queued_delivery(runtime: Runtime) -> tuple[str, str]:
+def queued_delivery(runtime: Runtime, expires_at: datetime | None = None) -> tuple[str, str]:
     tenant = new_tenant(runtime)
     now = utcnow()
     message_id, delivery_id = new_id("msg"), new_id("dlv")
@@ -60,6 +61,7 @@ def queued_delivery(runtime: Runtime) -> tuple[str, str]:
                 "content": {"title": "t"},
                 "category": "notification",
                 "priority": "normal",
+                "expires_at": expires_at,
                 "created_at": now,
                 "updated_at": now,
             },
@@ -157,6 +159,18 @@ def test_a_permanent_failure_fails_the_message_and_parks_it_in_the_dead_queue(
     wait_until(lambda: queue_depth(runtime.topology.dead_queue) == 1, 10, "the dead letter")
 
 
+def test_a_delivery_whose_message_expired_is_not_sent(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime, utcnow() - timedelta(seconds=1))
+        wait_until(lambda: state(runtime, message_id, delivery_id)[1] == "expired", 20, "expired")
+    delivery_status, _message, stages = state(runtime, message_id, delivery_id)
+    assert (delivery_status, stages) == ("expired", ["expired", "expired"])
+    assert channel.attempts == []
+    assert queue_depth(runtime.topology.dead_queue) == 0
+
+
 def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
     isolated_runtime: Runtime,
 ) -> None:
@@ -187,6 +201,9 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         (["sent", "read", "delivered"], "completed"),
         (["sent", "failed"], "partially_failed"),
         (["failed", "suppressed"], "failed"),
+        (["expired", "expired"], "expired"),
+        (["expired", "failed"], "failed"),
+        (["expired", "sent"], "partially_failed"),
         (["sent", "retrying"], None),
         (["queued"], None),
         ([], None),
