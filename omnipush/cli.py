@@ -50,9 +50,25 @@ def apps() -> None:
     """Business systems allowed to send."""
 
 
+_RATE_LIMIT = click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Requests per second for this app's key (default: OMNIPUSH_API_RATE_LIMIT).",
+)
+_BURST = click.option(
+    "--burst",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests allowed at once above the rate (default: OMNIPUSH_API_RATE_BURST).",
+)
+
+
 @apps.command("create")
 @click.argument("name")
-def apps_create(name: str) -> None:
+@_RATE_LIMIT
+@_BURST
+def apps_create(name: str, rate_limit: float | None, burst: int | None) -> None:
     """Create an app and print its id and API key (shown only this once)."""
     from producer_api.api_keys import create_app_with_key
     from shared.db import make_engine, make_session_factory
@@ -60,12 +76,35 @@ def apps_create(name: str) -> None:
     engine = make_engine(_settings().database_url)
     try:
         with make_session_factory(engine)() as session, session.begin():
-            created = create_app_with_key(session, name)
+            created = create_app_with_key(session, name, rate_limit, burst)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     finally:
         engine.dispose()
     click.echo(json.dumps({"app_id": created.app_id, "api_key": created.api_key}))
+
+
+@apps.command("limit")
+@click.argument("app_id")
+@_RATE_LIMIT
+@_BURST
+def apps_limit(app_id: str, rate_limit: float | None, burst: int | None) -> None:
+    """Set APP_ID's own rate limit; without options it goes back to the defaults.
+
+    Running API processes apply it within 30 seconds.
+    """
+    from producer_api.api_keys import set_limit
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(_settings().database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            found = set_limit(session, app_id, rate_limit, burst)
+    finally:
+        engine.dispose()
+    if not found:
+        raise click.ClickException(f"no app {app_id}")
+    click.echo(json.dumps({"app_id": app_id, "rate_limit": rate_limit, "burst": burst}))
 
 
 @main.command("token")

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -31,6 +32,9 @@ class Settings:
     production: bool = False
     browser_token_ttl: int = 3600
     max_browser_token_ttl: int = 86400
+    # Each API key's token bucket unless its app has its own: requests per second, and burst.
+    api_rate_limit: float = 500.0
+    api_rate_burst: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,11 +58,29 @@ class Settings:
             smtp_from=env.get("OMNIPUSH_SMTP_FROM") or cls.smtp_from,
             queue_prefix=env.get("OMNIPUSH_QUEUE_PREFIX") or cls.queue_prefix,
             production=production,
+            api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
+            api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests build settings this way)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Number) -> Number:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a positive {kind.__name__}, not {raw!r}") from None
+    if not value > 0:
+        raise RuntimeError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
+    return value
 
 
 def local_secret_key(path: Path = SECRET_KEY_FILE) -> str:
