@@ -91,10 +91,17 @@ class Messages(MethodView):
     @blp.arguments(MessageListQuery(), location="query")
     @blp.response(200, MessagePageSchema())
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """This app's messages, newest first, a page at a time (`cursor`: the last id seen)."""
+        """This app's messages, newest first, a page at a time (`cursor`: the last id seen),
+        optionally only those of a status or category, or created in a time range."""
         conditions = [Message.app_id == current_app_id()]
         if query["status"] is not None:
             conditions.append(Message.status == query["status"])
+        if query["category"] is not None:
+            conditions.append(Message.category == query["category"])
+        if query["created_after"] is not None:
+            conditions.append(Message.created_at >= query["created_after"])
+        if query["created_before"] is not None:
+            conditions.append(Message.created_at < query["created_before"])
         if query["cursor"] is not None:
             conditions.append(Message.id < query["cursor"])
         with runtime_of().engine.connect() as connection:

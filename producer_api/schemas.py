@@ -176,6 +176,9 @@ MESSAGE_STATUSES = (
 
 class MessageListQuery(StrictSchema):
     status = fields.String(load_default=None, validate=validate.OneOf(MESSAGE_STATUSES))
+    category = fields.String(load_default=None, validate=validate.OneOf(CATEGORIES))
+    created_after = fields.AwareDateTime(load_default=None)
+    created_before = fields.AwareDateTime(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=40))
 

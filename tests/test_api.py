@@ -210,5 +210,22 @@ def test_messages_are_listed_newest_first_by_page_and_status(
     assert [m["id"] for m in failed["items"]] == [ids[1]]
     stranger = new_tenant(runtime)
     assert client.get("/v1/messages", headers=auth(stranger)).get_json()["items"] == []
-    for bad in ("status=lost", "limit=0", "limit=201", "sort=asc"):
+    for bad in ("status=lost", "limit=0", "limit=201", "sort=asc", "created_after=yesterday"):
         assert_problem(client.get(f"/v1/messages?{bad}", headers=auth(tenant)), 422)
+
+
+def test_messages_are_filtered_by_category_and_creation_time(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    marketing = client.post(
+        "/v1/messages", json={**GOOD, "category": "marketing"}, headers=auth(tenant)
+    ).get_json()
+    later = client.post("/v1/messages", json=GOOD, headers=auth(tenant)).get_json()
+
+    def listed(query: dict[str, str]) -> list[str]:
+        page = client.get("/v1/messages", query_string=query, headers=auth(tenant)).get_json()
+        return [m["id"] for m in page["items"]]
+
+    assert listed({"category": "marketing"}) == [marketing["id"]]
+    assert listed({"created_after": later["created_at"]}) == [later["id"]]
+    assert listed({"created_before": later["created_at"]}) == [marketing["id"]]
