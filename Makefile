@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOCKETIO_JS := ws_gateway/static/socket.io.min.js
+SWAGGER_UI_DIR := producer_api/static/swagger-ui
+SWAGGER_UI := $(addprefix $(SWAGGER_UI_DIR)/,swagger-ui-bundle.js swagger-ui.css swagger-ui-standalone-preset.js favicon-32x32.png)
 
 .PHONY: install run test bench lint format clean
 
@@ -19,7 +21,12 @@ node_modules/.package-lock.json: package.json package-lock.json
 $(SOCKETIO_JS): node_modules/.package-lock.json
 	cp node_modules/socket.io-client/dist/socket.io.min.js $(SOCKETIO_JS)
 
-install: $(STAMP) $(SOCKETIO_JS)
+# Swagger UI of the API's `GET /docs`, served from its own static folder (no CDN).
+$(SWAGGER_UI_DIR)/%: node_modules/.package-lock.json
+	mkdir -p $(SWAGGER_UI_DIR)
+	cp node_modules/swagger-ui-dist/$* $@
+
+install: $(STAMP) $(SOCKETIO_JS) $(SWAGGER_UI)
 
 run: install
 	$(BIN)/omnipush dev prepare
@@ -42,4 +49,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) node_modules var $(SOCKETIO_JS)
+	rm -rf $(VENV) node_modules var $(SOCKETIO_JS) $(SWAGGER_UI_DIR)

@@ -9,6 +9,7 @@ from flask_smorest import Api
 
 from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import install_api_key_auth
+from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
 from shared.problems import http_exception_to_problem, install_problem_handlers
@@ -19,7 +20,11 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 class ProblemApi(Api):
-    """flask-smorest's Api whose errors are problem+json."""
+    """flask-smorest's Api whose errors are problem+json, and documented so (see openapi.py)."""
+
+    ERROR_SCHEMA = ProblemSchema
+    # Every error status is documented explicitly, so no catch-all `default` response.
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def handle_http_exception(self, error: Any) -> Any:
         return http_exception_to_problem(error)
@@ -37,11 +42,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
+        # Swagger UI from swagger-ui-dist, copied into producer_api/static/swagger-ui by `make`.
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/static/swagger-ui/",
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "deepLinking": True},
     )
     app.extensions[EXTENSION] = runtime
     install_problem_handlers(app)
     install_api_key_auth(app)
-    api = ProblemApi(app)
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [ProblemResponses()]})
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)
     api.register_blueprint(tokens.blp)
@@ -49,4 +58,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(topics.blp)
     api.register_blueprint(templates.blp)
     app.register_blueprint(health_blueprint(("store", "broker", "redis")))
+    document_health(app, api.spec)
     return app

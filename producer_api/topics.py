@@ -60,7 +60,7 @@ class SubscriberPageSchema(Schema):
 
 
 def _check_key(key: str) -> None:
-    if not TOPIC_KEY.match(key):
+    if not TOPIC_KEY.fullmatch(key):
         fail(422, "A topic key is 1 to 100 of a-z, 0-9, '.', '_' and '-', starting alphanumeric.")
 
 

@@ -18,6 +18,17 @@ PLATFORMS = ("fcm", "apns", "webpush")
 MAX_DEVICES = 100
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+MAX_LOCALE = 35  # the column's size (BCP 47 tags in practice are far shorter)
+
+
+class FullMatch(validate.Regexp):
+    """`validate.Regexp` that matches the whole value: Python's `$` also matches before a final
+    newline, so `"fr\\n"` would pass `^...$`. The OpenAPI document still shows the pattern."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 @cache
@@ -65,8 +76,8 @@ class DeviceSchema(StrictSchema):
 class QuietHoursSchema(StrictSchema):
     """Local times (in the user's time zone) between which nothing non-urgent is sent."""
 
-    start = fields.String(required=True, validate=validate.Regexp(_CLOCK, error="Use HH:MM."))
-    end = fields.String(required=True, validate=validate.Regexp(_CLOCK, error="Use HH:MM."))
+    start = fields.String(required=True, validate=FullMatch(_CLOCK, error="Use HH:MM."))
+    end = fields.String(required=True, validate=FullMatch(_CLOCK, error="Use HH:MM."))
 
 
 class UserBodySchema(StrictSchema):
@@ -78,7 +89,10 @@ class UserBodySchema(StrictSchema):
     locale = fields.String(
         load_default=None,
         allow_none=True,
-        validate=validate.Regexp(_LOCALE, error="Must be a language tag such as fr-FR."),
+        validate=[
+            validate.Length(max=MAX_LOCALE),
+            FullMatch(_LOCALE, error="Must be a language tag such as fr-FR."),
+        ],
     )
     devices = fields.List(
         fields.Nested(DeviceSchema), load_default=list, validate=validate.Length(max=MAX_DEVICES)

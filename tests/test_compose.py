@@ -323,7 +323,17 @@ def test_dockerfile_runs_as_non_root_and_exposes_contract_ports() -> None:
     assert _dockerfile_cmd() == ("omnipush", "serve", "api")
 
 
-def test_dockerfile_ships_the_socketio_client_from_a_node_stage() -> None:
+@pytest.mark.parametrize(
+    ("asset", "destination"),
+    [
+        ("socket.io-client/dist/socket.io.min.js", "ws_gateway/static/socket.io.min.js"),
+        ("swagger-ui-dist/swagger-ui-bundle.js", "producer_api/static/swagger-ui/"),
+        ("swagger-ui-dist/swagger-ui.css", "producer_api/static/swagger-ui/"),
+    ],
+)
+def test_dockerfile_ships_the_browser_assets_from_a_node_stage(
+    asset: str, destination: str
+) -> None:
     instructions = _dockerfile_instructions()
     stages = [args.split() for keyword, args in instructions if keyword == "FROM"]
     node = [s for s in stages if s[0].startswith("node:20")]
@@ -331,14 +341,14 @@ def test_dockerfile_ships_the_socketio_client_from_a_node_stage() -> None:
     assert len(node[0]) == 3, "the node:20 stage has no name"
     assert node[0][1].upper() == "AS", "the node:20 stage has no name"
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    assert "socket.io-client@4" in runs
+    copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
+    # The versions are the lock file's, as for `make install`.
+    assert "npm ci" in runs and "package-lock.json" in copied
     copies = [args for keyword, args in _dockerfile_final_stage() if keyword == "COPY"]
     assert any(
-        f"--from={node[0][2]}" in args
-        and "socket.io-client/dist/socket.io.min.js" in args
-        and args.endswith("ws_gateway/static/socket.io.min.js")
+        f"--from={node[0][2]}" in args and asset in args and args.endswith(destination)
         for args in copies
-    ), "the gateway's static socket.io.min.js is not copied into the image"
+    ), f"{asset} is not copied into the image"
 
 
 def test_dockerfile_copies_every_top_level_package() -> None:

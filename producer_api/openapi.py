@@ -1,0 +1,207 @@
+"""The OpenAPI document's error responses, security and operational endpoints, in one place.
+
+Views declare their successes (and the odd specific error, e.g. `alt_response(409, ...)`); the
+`ProblemResponses` apispec plugin then completes every operation as the spec is built, so each
+blueprint registered on the `Api` (now or later) documents the errors the API really returns:
+
+- every `/v1` operation: 401 (bearer API key) and 429 (rate limit, with `Retry-After`);
+- a request body: 400 (not JSON), 413 (over `MAX_BODY_BYTES`, or the view's own limit) and
+  422 (invalid);
+- query parameters: 422;
+- a path parameter: 404 (no such resource, or a URL naming nothing).
+
+Every error is `application/problem+json` with the `Problem` schema (see shared/problems.py).
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Mapping
+from typing import Any
+
+from apispec import APISpec, BasePlugin
+from flask import Flask
+from marshmallow import INCLUDE, Schema, fields, validate
+
+PROBLEM_JSON = "application/problem+json"
+SECURITY_SCHEME = "apiKey"
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details, the body of every error response."""
+
+    class Meta:
+        # Problem details may carry extension members (RFC 9457 section 3.2).
+        unknown = INCLUDE
+
+    type = fields.String(
+        required=True,
+        metadata={"format": "uri", "description": "Identifies the kind of problem."},
+    )
+    title = fields.String(required=True, metadata={"description": "The HTTP status phrase."})
+    status = fields.Integer(
+        required=True,
+        validate=validate.Range(min=400, max=599),
+        metadata={"description": "The HTTP status code, repeated."},
+    )
+    detail = fields.String(required=True, metadata={"description": "What went wrong, for humans."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per field (dotted path, e.g. `to.0.user_id`): its messages."},
+    )
+
+
+#: The error responses of the document, by status code: (component name, description, headers).
+ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
+    400: ("BadRequest", "The body is not JSON.", {}),
+    401: (
+        "Unauthorized",
+        "Missing or unknown API key: send `Authorization: Bearer <api_key>`.",
+        {
+            "WWW-Authenticate": {
+                "description": "Always `Bearer`.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    ),
+    404: ("NotFound", "Nothing of that id for this app.", {}),
+    409: ("Conflict", "The resource is not in a state that allows this.", {}),
+    413: ("PayloadTooLarge", "The body is over the size limit (256 KiB unless stated).", {}),
+    422: ("UnprocessableContent", "The request is not valid; `errors` names each field.", {}),
+    429: (
+        "TooManyRequests",
+        "Over this app's rate limit; retry after `Retry-After` seconds.",
+        {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    ),
+}
+
+
+def _problem_response(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": dict(PROBLEM_REF)}},
+    }
+    if headers:
+        response["headers"] = {name: dict(header) for name, header in headers.items()}
+    return response
+
+
+class ProblemResponses(BasePlugin):
+    """Completes each operation's error responses and security as it is added to the spec."""
+
+    def init_spec(self, spec: APISpec) -> None:
+        # Registered through the marshmallow plugin (which precedes this one), so that
+        # flask-smorest's own references to `Api.ERROR_SCHEMA` resolve to this component too.
+        spec.components.schema("Problem", schema=ProblemSchema)
+        for name, description, headers in ERRORS.values():
+            spec.components.response(name, _problem_response(description, headers), lazy=True)
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        if not path or not path.startswith("/v1/") or not operations:
+            return
+        for method, operation in operations.items():
+            if method in HTTP_METHODS and isinstance(operation, dict):
+                self._complete(path, operation)
+
+    def _complete(self, path: str, operation: dict[str, Any]) -> None:
+        operation.setdefault("security", [{SECURITY_SCHEME: []}])
+        responses = {str(code): doc for code, doc in operation.get("responses", {}).items()}
+        wanted = {401, 429}
+        if "requestBody" in operation:
+            wanted |= {400, 413, 422}
+        if any(
+            p.get("in") == "query" for p in operation.get("parameters", ()) if isinstance(p, dict)
+        ):
+            wanted.add(422)
+        if "{" in path:
+            wanted.add(404)
+        for status in wanted:
+            responses.setdefault(str(status), ERRORS[status][0])
+        for code, response in responses.items():
+            if code.isdigit() and int(code) >= 400:
+                responses[code] = _as_problem(int(code), response)
+        operation["responses"] = dict(sorted(responses.items()))
+
+
+def _as_problem(status: int, response: Any) -> Any:
+    """The documentation of an error response, as `application/problem+json`."""
+    name, description, headers = ERRORS.get(status, ("", _phrase(status), {}))
+    if isinstance(response, str):
+        # A component name: ours, or flask-smorest's (e.g. "UNPROCESSABLE_ENTITY"), replaced.
+        return response if response == name else name or _problem_response(description)
+    if not isinstance(response, dict) or "$ref" in response:
+        return response
+    # A view's own, e.g. `alt_response(404, description=...)`: keep its words, add the body.
+    documented = _problem_response(response.get("description") or description, headers)
+    if PROBLEM_JSON in response.get("content", {}):
+        documented["content"][PROBLEM_JSON] = response["content"][PROBLEM_JSON]
+    if response.get("headers"):
+        documented["headers"] = {**documented.get("headers", {}), **response["headers"]}
+    return documented
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def document_health(app: Flask, spec: APISpec) -> None:
+    """Add `/healthz`, `/readyz` and `/metrics` (no API key) to the spec."""
+    no_key: list[dict[str, list[str]]] = []
+    ok = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
+    checks = {
+        "type": "object",
+        "description": "Each dependency: `ok`, or why it is not.",
+        "additionalProperties": {"type": "string"},
+    }
+    ready = {
+        "type": "object",
+        "properties": {"status": {"const": "ready"}, "checks": checks},
+        "required": ["status", "checks"],
+    }
+    not_ready = _problem_response("A dependency cannot be reached; `checks` says which.")
+    operations = {
+        "health.healthz": {
+            "summary": "The process is alive and serving.",
+            "responses": {
+                "200": {"description": "Alive", "content": {"application/json": {"schema": ok}}}
+            },
+        },
+        "health.readyz": {
+            "summary": "Every dependency of this service is reachable.",
+            "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {"schema": ready}}},
+                "503": not_ready,
+            },
+        },
+        "health.metrics": {
+            "summary": "Prometheus metrics of this process.",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    }
+    for endpoint, operation in operations.items():
+        rule = next(app.url_map.iter_rules(endpoint))
+        spec.path(
+            rule=rule,
+            operations={"get": {**operation, "tags": ["operations"], "security": no_key}},
+        )
+    spec.tag({"name": "operations", "description": "Health and metrics (no API key)"})
