@@ -15,15 +15,19 @@ def connection_name(settings: Settings, service: str) -> str:
     return f"{settings.queue_prefix} {service} (pid {os.getpid()})"
 
 
+#: Threads per API worker process; each gets a pooled store connection of its own.
+API_THREADS = 8
+
+
 def run_api(settings: Settings, workers: int | None) -> None:
     from producer_api.app import create_app
 
     serve(
-        lambda: create_app(settings),
+        lambda: create_app(settings, Runtime.build(settings, pool_size=API_THREADS)),
         bind=settings.api_bind,
         workers=workers or 2,
         worker_class="gthread",
-        threads=8,
+        threads=API_THREADS,
     )
 
 

@@ -181,6 +181,11 @@ def idempotent(view: View) -> View:
     return cast(View, wrapper)
 
 
+def remembering() -> bool:
+    """Whether this request's answer is to be stored (it came with a key)."""
+    return g.get("idempotency_claim") is not None
+
+
 def remember(
     connection: Connection, status: int, body: Mapping[str, Any], headers: Mapping[str, str]
 ) -> None:

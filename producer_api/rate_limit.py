@@ -2,14 +2,22 @@
 
 Each app's bucket holds up to `burst` tokens and refills at `rate` per second; a request takes
 one token or is refused with 429 and `Retry-After`. The bucket is one Redis hash updated by one
-script that reads Redis's own clock, so API processes on several hosts agree. The limiter is
-protection, not bookkeeping: when Redis cannot be reached, requests pass (and the outage is
-logged) rather than every business system being refused.
+script that reads Redis's own clock, so API processes on several hosts agree.
+
+A Redis round trip per request would cost more than the rest of accepting a message, so each
+process leases a few tokens at a time (at most `LEASE_MAX`, a twentieth of the burst, and a
+second's worth of the rate) and spends them locally for up to `LEASE_SECONDS`. Leased tokens
+were taken from the bucket, so the limit is never exceeded; a lease that runs out of time
+unspent makes the limit slightly stricter, never looser.
+
+The limiter is protection, not bookkeeping: when Redis cannot be reached, requests pass (and
+the outage is logged) rather than every business system being refused.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,32 +26,36 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, cost. Returns {allowed, seconds to wait}.
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, wanted. Takes up to `wanted` whole tokens and
+# returns {taken, seconds until one token is there}.
 _TOKEN_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed = 0
+local taken = math.min(wanted, math.floor(tokens))
 local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
+if taken >= 1 then
+  tokens = tokens - taken
 else
-  wait = (cost - tokens) / rate
+  taken = 0
+  wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
+return {taken, tostring(wait)}
 """
 
 #: How often a Redis outage is logged while it lasts.
 _OUTAGE_LOG_SECONDS = 10.0
+#: The most tokens one process takes from a bucket at once, and how long it may keep them.
+LEASE_MAX = 20
+LEASE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,17 @@ class Limit:
 
     rate: float
     burst: int
+
+    @property
+    def lease(self) -> int:
+        """How many tokens a process takes at once from this bucket."""
+        return max(1, min(LEASE_MAX, self.burst // 20, int(self.rate * LEASE_SECONDS)))
+
+
+@dataclass
+class _Lease:
+    tokens: int
+    until: float
 
 
 class RateLimiter:
@@ -62,20 +85,28 @@ class RateLimiter:
         self.prefix = prefix
         self._script = client.register_script(_TOKEN_BUCKET)
         self._last_outage_log = 0.0
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
 
-    def retry_after(self, app_id: str, limit: Limit, cost: int = 1) -> int | None:
+    def retry_after(self, app_id: str, limit: Limit) -> int | None:
         """None when the request may go ahead, else whole seconds until it may."""
-        try:
-            allowed, wait = self._script(
-                keys=[f"{self.prefix}:ratelimit:{app_id}"],
-                args=[limit.rate, limit.burst, cost],
-            )
-        except redis.RedisError as error:
+        with self._lock:
             now = time.monotonic()
-            if now - self._last_outage_log > _OUTAGE_LOG_SECONDS:
-                self._last_outage_log = now
-                log.warning("rate_limit.unavailable", detail=str(error))
-            return None
-        if int(allowed):
-            return None
-        return max(1, math.ceil(float(wait)))
+            lease = self._leases.get(app_id)
+            if lease is not None and lease.tokens > 0 and lease.until > now:
+                lease.tokens -= 1
+                return None
+            try:
+                taken, wait = self._script(
+                    keys=[f"{self.prefix}:ratelimit:{app_id}"],
+                    args=[limit.rate, limit.burst, limit.lease],
+                )
+            except redis.RedisError as error:
+                if now - self._last_outage_log > _OUTAGE_LOG_SECONDS:
+                    self._last_outage_log = now
+                    log.warning("rate_limit.unavailable", detail=str(error))
+                return None
+            if int(taken) >= 1:
+                self._leases[app_id] = _Lease(int(taken) - 1, now + LEASE_SECONDS)
+                return None
+            return max(1, math.ceil(float(wait)))

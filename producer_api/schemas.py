@@ -9,13 +9,12 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from channels.registry import channel_names, channels_reaching
 from producer_api.fields import PhoneNumber, StrictSchema
+from producer_api.quick_check import quick_load
+from producer_api.vocabulary import CATEGORIES, MAX_RECIPIENTS, PRIORITIES
 from shared.ids import utcnow
 
-__all__ = ["StrictSchema"]
+__all__ = ["CATEGORIES", "StrictSchema"]
 
-CATEGORIES = ("notification", "marketing", "verification")
-PRIORITIES = ("high", "normal", "low")
-MAX_RECIPIENTS = 1000
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 #: The kinds of a `to` entry; the address kinds need a channel that reaches bare addresses.
 RECIPIENT_KINDS = ("user_id", "topic", "email", "phone")
@@ -47,12 +46,28 @@ class RecipientSchema(StrictSchema):
 class ContentSchema(StrictSchema):
     title = fields.String(required=True, validate=validate.Length(min=1, max=200))
     body = fields.String(load_default="", validate=validate.Length(max=4000))
-    url = fields.Url(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    url = fields.Url(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=2000),
+        metadata={"format": "uri"},
+    )
     data = fields.Dict(keys=fields.String(), load_default=dict)
 
 
 class MessageCreateSchema(StrictSchema):
-    """The body of `POST /v1/messages` (and each item of a batch)."""
+    """The body of `POST /v1/messages` (and each item of a batch).
+
+    `load` first tries the quick check of the common shape (see `producer_api.quick_check`);
+    whatever that declines is loaded, or refused with field errors, by the schema itself.
+    """
+
+    def load(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
+            quick = quick_load(data, channel_names)
+            if quick is not None:
+                return quick
+        return super().load(data, *args, **kwargs)
 
     to = fields.List(
         fields.Nested(RecipientSchema),
@@ -79,6 +94,7 @@ class MessageCreateSchema(StrictSchema):
         allow_none=True,
         schemes={"http", "https"},
         validate=validate.Length(max=2000),
+        metadata={"format": "uri"},
     )
 
     @validates_schema

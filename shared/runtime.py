@@ -27,8 +27,12 @@ class Runtime:
     topology: Topology = field(default_factory=Topology)
 
     @classmethod
-    def build(cls, settings: Settings, channels: tuple[str, ...] = ("web",)) -> Runtime:
-        engine = make_engine(settings.database_url)
+    def build(
+        cls, settings: Settings, channels: tuple[str, ...] = ("web",), pool_size: int = 5
+    ) -> Runtime:
+        """Connect to what `settings` name; `pool_size` should cover the process's threads, or
+        connections beyond it are opened and closed again on every use."""
+        engine = make_engine(settings.database_url, pool_size=pool_size)
         return cls(
             settings=settings,
             engine=engine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,9 +11,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from producer_api.api_keys import NewApp
+from producer_api.app import create_app
+from shared.migrate import upgrade
 from shared.models import Event, Message, OutboxEntry
 from shared.runtime import Runtime
+from shared.settings import Settings
 from tests.conftest import bearer as auth
+from tests.conftest import new_tenant
 from tests.test_api import assert_problem
 
 
@@ -106,3 +111,24 @@ def test_a_batch_may_be_larger_than_a_single_message_body(
     assert response.status_code == 200 and response.get_json()["accepted"] == 200
     huge = {"messages": [message("x", content={"title": "x", "body": "b" * 4000})] * 1100}
     assert_problem(client.post("/v1/messages/batch", json=huge, headers=auth(tenant)), 413)
+
+
+def test_a_batch_is_stored_on_sqlite_too(settings: Settings, tmp_path: Path) -> None:
+    sqlite = settings.with_overrides(database_url=f"sqlite:///{tmp_path}/omnipush.db")
+    upgrade(sqlite.database_url)
+    runtime = Runtime.build(sqlite)
+    try:
+        tenant = new_tenant(runtime)
+        with create_app(sqlite, runtime=runtime).test_client() as client:
+            response = client.post(
+                "/v1/messages/batch",
+                json={"messages": [message("a"), message("b", send_at="2020-01-01T00:00:00Z")]},
+                headers=auth(tenant),
+            )
+            assert response.get_json()["accepted"] == 2, response.get_json()
+            for result in response.get_json()["results"]:
+                shown = client.get(f"/v1/messages/{result['id']}", headers=auth(tenant))
+                assert [e["stage"] for e in shown.get_json()["events"]] == ["accepted"]
+        assert count(runtime, OutboxEntry, tenant.app_id) == 2
+    finally:
+        runtime.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import pytest
 from flask.testing import FlaskClient
@@ -13,7 +15,7 @@ from producer_api.rate_limit import Limit, RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import bearer, new_tenant, service_env
-from tests.stack import run_omnipush
+from tests.stack import run_omnipush, wait_until
 from tests.test_api import assert_problem
 
 BODY = {"to": [{"user_id": "alice"}], "channels": ["web"], "content": {"title": "Hi"}}
@@ -43,13 +45,26 @@ def test_a_key_over_its_limit_gets_429_with_retry_after(
 
 def test_the_bucket_refills_at_its_rate(runtime: Runtime) -> None:
     limiter = RateLimiter(runtime.redis, runtime.settings.queue_prefix)
-    app_id = new_tenant(runtime).app_id
+    fast, slow = new_tenant(runtime).app_id, new_tenant(runtime).app_id
+    # One token every 2 s: the second request is told to come back in 2 s.
+    assert [limiter.retry_after(slow, Limit(rate=0.5, burst=1)) for _ in range(2)] == [None, 2]
+    # One token a millisecond: a refused request soon finds its token.
     limit = Limit(rate=1000.0, burst=1)
-    assert limiter.retry_after(app_id, limit) is None
-    # One token a millisecond: the next is never more than a moment away, and it comes.
-    assert limiter.retry_after(app_id, limit) in (None, 1)
-    waits = [limiter.retry_after(app_id, Limit(rate=0.5, burst=1)) for _ in range(2)]
-    assert waits[-1] == 2
+    assert limiter.retry_after(fast, limit) is None
+    wait_until(lambda: limiter.retry_after(fast, limit) is None, 1, "the bucket to refill")
+
+
+def test_processes_leasing_tokens_never_exceed_the_bucket(runtime: Runtime) -> None:
+    app_id = new_tenant(runtime).app_id
+    limit = Limit(rate=1.0, burst=100)  # a lease of 1 a second's worth at most: 1
+    generous = Limit(rate=200.0, burst=100)  # leases of 5
+    assert (limit.lease, generous.lease) == (1, 5)
+    processes = [RateLimiter(runtime.redis, runtime.settings.queue_prefix) for _ in range(3)]
+    started = time.monotonic()
+    allowed = sum(processes[n % 3].retry_after(app_id, generous) is None for n in range(400))
+    refilled = math.ceil((time.monotonic() - started) * generous.rate)
+    # Never more than the bucket held plus what it refilled; at most the unspent leases less.
+    assert 100 - 3 * generous.lease <= allowed <= 100 + refilled
 
 
 def test_the_default_limit_comes_from_the_settings(settings: Settings, runtime: Runtime) -> None:
