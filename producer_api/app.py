@@ -8,7 +8,8 @@ from flask import Flask
 from flask_smorest import Api
 
 from producer_api import messages, templates, tokens, topics, users
-from producer_api.auth import install_api_key_auth
+from producer_api.auth import ApiKeyGate, install_api_key_auth
+from producer_api.fast_accept import FastAccept
 from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
@@ -49,7 +50,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.extensions[EXTENSION] = runtime
     install_problem_handlers(app)
-    install_api_key_auth(app)
+    gate = ApiKeyGate(runtime)
+    install_api_key_auth(app, gate)
+    app.wsgi_app = FastAccept(app.wsgi_app, runtime, gate, MAX_BODY_BYTES)  # type: ignore[method-assign]
     api = ProblemApi(app, spec_kwargs={"extra_plugins": [ProblemResponses()]})
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)

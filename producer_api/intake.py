@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, insert, select, text
+from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, select, text
 from sqlalchemy.dialects import postgresql
 
 from producer_api.templates import load_template_parts
@@ -219,6 +220,17 @@ def _accepted(app_id: str, body: dict[str, Any], content: dict[str, Any]) -> Acc
 def is_plain(body: dict[str, Any]) -> bool:
     """Whether `resolve` needs nothing from the store for this body (no topic, no template)."""
     return body.get("template") is None and not any("topic" in r for r in body["to"])
+
+
+def plain_connection(engine: Engine) -> AbstractContextManager[Connection]:
+    """Where to resolve and store one plain message (`is_plain`) that nothing else goes with.
+
+    On PostgreSQL it is an autocommit connection: the message is a single statement, atomic by
+    itself, and BEGIN and COMMIT would be two more round trips. Elsewhere, a transaction.
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return engine.begin()
 
 
 def resolve(

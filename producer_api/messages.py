@@ -93,12 +93,10 @@ _ACCEPTED = MessageAcceptedSchema()
 
 
 def _connection_for(body: dict[str, Any]) -> AbstractContextManager[Connection]:
-    """A transaction; or, for a message that is a single statement to store on PostgreSQL (no
-    topic or template to look up, no idempotency key to record), an autocommit connection:
-    the statement is atomic by itself, and BEGIN and COMMIT would be two more round trips."""
+    """A transaction, unless the message is plain and no idempotency key is to be recorded."""
     engine = runtime_of().engine
-    if engine.dialect.name == "postgresql" and not remembering() and intake.is_plain(body):
-        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    if not remembering() and intake.is_plain(body):
+        return intake.plain_connection(engine)
     return engine.begin()
 
 
