@@ -4,7 +4,8 @@ Most calls to `POST /v1/messages` carry a plain message (users, installed channe
 content; no topic or template to look up, no idempotency key). For those, the request parsing,
 routing, argument and response layers cost several times what storing the message does. This
 WSGI middleware sits in front of the Flask app and accepts exactly such a message itself, with
-the same pieces the Flask view uses: the API-key gate, the schema's quick check, the intake.
+the same pieces the Flask view uses: the API-key gate, the schema's quick check, the intake; and
+it stores concurrent requests' messages together (`producer_api.group_commit`).
 Anything else, and anything it is unsure of (a body it cannot read, an error of any kind before
 the message is stored), goes to the Flask app unchanged, which then answers as it always does:
 the API behaves the same either way; the tests run through this middleware.
@@ -24,6 +25,7 @@ from channels.registry import channel_names
 from producer_api import intake
 from producer_api.auth import ApiKeyGate
 from producer_api.blueprint import unstorable
+from producer_api.group_commit import GroupCommitter
 from producer_api.quick_check import quick_load
 from shared.problems import http_exception_to_problem
 from shared.runtime import Runtime
@@ -39,9 +41,9 @@ class FastAccept:
 
     def __init__(self, app: WSGIApp, runtime: Runtime, gate: ApiKeyGate, max_body: int) -> None:
         self.app = app
-        self.runtime = runtime
         self.gate = gate
         self.max_body = max_body
+        self.committer = GroupCommitter(runtime.engine)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         body = self._plain_message(environ)
@@ -52,10 +54,8 @@ class FastAccept:
         except HTTPException:
             return self.app(environ, start_response)  # it words the 401 or 429 itself
         try:
-            with intake.plain_connection(self.runtime.engine) as connection:
-                (accepted,) = intake.resolve(connection, owner.app_id, [body])
-                assert isinstance(accepted, intake.Accepted)  # a plain body needs no lookups
-                intake.store(connection, [accepted])
+            accepted = intake.accept_plain(owner.app_id, body)
+            self.committer.store(accepted)
         except Exception:
             log.exception("api.accept_failed")
             return http_exception_to_problem(InternalServerError())(environ, start_response)

@@ -233,6 +233,11 @@ def plain_connection(engine: Engine) -> AbstractContextManager[Connection]:
     return engine.begin()
 
 
+def accept_plain(app_id: str, body: dict[str, Any]) -> Accepted:
+    """A plain message (`is_plain`) made ready to store: it needs nothing from the store."""
+    return _accepted(app_id, body, body["content"])
+
+
 def resolve(
     connection: Connection, app_id: str, bodies: Sequence[dict[str, Any]]
 ) -> list[Accepted | Rejected]:
