@@ -10,6 +10,7 @@ numbers too large to be finite.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -55,6 +56,19 @@ def unstorable(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from unstorable(item, f"{path}.{index}" if path else str(index))
 
 
+# What a JSON document must contain for it to parse into something `unstorable` finds: a NUL or
+# surrogate escape (raw ones do not parse), a non-finite literal, or a number too large for a
+# float. Most bodies contain none of these, and spare the walk.
+_MAYBE_UNSTORABLE = re.compile(
+    rb"\\u(?:0000|[dD][89a-fA-F])|Infinity|NaN|[0-9][eE][+-]?[0-9]{3}|[0-9]{300}"
+)
+
+
+def may_hold_unstorable(raw: bytes) -> bool:
+    """Whether the JSON document `raw` could hold a value that `unstorable` reports."""
+    return _MAYBE_UNSTORABLE.search(raw) is not None
+
+
 def _refuse_unstorable(found: Iterator[tuple[str, str]]) -> None:
     errors: dict[str, list[str]] = {}
     for where, message in found:
@@ -77,7 +91,8 @@ class JsonBodyParser(FlaskParser):
 
     def load_json(self, req: Any, schema: Any) -> Any:
         data = super().load_json(req, schema)
-        _refuse_unstorable(unstorable(data))
+        if may_hold_unstorable(req.get_data(cache=True)):
+            _refuse_unstorable(unstorable(data))
         return data
 
     def load_querystring(self, req: Any, schema: Any) -> Any:

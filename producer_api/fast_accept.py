@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from channels.registry import channel_names
 from producer_api import intake
 from producer_api.auth import ApiKeyGate
-from producer_api.blueprint import unstorable
+from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.group_commit import GroupCommitter
 from producer_api.quick_check import quick_load
 from shared.problems import http_exception_to_problem
@@ -93,7 +93,7 @@ class FastAccept:
             parsed = json.loads(raw)
         except ValueError:
             return None
-        if next(unstorable(parsed), None) is not None:
+        if may_hold_unstorable(raw) and next(unstorable(parsed), None) is not None:
             return None
         body = quick_load(parsed, channel_names)
         if body is None or not intake.is_plain(body):

@@ -99,34 +99,44 @@ class Rejected(Exception):
         self.errors = errors
 
 
+#: The statements' parameter names (`m_id`, ...) for the fields of a message's record.
+_PARAMETER_NAMES = [(f"m_{column.key}", column.key) for column in _MESSAGES.columns] + [
+    ("o_available_at", "available_at"),
+    ("e_detail", "detail"),
+]
+
+
 @dataclass(frozen=True)
 class Accepted:
-    """A message ready to store: its statement parameters, and what the caller answers."""
+    """A message ready to store: its row by column name (plus its outbox row's `available_at`
+    and its first event's `detail`), and what the caller answers."""
 
-    params: dict[str, Any]
+    record: dict[str, Any]
 
     @property
     def id(self) -> str:
-        message_id: str = self.params["m_id"]
+        message_id: str = self.record["id"]
         return message_id
 
     @property
     def status(self) -> str:
-        status: str = self.params["m_status"]
+        status: str = self.record["status"]
         return status
 
     @property
     def created_at(self) -> datetime:
-        created_at: datetime = self.params["m_created_at"]
+        created_at: datetime = self.record["created_at"]
         return created_at
 
     def answer(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "created_at": self.created_at}
 
-    def record(self) -> dict[str, Any]:
-        """The parameters by their column names (`m_id` -> `id`, `o_available_at` ->
-        `available_at`), as the one-statement batch insert reads them."""
-        return {key.split("_", 1)[1]: value for key, value in self.params.items()}
+    def params(self) -> dict[str, Any]:
+        """The parameters of the one-message statements."""
+        record = self.record
+        params = {name: record[key] for name, key in _PARAMETER_NAMES}
+        params["o_payload"] = {"message_id": record["id"], "app_id": record["app_id"]}
+        return params
 
 
 def _known_topics(
@@ -194,7 +204,7 @@ def _accepted(app_id: str, body: dict[str, Any], content: dict[str, Any]) -> Acc
     if scheduled:
         assert send_at is not None
         detail["send_at"] = send_at.isoformat()
-    message = {
+    record = {
         "id": new_id("msg"),
         "app_id": app_id,
         "status": status,
@@ -209,12 +219,10 @@ def _accepted(app_id: str, body: dict[str, Any], content: dict[str, Any]) -> Acc
         "callback_url": body["callback_url"],
         "created_at": now,
         "updated_at": now,
+        "available_at": send_at if scheduled else now,
+        "detail": detail,
     }
-    params = {f"m_{column.key}": message[column.key] for column in _MESSAGES.columns}
-    params["o_payload"] = {"message_id": message["id"], "app_id": app_id}
-    params["o_available_at"] = send_at if scheduled else now
-    params["e_detail"] = detail
-    return Accepted(params)
+    return Accepted(record)
 
 
 def is_plain(body: dict[str, Any]) -> bool:
@@ -271,11 +279,11 @@ def store(connection: Connection, accepted: Sequence[Accepted]) -> None:
         return
     if connection.dialect.name == "postgresql":
         if len(accepted) == 1:
-            connection.execute(_STORE_AS_ONE, accepted[0].params)
+            connection.execute(_STORE_AS_ONE, accepted[0].params())
         else:
-            document = json.dumps([a.record() for a in accepted], default=_as_json)
+            document = json.dumps([a.record for a in accepted], default=_as_json)
             connection.execute(_STORE_MANY, {"rows": document, "routing_key": DISPATCH_KEY})
         return
-    rows = [a.params for a in accepted]
+    rows = [a.params() for a in accepted]
     for statement in (_NEW_MESSAGE, _NEW_OUTBOX_ROW, _FIRST_EVENT):
         connection.execute(statement, rows)

@@ -8,6 +8,9 @@ import time
 from datetime import UTC, datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+# Two digits per 10 bits: an id's 26 digits in 13 look-ups (ids are made on every hot path).
+_DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+_PAIR_SHIFTS = range(120, -10, -10)
 
 
 class _MonotonicClock:
@@ -37,12 +40,12 @@ def new_id(prefix: str) -> str:
 
     Ids sort by creation time, which keeps inbox and trace order stable and index-friendly.
     """
-    value = _clock.next_value()
-    chars = []
-    for _ in range(26):
-        value, index = divmod(value, 32)
-        chars.append(_ALPHABET[index])
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return f"{prefix}_{base32(_clock.next_value())}"
+
+
+def base32(value: int) -> str:
+    """A 128-bit value as 26 Crockford base32 digits, most significant first."""
+    return "".join([_DIGIT_PAIRS[value >> shift & 1023] for shift in _PAIR_SHIFTS])
 
 
 def utcnow() -> datetime:
