@@ -35,9 +35,13 @@ run: install
 test: install
 	bash scripts/run-tests.sh
 
+# bench.api drives HTTP load with wrk (C; a Python client would be the bottleneck): the Debian
+# package is installed here when it is missing (root, as on the development machines and CI).
 bench: install
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.publish
 	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.api
 
 lint: install
 	$(BIN)/ruff check .
