@@ -86,7 +86,7 @@ def prepare(settings: Settings) -> None:
             [
                 "",
                 "omnipush is starting",
-                f"  API           {api}   (OpenAPI: {api}/openapi.json)",
+                f"  API           {api}   (docs: {api}/docs, OpenAPI: {api}/openapi.json)",
                 f"  gateway       {gateway}",
                 f"  demo app      {app_id}",
                 f"  demo API key  {api_key}",
