@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -110,24 +109,24 @@ def _replay(stored: IdempotencyKey, claim: Claim) -> Response:
 
 
 class _InFlightLock:
-    """A Redis lock on one key while its first request runs; a no-op when Redis is down."""
+    """redis-py's lock on one key while its first request runs, never waited for; when Redis
+    is down it is taken (the store's primary key still stops a second message)."""
 
     def __init__(self, client: redis.Redis, name: str) -> None:
-        self.client = client
-        self.name = name
-        self.token = secrets.token_hex(8)
+        self._lock = client.lock(
+            name, timeout=IN_FLIGHT_SECONDS, blocking=False, raise_on_release_error=False
+        )
 
     def acquire(self) -> bool:
         try:
-            return bool(self.client.set(self.name, self.token, nx=True, ex=IN_FLIGHT_SECONDS))
+            return bool(self._lock.acquire())
         except redis.RedisError as error:
             log.warning("idempotency.lock_unavailable", detail=str(error))
             return True
 
     def release(self) -> None:
         try:
-            if self.client.get(self.name) == self.token.encode():
-                self.client.delete(self.name)
+            self._lock.release()
         except redis.RedisError as error:
             log.warning("idempotency.lock_unavailable", detail=str(error))
 
