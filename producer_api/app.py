@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_problem_handlers(app)
     gate = ApiKeyGate(runtime)
     install_api_key_auth(app, gate)
-    app.wsgi_app = FastAccept(app.wsgi_app, runtime, gate, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    app.wsgi_app = FastAccept(app.wsgi_app, app.json, runtime, gate, MAX_BODY_BYTES)  # type: ignore[method-assign]
     api = ProblemApi(app, spec_kwargs={"extra_plugins": [ProblemResponses()]})
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import structlog
+from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response
 
 from channels.registry import channel_names
 from producer_api import intake
@@ -39,8 +41,11 @@ _PATH = "/v1/messages"
 class FastAccept:
     """WSGI middleware: accepts plain single messages, hands every other request to `app`."""
 
-    def __init__(self, app: WSGIApp, runtime: Runtime, gate: ApiKeyGate, max_body: int) -> None:
+    def __init__(
+        self, app: WSGIApp, json: JSONProvider, runtime: Runtime, gate: ApiKeyGate, max_body: int
+    ) -> None:
         self.app = app
+        self.json = json  # the Flask app's, so that both paths write the same JSON
         self.gate = gate
         self.max_body = max_body
         self.committer = GroupCommitter(runtime.engine)
@@ -59,18 +64,10 @@ class FastAccept:
         except Exception:
             log.exception("api.accept_failed")
             return http_exception_to_problem(InternalServerError())(environ, start_response)
-        answer = accepted.answer() | {"created_at": accepted.created_at.isoformat()}
-        payload = (json.dumps(answer, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        location = f"{environ.get('SCRIPT_NAME', '')}{_PATH}/{accepted.id}"
-        start_response(
-            "202 ACCEPTED",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(payload))),
-                ("Location", location),
-            ],
-        )
-        return [payload]
+        response = cast(Response, self.json.response(accepted.json_answer()))
+        response.status_code = 202
+        response.headers["Location"] = f"{environ.get('SCRIPT_NAME', '')}{_PATH}/{accepted.id}"
+        return response(environ, start_response)
 
     def _plain_message(self, environ: dict[str, Any]) -> dict[str, Any] | None:
         """The loaded message if this request is a plain single one, else None. The body it

@@ -131,6 +131,10 @@ class Accepted:
     def answer(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "created_at": self.created_at}
 
+    def json_answer(self) -> dict[str, Any]:
+        """`answer()` in its JSON form, as the response schema would dump it."""
+        return {"id": self.id, "status": self.status, "created_at": self.created_at.isoformat()}
+
     def params(self) -> dict[str, Any]:
         """The parameters of the one-message statements."""
         record = self.record

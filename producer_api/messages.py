@@ -33,7 +33,7 @@ from producer_api.schemas import (
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Message, OutboxEntry, table_of
-from shared.problems import flatten_errors
+from shared.problems import flatten_errors, problem_document
 from shared.trace import event_row, record_events
 
 blp = Blueprint("messages", __name__, url_prefix="/v1/messages", description="Send messages")
@@ -87,9 +87,6 @@ _DROP_UNPUBLISHED = delete(_OUTBOX).where(
         )
     ),
 )
-
-
-_ACCEPTED = MessageAcceptedSchema()
 
 
 def _connection_for(body: dict[str, Any]) -> AbstractContextManager[Connection]:
@@ -159,10 +156,8 @@ class Messages(MethodView):
         with _connection_for(body) as connection:
             accepted = accept_one(connection, current_app_id(), body)
             location = url_for("messages.message", message_id=accepted.id)
-            answer = accepted.answer()
-            if remembering():
-                remember(connection, 202, _ACCEPTED.dump(answer), {"Location": location})
-        return answer, 202, {"Location": location}
+            remember(connection, 202, accepted.json_answer(), {"Location": location})
+        return accepted.answer(), 202, {"Location": location}
 
 
 @blp.route("/batch", endpoint="batch")
@@ -198,11 +193,7 @@ class MessageBatch(MethodView):
                 if isinstance(result, intake.Rejected):
                     results.append(_rejected(index, result.detail, result.errors))
                 else:
-                    created_at = result.created_at.isoformat()
-                    results.append(
-                        {"index": index, "id": result.id, "status": result.status}
-                        | {"created_at": created_at}
-                    )
+                    results.append({"index": index, **result.json_answer()})
             results.sort(key=lambda r: int(r["index"]))
             # Already in its JSON form: 500 results through the response schema would cost
             # more than storing the messages.
@@ -211,8 +202,7 @@ class MessageBatch(MethodView):
                 "rejected": len(results) - len(accepted),
                 "results": results,
             }
-            if remembering():
-                remember(connection, 200, answer, {})
+            remember(connection, 200, answer, {})
         return jsonify(answer)
 
 
@@ -221,16 +211,8 @@ def _rejected(
 ) -> dict[str, Any]:
     if isinstance(errors, ValidationError):
         errors = flatten_errors(errors.messages)
-    return {
-        "index": index,
-        "status": "rejected",
-        "error": {
-            "status": 422,
-            "title": "Unprocessable Entity",
-            "detail": detail,
-            "errors": errors,
-        },
-    }
+    error = problem_document(422, "Unprocessable Entity", detail, errors=errors)
+    return {"index": index, "status": "rejected", "error": error}
 
 
 def _message_view(message_id: str, app_id: str) -> dict[str, Any]:

@@ -155,6 +155,7 @@ class BatchCreateDocSchema(Schema):
 
 
 class ItemProblemSchema(Schema):
+    type = fields.String()
     status = fields.Integer()
     title = fields.String()
     detail = fields.String()

@@ -12,6 +12,27 @@ PROBLEM_TYPE_BASE = "https://omnipush.dev/problems/"
 WEBARGS_LOCATIONS = {"json", "query", "querystring", "form", "headers", "cookies", "files", "path"}
 
 
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: Mapping[str, list[str]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The body of a problem: alone, or as one item's error inside a larger answer."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    if errors:
+        body["errors"] = dict(errors)
+    return body
+
+
 def problem(
     status: int,
     title: str,
@@ -22,15 +43,7 @@ def problem(
     **extra: Any,
 ) -> Response:
     """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-    if errors:
-        body["errors"] = dict(errors)
+    body = problem_document(status, title, detail, errors=errors, **extra)
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
