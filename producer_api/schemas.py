@@ -13,8 +13,6 @@ from producer_api.quick_check import quick_load
 from producer_api.vocabulary import CATEGORIES, MAX_RECIPIENTS, PRIORITIES
 from shared.ids import utcnow
 
-__all__ = ["CATEGORIES", "StrictSchema"]
-
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 #: The kinds of a `to` entry; the address kinds need a channel that reaches bare addresses.
 RECIPIENT_KINDS = ("user_id", "topic", "email", "phone")

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from producer_api.schemas import StrictSchema
+from producer_api.fields import StrictSchema
 from shared.templating import PART_FIELDS, compile_errors
 
 TITLE_MAX, URL_MAX, TEXT_MAX, DOCUMENT_MAX = 1000, 2000, 20_000, 100_000

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, delete, func, select
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
-from producer_api.schemas import StrictSchema
+from producer_api.fields import StrictSchema
 from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow

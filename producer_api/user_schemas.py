@@ -10,7 +10,7 @@ from zoneinfo import available_timezones
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from producer_api.fields import PhoneNumber, StrictSchema
-from producer_api.schemas import CATEGORIES
+from producer_api.vocabulary import CATEGORIES
 
 #: Channels a preference may name: every channel of the contract, installed here or not.
 PREFERENCE_CHANNELS = ("web", "email", "sms", "push", "webhook")
