@@ -9,6 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from channels.registry import channel_names, channels_reaching
 from producer_api.fields import PhoneNumber, StrictSchema
+from producer_api.openapi import ProblemSchema
 from producer_api.quick_check import quick_load
 from producer_api.vocabulary import CATEGORIES, MAX_RECIPIENTS, PRIORITIES
 from shared.ids import utcnow
@@ -152,14 +153,6 @@ class BatchCreateDocSchema(Schema):
     )
 
 
-class ItemProblemSchema(Schema):
-    type = fields.String()
-    status = fields.Integer()
-    title = fields.String()
-    detail = fields.String()
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
-
-
 class BatchItemSchema(Schema):
     """One item's result: accepted (or scheduled) with its id, or rejected with why."""
 
@@ -167,7 +160,7 @@ class BatchItemSchema(Schema):
     id = fields.String()
     status = fields.String()
     created_at = fields.DateTime()
-    error = fields.Nested(ItemProblemSchema)
+    error = fields.Nested(ProblemSchema)
 
 
 class BatchResultSchema(Schema):
