@@ -4,12 +4,45 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
 SERVICES = ("api", "relay", "dispatcher", "worker", "gateway")
+
+
+@contextmanager
+def _store() -> Iterator[Engine]:
+    """An engine on the configured store for one command; an unreachable store is a clear
+    error, not a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import make_engine
+
+    engine = make_engine(_settings().database_url)
+    try:
+        yield engine
+    except OperationalError as error:
+        raise click.ClickException(f"cannot reach the store: {error.orig}") from error
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _store_transaction() -> Iterator[Session]:
+    """A session in one transaction on the configured store, committed when the command ends."""
+    from shared.db import make_session_factory
+
+    with _store() as engine, make_session_factory(engine)() as session, session.begin():
+        yield session
 
 
 def _settings() -> Settings:
@@ -71,16 +104,12 @@ _BURST = click.option(
 def apps_create(name: str, rate_limit: float | None, burst: int | None) -> None:
     """Create an app and print its id and API key (shown only this once)."""
     from producer_api.api_keys import create_app_with_key
-    from shared.db import make_engine, make_session_factory
 
-    engine = make_engine(_settings().database_url)
     try:
-        with make_session_factory(engine)() as session, session.begin():
+        with _store_transaction() as session:
             created = create_app_with_key(session, name, rate_limit, burst)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
-    finally:
-        engine.dispose()
     click.echo(json.dumps({"app_id": created.app_id, "api_key": created.api_key}))
 
 
@@ -94,14 +123,9 @@ def apps_limit(app_id: str, rate_limit: float | None, burst: int | None) -> None
     Running API processes apply it within 30 seconds.
     """
     from producer_api.api_keys import set_limit
-    from shared.db import make_engine, make_session_factory
 
-    engine = make_engine(_settings().database_url)
-    try:
-        with make_session_factory(engine)() as session, session.begin():
-            found = set_limit(session, app_id, rate_limit, burst)
-    finally:
-        engine.dispose()
+    with _store_transaction() as session:
+        found = set_limit(session, app_id, rate_limit, burst)
     if not found:
         raise click.ClickException(f"no app {app_id}")
     click.echo(json.dumps({"app_id": app_id, "rate_limit": rate_limit, "burst": burst}))
@@ -126,18 +150,10 @@ def trace(message_id: str, as_json: bool) -> None:
     """Show what happened to MESSAGE_ID: its timeline, one line per event."""
     from dataclasses import asdict
 
-    from sqlalchemy.exc import OperationalError
-
     from omnipush.trace import load_trace, render
-    from shared.db import make_engine
 
-    engine = make_engine(_settings().database_url)
-    try:
+    with _store() as engine:
         found = load_trace(engine, message_id)
-    except OperationalError as error:
-        raise click.ClickException(f"cannot reach the store: {error.orig}") from error
-    finally:
-        engine.dispose()
     if found is None:
         raise click.ClickException(f"no message {message_id}")
     click.echo(json.dumps(asdict(found), default=str) if as_json else render(found))

@@ -58,3 +58,13 @@ def test_an_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot reach the store" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_commands_on_an_unreachable_store_say_so_without_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIPUSH_")}
+    env["OMNIPUSH_DATABASE_URL"] = "postgresql+psycopg2://nobody@127.0.0.1:1/none"
+    for args in (["apps", "create", "shop"], ["apps", "limit", "app_x"], ["trace", "msg_x"]):
+        result = run_omnipush(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 1, args
+        assert "cannot reach the store" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
