@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session
 
+    from producer_api.api_keys import KeyInfo
+
 SERVICES = ("api", "relay", "dispatcher", "worker", "gateway")
 
 
@@ -120,7 +122,7 @@ def apps_create(name: str, rate_limit: float | None, burst: int | None) -> None:
 def apps_limit(app_id: str, rate_limit: float | None, burst: int | None) -> None:
     """Set APP_ID's own rate limit; without options it goes back to the defaults.
 
-    Running API processes apply it within 30 seconds.
+    Running API processes apply it within 5 seconds.
     """
     from producer_api.api_keys import set_limit
 
@@ -129,6 +131,63 @@ def apps_limit(app_id: str, rate_limit: float | None, burst: int | None) -> None
     if not found:
         raise click.ClickException(f"no app {app_id}")
     click.echo(json.dumps({"app_id": app_id, "rate_limit": rate_limit, "burst": burst}))
+
+
+def _key_json(key: KeyInfo) -> dict[str, str | None]:
+    return {
+        "key_id": key.key_id,
+        "app_id": key.app_id,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+@apps.command("keys")
+@click.argument("app_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of lines.")
+def apps_keys(app_id: str, as_json: bool) -> None:
+    """List APP_ID's API keys (their ids and first characters, never the keys themselves)."""
+    from producer_api.api_keys import list_keys
+
+    with _store_transaction() as session:
+        keys = list_keys(session, app_id)
+    if keys is None:
+        raise click.ClickException(f"no app {app_id}")
+    if as_json:
+        click.echo(json.dumps([_key_json(key) for key in keys]))
+        return
+    for key in keys:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S}Z" if key.revoked_at else "active"
+        click.echo(
+            f"{key.key_id}  {key.prefix}...  created {key.created_at:%Y-%m-%d %H:%M:%S}Z  {state}"
+        )
+
+
+@apps.command("key-create")
+@click.argument("app_id")
+def apps_key_create(app_id: str) -> None:
+    """Give APP_ID another API key and print it (shown only this once) with its id."""
+    from producer_api.api_keys import create_key
+
+    with _store_transaction() as session:
+        created = create_key(session, app_id)
+    if created is None:
+        raise click.ClickException(f"no app {app_id}")
+    click.echo(json.dumps({"key_id": created.key_id, "api_key": created.api_key}))
+
+
+@apps.command("key-revoke")
+@click.argument("key_id")
+def apps_key_revoke(key_id: str) -> None:
+    """Revoke the API key KEY_ID; running API processes refuse it within 5 seconds."""
+    from producer_api.api_keys import revoke_key
+
+    with _store_transaction() as session:
+        revoked = revoke_key(session, key_id)
+    if revoked is None:
+        raise click.ClickException(f"no API key {key_id}")
+    click.echo(json.dumps(_key_json(revoked)))
 
 
 @main.command("token")

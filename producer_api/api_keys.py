@@ -1,4 +1,9 @@
-"""Apps and their API keys: created once, shown once, stored as a SHA-256 hash."""
+"""Apps and their API keys: each key created once, shown once, stored as a SHA-256 hash.
+
+An app may hold several keys, so that one can be rotated (create the new one, move the
+callers, revoke the old one) without a moment with none. A revoked key is refused; its row stays
+so that its id still says what it was.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,25 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.ids import new_id
-from shared.models import App
+from shared.ids import new_id, utcnow
+from shared.models import ApiKey, App
 
 KEY_PREFIX = "op_"
+#: How many of a key's first characters are kept in the clear, to tell keys apart by.
+SHOWN_PREFIX = 10
 SessionFactory = sessionmaker[Session]
+
+#: How long a process trusts what the store said about a valid key: a revoked key, or a new
+#: rate limit, reaches every running API within this (every key is looked up again after it).
+KNOWN_KEY_SECONDS = 3.0
+#: How long a process remembers that a key is not valid, so that a flood of requests with a bad
+#: key does not reach the store.
+UNKNOWN_KEY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,26 @@ class NewApp:
 
     app_id: str
     api_key: str
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly created API key: its public id and the only copy of the key itself."""
+
+    key_id: str
+    app_id: str
+    api_key: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown of an API key: never the key itself."""
+
+    key_id: str
+    app_id: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 def hash_api_key(api_key: str) -> str:
@@ -53,22 +88,60 @@ def create_app_with_key(
     rate_limit: float | None = None,
     rate_burst: int | None = None,
 ) -> NewApp:
-    """Insert an app with a new random key (the caller commits)."""
+    """Insert an app with its first key (the caller commits)."""
     if not name.strip():
         raise ValueError("an app needs a name")
     check_limit(rate_limit, rate_burst)
-    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-    app = App(
-        id=new_id("app"),
-        name=name.strip(),
-        api_key_hash=hash_api_key(api_key),
-        api_key_prefix=api_key[:10],
-        rate_limit=rate_limit,
-        rate_burst=rate_burst,
-    )
+    app = App(id=new_id("app"), name=name.strip(), rate_limit=rate_limit, rate_burst=rate_burst)
     session.add(app)
     session.flush()
-    return NewApp(app_id=app.id, api_key=api_key)
+    return NewApp(app_id=app.id, api_key=_add_key(session, app.id).api_key)
+
+
+def create_key(session: Session, app_id: str) -> NewKey | None:
+    """Give an app another key (the caller commits); None when there is no such app."""
+    if session.get(App, app_id) is None:
+        return None
+    return _add_key(session, app_id)
+
+
+def _add_key(session: Session, app_id: str) -> NewKey:
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        id=new_id("key"),
+        app_id=app_id,
+        key_hash=hash_api_key(api_key),
+        prefix=api_key[:SHOWN_PREFIX],
+        created_at=utcnow(),
+    )
+    session.add(key)
+    session.flush()
+    return NewKey(key_id=key.id, app_id=app_id, api_key=api_key)
+
+
+def _info(key: ApiKey) -> KeyInfo:
+    return KeyInfo(key.id, key.app_id, key.prefix, key.created_at, key.revoked_at)
+
+
+def list_keys(session: Session, app_id: str) -> list[KeyInfo] | None:
+    """An app's keys, oldest first, revoked ones included; None when there is no such app."""
+    if session.get(App, app_id) is None:
+        return None
+    keys = session.scalars(
+        select(ApiKey).where(ApiKey.app_id == app_id).order_by(ApiKey.created_at, ApiKey.id)
+    )
+    return [_info(key) for key in keys]
+
+
+def revoke_key(session: Session, key_id: str) -> KeyInfo | None:
+    """Revoke a key from now on (the caller commits); a key revoked before keeps its time.
+    None when there is no such key."""
+    key = session.get(ApiKey, key_id, with_for_update=True)
+    if key is None:
+        return None
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return _info(key)
 
 
 def app_for_key(session: Session, api_key: str) -> str | None:
@@ -78,11 +151,16 @@ def app_for_key(session: Session, api_key: str) -> str | None:
 
 
 def key_owner(session: Session, api_key: str) -> KeyOwner | None:
-    """The app that owns `api_key` and its limits, if any."""
+    """The app that owns `api_key` and its limits, unless there is no such key or it is
+    revoked."""
+    return _owner_of(session, hash_api_key(api_key))
+
+
+def _owner_of(session: Session, digest: str) -> KeyOwner | None:
     row = session.execute(
-        select(App.id, App.rate_limit, App.rate_burst).where(
-            App.api_key_hash == hash_api_key(api_key)
-        )
+        select(App.id, App.rate_limit, App.rate_burst)
+        .join(ApiKey, ApiKey.app_id == App.id)
+        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()
     return KeyOwner(*row) if row is not None else None
 
@@ -100,29 +178,61 @@ def set_limit(
     return True
 
 
-class ApiKeyCache:
-    """Remembers which app a key belongs to for a short while, sparing the store a query per
-    request. A deleted app's key keeps working, and a changed limit keeps its old value, for at
-    most `ttl_seconds`."""
+@dataclass(frozen=True)
+class Known:
+    """What a process remembers of a key: its owner, or None for a key that is not valid."""
 
-    def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 10_000) -> None:
+    owner: KeyOwner | None
+
+
+class _Memory:
+    """Answers remembered until a deadline, at most `max_entries` of them (when full, it
+    forgets everything rather than track which is oldest: it is only a cache)."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[KeyOwner, float]] = {}
+        self._entries: dict[str, tuple[Known, float]] = {}
+
+    def get(self, digest: str, now: float) -> Known | None:
+        hit = self._entries.get(digest)
+        return hit[0] if hit is not None and hit[1] > now else None
+
+    def put(self, digest: str, known: Known, now: float) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[digest] = (known, now + self.ttl_seconds)
+
+
+class ApiKeyCache:
+    """Remembers what the store said about a key, sparing it a query per request.
+
+    Valid keys are remembered for `ttl_seconds` (a revoked key, a deleted app or a changed limit
+    takes effect within that), keys that are not valid for `unknown_ttl_seconds`. The two are
+    kept apart so that a flood of bad keys cannot push the good ones out.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = KNOWN_KEY_SECONDS,
+        unknown_ttl_seconds: float = UNKNOWN_KEY_SECONDS,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._valid = _Memory(ttl_seconds, max_entries)
+        self._invalid = _Memory(unknown_ttl_seconds, max_entries)
         self._lock = threading.Lock()
 
-    def owner(self, session_factory: SessionFactory, api_key: str) -> KeyOwner | None:
-        digest = hash_api_key(api_key)
+    def recall(self, digest: str) -> Known | None:
+        """What is remembered of the key with this hash, or None if nothing (ask `look_up`)."""
         now = time.monotonic()
         with self._lock:
-            hit = self._entries.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+            return self._valid.get(digest, now) or self._invalid.get(digest, now)
+
+    def look_up(self, session_factory: SessionFactory, digest: str) -> KeyOwner | None:
+        """Ask the store who owns the key with this hash, and remember the answer."""
         with session_factory() as session:
-            owner = key_owner(session, api_key)
-        if owner is not None:
-            with self._lock:
-                if len(self._entries) >= self.max_entries:
-                    self._entries.clear()
-                self._entries[digest] = (owner, now + self.ttl_seconds)
+            owner = _owner_of(session, digest)
+        now = time.monotonic()
+        with self._lock:
+            (self._valid if owner is not None else self._invalid).put(digest, Known(owner), now)
         return owner

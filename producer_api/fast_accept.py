@@ -55,7 +55,7 @@ class FastAccept:
         if body is None:
             return self.app(environ, start_response)
         try:
-            owner = self.gate.admit(environ.get("HTTP_AUTHORIZATION", ""))
+            owner = self.gate.admit(environ)
         except HTTPException:
             return self.app(environ, start_response)  # it words the 401 or 429 itself
         try:

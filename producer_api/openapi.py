@@ -74,7 +74,8 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     422: ("UnprocessableContent", "The request is not valid; `errors` names each field.", {}),
     429: (
         "TooManyRequests",
-        "Over this app's rate limit; retry after `Retry-After` seconds.",
+        "Over this app's rate limit, or too many bad API keys from this address; retry after "
+        "`Retry-After` seconds.",
         {
             "Retry-After": {
                 "description": "Seconds to wait before retrying.",

@@ -62,18 +62,32 @@ class Base(DeclarativeBase):
 
 
 class App(Base):
-    """A business system that sends messages; its API key is stored as a SHA-256 hash."""
+    """A business system that sends messages with any of its API keys (`ApiKey`)."""
 
     __tablename__ = "apps"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    api_key_prefix: Mapped[str] = mapped_column(String(16))
     # Requests per second and burst of its API key's token bucket; unset takes the defaults.
     rate_limit: Mapped[float | None] = mapped_column(Float)
     rate_burst: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """One API key of an app, stored as a SHA-256 hash. An app may have several (to rotate one
+    without a moment with none); a revoked key stays, refused, so its id still means something."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_app", "app_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, not secret, so that a person can tell which key is which.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class User(Base):

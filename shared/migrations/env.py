@@ -15,6 +15,12 @@ def run_migrations() -> None:
     assert url, "sqlalchemy.url must be set"
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations copy a table, drop it and rename the copy: with foreign keys
+            # enforced, dropping `apps` would delete every row that refers to it. The pragma
+            # only takes effect outside a transaction, hence before Alembic's.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
