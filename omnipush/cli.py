@@ -115,6 +115,39 @@ def apps_create(name: str, rate_limit: float | None, burst: int | None) -> None:
     click.echo(json.dumps({"app_id": created.app_id, "api_key": created.api_key}))
 
 
+@apps.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of lines.")
+def apps_list(as_json: bool) -> None:
+    """List every app: id, name, when it was created and how many keys it has that work."""
+    from producer_api.api_keys import list_apps
+
+    with _store_transaction() as session:
+        found = list_apps(session)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "app_id": app.app_id,
+                        "name": app.name,
+                        "created_at": app.created_at.isoformat(),
+                        "keys": app.active_keys,
+                        "rate_limit": app.rate_limit,
+                        "burst": app.rate_burst,
+                    }
+                    for app in found
+                ]
+            )
+        )
+        return
+    for app in found:
+        plural = "" if app.active_keys == 1 else "s"
+        click.echo(
+            f"{app.app_id}  {app.created_at:%Y-%m-%d %H:%M:%S}Z  "
+            f"{app.active_keys} key{plural}  {app.name}"
+        )
+
+
 @apps.command("limit")
 @click.argument("app_id")
 @_RATE_LIMIT
@@ -196,8 +229,12 @@ def apps_key_revoke(key_id: str) -> None:
 @click.option("--ttl", type=click.IntRange(1, 86400), default=3600, show_default=True)
 def token(app_id: str, user_id: str, ttl: int) -> None:
     """Print a browser token for USER_ID of APP_ID."""
+    from producer_api.api_keys import app_exists
     from shared.tokens import mint_browser_token
 
+    with _store_transaction() as session:
+        if not app_exists(session, app_id):
+            raise click.ClickException(f"no app {app_id}")
     value, _expires = mint_browser_token(_settings().secret_key, app_id, user_id, ttl)
     click.echo(value)
 

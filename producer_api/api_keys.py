@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.ids import new_id, utcnow
@@ -59,6 +59,18 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An app as an operator lists it, with how many of its keys still work."""
+
+    app_id: str
+    name: str
+    created_at: datetime
+    active_keys: int
+    rate_limit: float | None
+    rate_burst: int | None
 
 
 def hash_api_key(api_key: str) -> str:
@@ -142,6 +154,25 @@ def revoke_key(session: Session, key_id: str) -> KeyInfo | None:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
     return _info(key)
+
+
+def list_apps(session: Session) -> list[AppInfo]:
+    """Every app, oldest first."""
+    active = (
+        select(func.count())
+        .where(ApiKey.app_id == App.id, ApiKey.revoked_at.is_(None))
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(App.id, App.name, App.created_at, active, App.rate_limit, App.rate_burst).order_by(
+            App.created_at, App.id
+        )
+    )
+    return [AppInfo(*row) for row in rows]
+
+
+def app_exists(session: Session, app_id: str) -> bool:
+    return session.get(App, app_id) is not None
 
 
 def app_for_key(session: Session, api_key: str) -> str | None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from producer_api.api_keys import app_for_key
+from producer_api.api_keys import NewApp, app_for_key
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import verify_browser_token
@@ -30,11 +30,19 @@ def _json(*args: str, settings: Settings) -> Any:
     return json.loads(result.stdout)
 
 
-def test_token_prints_a_browser_jwt_for_the_user(settings: Settings) -> None:
-    result = run_omnipush("token", "app_x", "alice", "--ttl", "60", env=service_env(settings))
+def test_token_prints_a_browser_jwt_for_the_user(settings: Settings, tenant: NewApp) -> None:
+    env = service_env(settings)
+    result = run_omnipush("token", tenant.app_id, "alice", "--ttl", "60", env=env)
     assert result.returncode == 0, result.stderr
     identity = verify_browser_token(settings.secret_key, result.stdout.strip())
-    assert (identity.app_id, identity.user_id) == ("app_x", "alice")
+    assert (identity.app_id, identity.user_id) == (tenant.app_id, "alice")
+
+
+def test_token_for_an_app_that_does_not_exist_is_an_error(settings: Settings) -> None:
+    result = run_omnipush("token", "app_nope", "alice", env=service_env(settings))
+    assert result.returncode == 1
+    assert "no app app_nope" in result.stderr
+    assert result.stdout == ""
 
 
 def test_an_app_gets_more_keys_and_a_revoked_one_stops_working(
@@ -72,6 +80,20 @@ def test_an_app_gets_more_keys_and_a_revoked_one_stops_working(
     # Revoking again changes nothing: the key stays revoked since the first time.
     again = _json("apps", "key-revoke", second["key_id"], settings=settings)
     assert datetime.fromisoformat(again["revoked_at"]) == revoked_at
+
+
+def test_apps_list_shows_every_app_with_its_working_keys(settings: Settings) -> None:
+    created = _json("apps", "create", "listed shop", settings=settings)
+    extra = _json("apps", "key-create", created["app_id"], settings=settings)
+    _json("apps", "key-create", created["app_id"], settings=settings)
+    _json("apps", "key-revoke", extra["key_id"], settings=settings)
+    apps = {app["app_id"]: app for app in _json("apps", "list", "--json", settings=settings)}
+    shown = apps[created["app_id"]]
+    assert (shown["name"], shown["keys"]) == ("listed shop", 2)
+    datetime.fromisoformat(shown["created_at"])
+    lines = run_omnipush("apps", "list", env=service_env(settings)).stdout.splitlines()
+    line = next(line for line in lines if line.startswith(created["app_id"]))
+    assert line.endswith("2 keys  listed shop"), line
 
 
 def test_key_commands_name_what_does_not_exist(settings: Settings) -> None:
@@ -126,9 +148,11 @@ def test_commands_on_an_unreachable_store_say_so_without_a_traceback(tmp_path: P
     for args in (
         ["apps", "create", "shop"],
         ["apps", "limit", "app_x"],
+        ["apps", "list"],
         ["apps", "keys", "app_x"],
         ["apps", "key-create", "app_x"],
         ["apps", "key-revoke", "key_x"],
+        ["token", "app_x", "alice"],
         ["trace", "msg_x"],
     ):
         result = run_omnipush(*args, env=env, cwd=tmp_path)
