@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from flask.views import MethodView
+from marshmallow import Schema, fields
 from sqlalchemy import Connection, delete, select
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
+from producer_api.paging import PageQuery, cut_page, paged
 from producer_api.template_schemas import (
     PreviewBodySchema,
     PreviewSchema,
@@ -46,6 +48,30 @@ def _check_code(code: str) -> None:
 
 def _missing(code: str) -> NoReturn:
     fail(404, f"No template {code} for this app.")
+
+
+class TemplatePageSchema(Schema):
+    items = fields.List(fields.Nested(TemplateSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+@blp.route("")
+class Templates(MethodView):
+    @blp.arguments(PageQuery(), location="query")
+    @blp.response(200, TemplatePageSchema())
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """This app's templates, with their parts, in code order, a page at a time (`cursor` =
+        the last code seen)."""
+        with runtime_of().engine.connect() as connection:
+            rows = connection.execute(
+                paged(
+                    select(*_SHOWN).where(Template.app_id == current_app_id()),
+                    Template.code,
+                    query,
+                )
+            ).all()
+        page, next_cursor = cut_page(rows, query, lambda row: str(row.code))
+        return {"items": [row._asdict() for row in page], "next_cursor": next_cursor}
 
 
 @blp.route("/<string:code>")

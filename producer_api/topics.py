@@ -12,6 +12,7 @@ from sqlalchemy import Connection, delete, func, select
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
 from producer_api.fields import StrictSchema
+from producer_api.paging import PageQuery, cut_page, paged
 from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
@@ -21,7 +22,6 @@ blp = Blueprint("topics", __name__, url_prefix="/v1/topics", description="Topics
 
 TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 MAX_SUBSCRIBE = 1000
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
 _SUBSCRIPTIONS = table_of(Subscription)
 
 
@@ -49,9 +49,9 @@ class SubscribedSchema(Schema):
     subscribed = fields.Integer()
 
 
-class SubscriberPageQuery(StrictSchema):
-    limit = fields.Integer(load_default=DEFAULT_PAGE, validate=validate.Range(min=1, max=MAX_PAGE))
-    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+class TopicPageSchema(Schema):
+    items = fields.List(fields.Nested(TopicSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class SubscriberPageSchema(Schema):
@@ -81,6 +81,38 @@ def _shown(connection: Connection, app_id: str, key: str) -> dict[str, Any]:
         select(func.count()).where(Subscription.app_id == app_id, Subscription.topic_key == key)
     )
     return {**topic._asdict(), "subscribers": int(count or 0)}
+
+
+_SUBSCRIBER_COUNT = (
+    select(func.count())
+    .where(Subscription.app_id == Topic.app_id, Subscription.topic_key == Topic.key)
+    .scalar_subquery()
+    .label("subscribers")
+)
+
+
+@blp.route("")
+class Topics(MethodView):
+    @blp.arguments(PageQuery(), location="query")
+    @blp.response(200, TopicPageSchema())
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """This app's topics in key order, a page at a time (`cursor` = the last key seen)."""
+        with runtime_of().engine.connect() as connection:
+            rows = connection.execute(
+                paged(
+                    select(
+                        Topic.key,
+                        Topic.name,
+                        _SUBSCRIBER_COUNT,
+                        Topic.created_at,
+                        Topic.updated_at,
+                    ).where(Topic.app_id == current_app_id()),
+                    Topic.key,
+                    query,
+                )
+            ).all()
+        page, next_cursor = cut_page(rows, query, lambda row: str(row.key))
+        return {"items": [row._asdict() for row in page], "next_cursor": next_cursor}
 
 
 @blp.route("/<string:key>")
@@ -116,6 +148,24 @@ class TopicResource(MethodView):
         with runtime_of().engine.connect() as connection:
             return _shown(connection, current_app_id(), key)
 
+    @blp.response(204)
+    @blp.alt_response(404, description="No such topic for this app")
+    def delete(self, key: str) -> None:
+        """Delete a topic and all its subscriptions; messages already accepted for it reach no
+        one through it."""
+        app_id = current_app_id()
+        with runtime_of().engine.begin() as connection:
+            connection.execute(
+                delete(Subscription).where(
+                    Subscription.app_id == app_id, Subscription.topic_key == key
+                )
+            )
+            removed = connection.execute(
+                delete(Topic).where(Topic.app_id == app_id, Topic.key == key)
+            )
+            if not removed.rowcount:
+                fail(404, f"No topic {key} for this app.")
+
 
 @blp.route("/<string:key>/subscribers")
 class Subscribers(MethodView):
@@ -139,27 +189,27 @@ class Subscribers(MethodView):
             ).all()
         return {"subscribed": len(added)}
 
-    @blp.arguments(SubscriberPageQuery(), location="query")
+    @blp.arguments(PageQuery(), location="query")
     @blp.response(200, SubscriberPageSchema())
     @blp.alt_response(404, description="No such topic for this app")
     def get(self, query: dict[str, Any], key: str) -> dict[str, Any]:
         """Subscribers in user id order, a page at a time (`cursor` = the last id seen)."""
         app_id = current_app_id()
-        conditions = [Subscription.app_id == app_id, Subscription.topic_key == key]
-        if query["cursor"] is not None:
-            conditions.append(Subscription.user_id > query["cursor"])
         with runtime_of().engine.connect() as connection:
             _topic(connection, app_id, key)
             rows = connection.execute(
-                select(Subscription.user_id, Subscription.created_at)
-                .where(*conditions)
-                .order_by(Subscription.user_id)
-                .limit(query["limit"] + 1)
+                paged(
+                    select(Subscription.user_id, Subscription.created_at).where(
+                        Subscription.app_id == app_id, Subscription.topic_key == key
+                    ),
+                    Subscription.user_id,
+                    query,
+                )
             ).all()
-        page = rows[: query["limit"]]
+        page, next_cursor = cut_page(rows, query, lambda row: str(row.user_id))
         return {
             "items": [{"user_id": u, "subscribed_at": at.isoformat()} for u, at in page],
-            "next_cursor": page[-1].user_id if len(rows) > query["limit"] else None,
+            "next_cursor": next_cursor,
         }
 
 

@@ -1,15 +1,17 @@
-"""`/v1/users/{user_id}`: the recipients of one app, with their addresses, devices and wishes."""
+"""`/v1/users`: the recipients of one app, with their addresses, devices and wishes."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask.views import MethodView
+from marshmallow import Schema, fields
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
+from producer_api.paging import PageQuery, cut_page, paged
 from producer_api.user_schemas import UserBodySchema, UserSchema
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
@@ -19,6 +21,11 @@ from shared.models import Delivery, Device, User
 blp = Blueprint("users", __name__, url_prefix="/v1/users", description="Recipients")
 
 MAX_USER_ID = 200
+
+
+class UserPageSchema(Schema):
+    items = fields.List(fields.Nested(UserSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 def _check_user_id(user_id: str) -> None:
@@ -56,6 +63,33 @@ def _devices(session: Session, app_id: str, user_id: str) -> list[Device]:
             .order_by(Device.id)
         )
     )
+
+
+@blp.route("")
+class Users(MethodView):
+    @blp.arguments(PageQuery(), location="query")
+    @blp.response(200, UserPageSchema())
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """This app's recipients, with their devices, in user id order, a page at a time
+        (`cursor` = the last id seen)."""
+        app_id = current_app_id()
+        with runtime_of().sessions() as session:
+            users = session.scalars(
+                paged(select(User).where(User.app_id == app_id), User.user_id, query)
+            ).all()
+            page, next_cursor = cut_page(users, query, lambda user: user.user_id)
+            devices: dict[str, list[Device]] = {user.user_id: [] for user in page}
+            if page:
+                for device in session.scalars(
+                    select(Device)
+                    .where(Device.app_id == app_id, Device.user_id.in_(list(devices)))
+                    .order_by(Device.id)
+                ):
+                    devices[device.user_id].append(device)
+            return {
+                "items": [_shown(user, devices[user.user_id]) for user in page],
+                "next_cursor": next_cursor,
+            }
 
 
 @blp.route("/<string:user_id>")

@@ -49,6 +49,7 @@ ATTEMPTS = [
     ("GET", USER, None, 404, None, USER),
     ("DELETE", USER, None, 404, None, USER),
     ("GET", "/v1/topics/b-news", None, 404, None, TOPIC),
+    ("DELETE", "/v1/topics/b-news", None, 404, None, TOPIC),
     ("GET", TOPIC, None, 404, None, TOPIC),
     ("POST", TOPIC, {"user_ids": ["eve"]}, 404, None, TOPIC),
     ("DELETE", f"{TOPIC}/bea", None, 404, None, TOPIC),
@@ -97,6 +98,26 @@ def test_app_a_cannot_reach_app_bs_resources(
         assert [s["user_id"] for s in intact.get_json()["items"]] == ["bea"]
     if bs == MESSAGE:
         assert intact.get_json()["status"] != "canceled"
+
+
+# Each list of app A, and what of B's it must not show (A may have things of the same names).
+LISTS = [
+    ("/v1/users", "bea@example.com"),
+    ("/v1/topics", "B news"),
+    ("/v1/templates", "Hello {{ name }}"),
+    ("/v1/messages", None),  # B's message id
+]
+
+
+@pytest.mark.parametrize(("path", "bs"), LISTS, ids=[path for path, _ in LISTS])
+def test_a_s_lists_show_nothing_of_b_s(
+    client: FlaskClient, owners: dict[str, Any], path: str, bs: str | None
+) -> None:
+    marker = bs or owners["message"]
+    mine = client.get(path, headers=bearer(owners["b"]))
+    assert mine.status_code == 200 and marker in mine.get_data(as_text=True)
+    theirs = client.get(path, headers=bearer(owners["a"]))
+    assert theirs.status_code == 200 and marker not in theirs.get_data(as_text=True)
 
 
 def test_b_s_things_are_unchanged_and_not_in_a_s_lists(

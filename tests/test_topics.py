@@ -6,8 +6,10 @@ from typing import Any
 
 import httpx
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
 from producer_api.api_keys import NewApp
+from shared.models import Subscription
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
 from tests.conftest import bearer as auth
@@ -59,6 +61,31 @@ def test_a_topic_is_created_renamed_and_counts_its_subscribers(
         client.delete("/v1/topics/orders.shipped/subscribers/u2", headers=auth(tenant)).status_code
         == 404
     )
+
+
+def test_a_deleted_topic_takes_its_subscriptions_with_it(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    headers = auth(tenant)
+    client.put("/v1/topics/gone", json={}, headers=headers)
+    client.post("/v1/topics/gone/subscribers", json={"user_ids": ["a", "b"]}, headers=headers)
+    assert client.delete("/v1/topics/gone", headers=headers).status_code == 204
+    assert client.get("/v1/topics/gone", headers=headers).status_code == 404
+    with runtime.engine.connect() as connection:
+        left = connection.scalar(
+            select(func.count()).where(
+                Subscription.app_id == tenant.app_id, Subscription.topic_key == "gone"
+            )
+        )
+    assert left == 0
+    # Made again, it starts empty; and a message can no longer name the deleted one.
+    client.put("/v1/topics/gone", json={}, headers=headers)
+    assert client.get("/v1/topics/gone", headers=headers).get_json()["subscribers"] == 0
+    client.delete("/v1/topics/gone", headers=headers)
+    message = {"to": [{"topic": "gone"}], "channels": ["web"], "content": {"title": "x"}}
+    refused = client.post("/v1/messages", json=message, headers=headers)
+    assert refused.status_code == 422
+    assert client.delete("/v1/topics/gone", headers=headers).status_code == 404
 
 
 def test_bad_topic_requests_are_problems(client: FlaskClient, tenant: NewApp) -> None:
