@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from producer_api.api_keys import NewApp
+from producer_api.app import create_app
 from shared.models import Subscription
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
 from tests.conftest import bearer as auth
-from tests.conftest import new_tenant
+from tests.conftest import isolated_settings, new_tenant
 from tests.inbox_client import InboxClient
 from tests.stack import Stack, wait_until
+from tests.test_dispatch import deliveries, dispatch, running_dispatcher
 
 
 def test_a_topic_is_created_renamed_and_counts_its_subscribers(
@@ -86,6 +90,40 @@ def test_a_deleted_topic_takes_its_subscriptions_with_it(
     refused = client.post("/v1/messages", json=message, headers=headers)
     assert refused.status_code == 422
     assert client.delete("/v1/topics/gone", headers=headers).status_code == 404
+
+
+@pytest.fixture
+def own_store() -> Iterator[tuple[FlaskClient, Runtime]]:
+    """The API on a store and queues of its own: no running relay or dispatcher takes its
+    messages before the test says so."""
+    with isolated_settings() as settings:
+        runtime = Runtime.build(settings)
+        try:
+            with create_app(settings, runtime=runtime).test_client() as client:
+                yield client, runtime
+        finally:
+            runtime.close()
+
+
+def test_a_topic_message_reaches_whoever_is_subscribed_when_it_is_dispatched(
+    own_store: tuple[FlaskClient, Runtime],
+) -> None:
+    client, runtime = own_store
+    tenant = new_tenant(runtime)
+    headers = auth(tenant)
+    client.put("/v1/topics/launch", json={}, headers=headers)
+    client.post("/v1/topics/launch/subscribers", json={"user_ids": ["ann", "ben"]}, headers=headers)
+    to_topic = {"to": [{"topic": "launch"}], "channels": ["web"], "content": {"title": "Go"}}
+    sent = client.post("/v1/messages", json=to_topic, headers=headers)
+    assert sent.status_code == 202, sent.get_data(as_text=True)
+    message_id = sent.get_json()["id"]
+    # Accepted, not yet dispatched: ben leaves and cid joins in the meantime.
+    client.delete("/v1/topics/launch/subscribers/ben", headers=headers)
+    client.post("/v1/topics/launch/subscribers", json={"user_ids": ["cid"]}, headers=headers)
+    with running_dispatcher(runtime):
+        dispatch(runtime, message_id, tenant.app_id)
+        wait_until(lambda: deliveries(runtime, message_id), 10, "the message dispatched")
+    assert deliveries(runtime, message_id) == [("ann", "queued"), ("cid", "queued")]
 
 
 def test_bad_topic_requests_are_problems(client: FlaskClient, tenant: NewApp) -> None:
