@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, select, text
 from sqlalchemy.dialects import postgresql
 
+from producer_api.rendering import Unrenderable, render_message
 from producer_api.templates import load_template_parts
 from shared.amqp.topology import DISPATCH_KEY
 from shared.ids import new_id, utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, Topic, UTCDateTime, table_of
-from shared.templating import PART_FIELDS, TemplateRenderError, render_parts
+from shared.render_budget import RenderBudget
+from shared.templating import PART_FIELDS
 
 _MESSAGES, _OUTBOX, _EVENTS = table_of(Message), table_of(OutboxEntry), table_of(Event)
 _NEW_MESSAGE = insert(_MESSAGES).values(
@@ -163,7 +165,7 @@ def _unknown_topics(body: dict[str, Any], known: set[str]) -> dict[str, list[str
 
 
 def _templated_content(
-    body: dict[str, Any], parts: dict[str, dict[str, str]] | None
+    body: dict[str, Any], parts: dict[str, dict[str, str]] | None, budget: RenderBudget
 ) -> dict[str, Any]:
     """The stored content of a templated message: its parts rendered once, now, so that a
     missing param is the caller's 422 rather than a delivery that fails later."""
@@ -181,12 +183,9 @@ def _templated_content(
             {"template": [f"Template {code} has no part for: {', '.join(missing)}."]},
         )
     try:
-        rendered = render_parts(parts, body.get("params") or {}, templated)
-    except TemplateRenderError as error:
-        raise Rejected(
-            "The template does not render with these params.",
-            {"params": [f"{error.field}: {error}"]},
-        ) from error
+        rendered = render_message(parts, body.get("params") or {}, templated, budget)
+    except Unrenderable as error:
+        raise Rejected(error.detail, error.errors) from error
     # The web inbox and any channel without a part of its own show the first titled part.
     lead = next((rendered[c] for c in ("web", "push", "email") if c in rendered), {})
     return {
@@ -253,9 +252,11 @@ def accept_plain(app_id: str, body: dict[str, Any]) -> Accepted:
 def resolve(
     connection: Connection, app_id: str, bodies: Sequence[dict[str, Any]]
 ) -> list[Accepted | Rejected]:
-    """Check each validated body against this app's topics and templates, in order."""
+    """Check each validated body against this app's topics and templates, in order; the
+    templates of all the bodies render within one `RenderBudget`."""
     known = _known_topics(connection, app_id, bodies)
     templates: dict[str, dict[str, dict[str, str]] | None] = {}
+    budget = RenderBudget()
     results: list[Accepted | Rejected] = []
     for body in bodies:
         unknown = _unknown_topics(body, known)
@@ -267,7 +268,7 @@ def resolve(
                 code = body["template"]
                 if code not in templates:
                     templates[code] = load_template_parts(connection, app_id, code)
-                content = _templated_content(body, templates[code])
+                content = _templated_content(body, templates[code], budget)
             else:
                 content = body["content"]
         except Rejected as rejected:

@@ -48,6 +48,7 @@ class ContentSchema(StrictSchema):
     url = fields.Url(
         load_default=None,
         allow_none=True,
+        schemes={"http", "https"},
         validate=validate.Length(max=2000),
         metadata={"format": "uri"},
     )

@@ -1,4 +1,5 @@
-"""marshmallow schemas of `/v1/templates/{code}`: per-channel parts and their previews."""
+"""marshmallow schemas of `/v1/templates/{code}`: per-channel parts, their previews, and what
+each channel's part must be once rendered."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from producer_api.fields import StrictSchema
-from shared.templating import PART_FIELDS, compile_errors
+from producer_api.schemas import ContentSchema
+from shared.templating import MAX_FIELD, PART_FIELDS, compile_errors
 
 TITLE_MAX, URL_MAX, TEXT_MAX, DOCUMENT_MAX = 1000, 2000, 20_000, 100_000
+#: The longest rendered email subject (an email header line) and SMS text (10 segments).
+SUBJECT_MAX, SMS_MAX = 998, 1600
 
 
 def _source(max_length: int, *, required: bool = False) -> fields.String:
@@ -100,3 +104,27 @@ class PreviewSchema(Schema):
     """The parts rendered with the given params, as they would be sent."""
 
     parts = fields.Dict(keys=fields.String(), values=fields.Dict())
+
+
+class RenderedEmailSchema(StrictSchema):
+    """An email part as rendered."""
+
+    subject = fields.String(validate=validate.Length(max=SUBJECT_MAX))
+    text = fields.String(validate=validate.Length(max=MAX_FIELD))
+    html = fields.String(validate=validate.Length(max=MAX_FIELD))
+
+
+class RenderedSmsSchema(StrictSchema):
+    """An SMS part as rendered."""
+
+    text = fields.String(validate=validate.Length(max=SMS_MAX))
+
+
+#: What each channel's part must pass once rendered: a web or push part, what a message's
+#: literal `content` must (title, body and an http or https url, an empty url being none).
+RENDERED_SCHEMAS: dict[str, Schema] = {
+    "web": ContentSchema(),
+    "push": ContentSchema(),
+    "email": RenderedEmailSchema(),
+    "sms": RenderedSmsSchema(),
+}

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, delete, select
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
 from producer_api.paging import PageQuery, cut_page, paged
+from producer_api.rendering import Unrenderable, render_message
 from producer_api.template_schemas import (
     PreviewBodySchema,
     PreviewSchema,
@@ -21,7 +22,8 @@ from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Template, table_of
-from shared.templating import TEMPLATE_CODE, TemplateRenderError, render_parts
+from shared.render_budget import RenderBudget
+from shared.templating import TEMPLATE_CODE
 
 blp = Blueprint("templates", __name__, url_prefix="/v1/templates", description="Templates")
 
@@ -127,7 +129,7 @@ class TemplatePreview(MethodView):
     @blp.arguments(PreviewBodySchema(), required=False)
     @blp.response(200, PreviewSchema())
     @blp.alt_response(404, description="No such template for this app")
-    @blp.alt_response(422, description="A param is missing, or a part fails to render")
+    @blp.alt_response(422, description="A param is missing, or a part fails or goes over a limit")
     def post(self, body: dict[str, Any], code: str) -> dict[str, Any]:
         """Render a template with `params` (all parts, or the given channels'), sending nothing."""
         with runtime_of().engine.connect() as connection:
@@ -140,11 +142,7 @@ class TemplatePreview(MethodView):
             message = f"Template {code} has no part for: {', '.join(absent)}."
             fail(422, message, errors={"channels": [message]})
         try:
-            rendered = render_parts(parts, body["params"], channels)
-        except TemplateRenderError as error:
-            fail(
-                422,
-                f"The template does not render with these params: {error.field}: {error}",
-                errors={"params": [f"{error.field}: {error}"]},
-            )
+            rendered = render_message(parts, body["params"], channels, RenderBudget())
+        except Unrenderable as error:
+            fail(422, error.detail, errors=error.errors)
         return {"parts": rendered}

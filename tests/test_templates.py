@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
 from producer_api.api_keys import NewApp
 from producer_api.template_schemas import PartsSchema
 from producer_api.templates import load_template_parts
 from shared import templating
+from shared.models import Message
 from shared.render_budget import MESSAGE_LIMITS, REQUEST_LIMITS, RenderBudget
 from shared.runtime import Runtime
 from shared.template_sandbox import MAX_VALUE
@@ -426,6 +428,27 @@ def test_a_preview_renders_without_sending(client: FlaskClient, tenant: NewApp) 
         ({"sms": {"text": "Hi"}}, {"channels": []}, {"channels": None}),
         ({"sms": {"text": "Hi"}}, {"params": []}, {"params": None}),
         ({"sms": {"text": "Hi"}}, {"parameters": {}}, {"parameters": None}),
+        # A preview is held to the budget and limits of a message.
+        (
+            {"sms": {"text": NESTED_LOOPS}},
+            {},
+            {
+                "template.sms.text": [
+                    f"takes more than {MESSAGE_LIMITS.steps} steps (loop iterations, calls and "
+                    "filters) in one message"
+                ]
+            },
+        ),
+        (
+            {"web": {"title": "x", "url": "{{ u }}"}},
+            {"params": {"u": "javascript:alert(1)"}},
+            {"template.web.url": ["Not a valid URL."]},
+        ),
+        (
+            {"sms": {"text": "{{ 'x' * 1601 }}"}},
+            {},
+            {"template.sms.text": ["Longer than maximum length 1600."]},
+        ),
     ],
 )
 def test_preview_problems_name_the_field(
@@ -486,3 +509,102 @@ def test_load_template_parts_is_scoped_to_the_app(
         assert load_template_parts(connection, tenant.app_id, "loaded") == PARTS
         assert load_template_parts(connection, stranger.app_id, "loaded") is None
         assert load_template_parts(connection, tenant.app_id, "missing") is None
+
+
+def messages_of(runtime: Runtime, tenant: NewApp) -> int:
+    with runtime.engine.connect() as connection:
+        query = select(func.count()).select_from(Message).where(Message.app_id == tenant.app_id)
+        return connection.execute(query).scalar_one()
+
+
+def templated(code: str, **params: Any) -> dict[str, Any]:
+    return {"to": [{"user_id": "u"}], "channels": ["web"], "template": code, "params": params}
+
+
+@pytest.mark.parametrize(
+    ("part", "params", "field", "message"),
+    [
+        ({"title": "Hi", "body": NESTED_LOOPS}, {}, "template.web.body", "50000 steps"),
+        # What a 124-byte request once stored as 2 MB of content.
+        ({"title": "Hi", "body": "{{ 'x' * 1000000 }}"}, {}, "template.web.body", "more than"),
+        ({"title": "Hi", "body": "{{ 'x' * 4001 }}"}, {}, "template.web.body", "length 4000"),
+        ({"title": "{{ 'x' * 201 }}"}, {}, "template.web.title", "between 1 and 200"),
+        ({"title": "{{ t }}"}, {"t": None}, "template.web.title", "between 1 and 200"),
+        (
+            {"title": "Hi", "url": "{{ u }}"},
+            {"u": "javascript:alert(1)"},
+            "template.web.url",
+            "URL",
+        ),
+        ({"title": "Hi", "url": "{{ u }}"}, {"u": "ftp://files.example/a"}, "template.web.url", ""),
+    ],
+)
+def test_a_templated_message_over_a_limit_is_a_422_naming_the_part_and_nothing_is_stored(
+    client: FlaskClient,
+    tenant: NewApp,
+    runtime: Runtime,
+    part: dict[str, str],
+    params: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    headers = auth(tenant)
+    assert client.put("/v1/templates/t", json={"parts": {"web": part}}, headers=headers).status_code
+    started = time.monotonic()
+    response = client.post("/v1/messages", json=templated("t", **params), headers=headers)
+    problem = assert_problem(response, 422)
+    # The counted limit is what trips; the API answers at once, even on a loaded machine.
+    assert time.monotonic() - started < 20
+    assert list(problem["errors"]) == [field]
+    assert message in problem["errors"][field][0], problem
+    assert messages_of(runtime, tenant) == 0
+    preview = client.post("/v1/templates/t/preview", json={"params": params}, headers=headers)
+    assert assert_problem(preview, 422)["errors"] == problem["errors"]
+
+
+def test_rendered_web_parts_are_held_to_the_limits_of_literal_content(
+    client: FlaskClient, tenant: NewApp
+) -> None:
+    headers = auth(tenant)
+    part = {"title": "{{ title }}", "body": "{{ body }}", "url": "{{ url }}"}
+    assert client.put("/v1/templates/c", json={"parts": {"web": part}}, headers=headers).status_code
+    good = {"title": "Hi", "body": "", "url": "https://shop.example/o/1"}
+    for field, bad in [
+        ("title", "x" * 201),
+        ("body", "x" * 4001),
+        ("url", "javascript:alert(1)"),
+        ("url", "ftp://files.example/a"),
+        ("url", "https://shop.example/" + "x" * 2000),
+    ]:
+        content = {**good, field: bad}
+        literal = {"to": [{"user_id": "u"}], "channels": ["web"], "content": content}
+        literal_errors = assert_problem(
+            client.post("/v1/messages", json=literal, headers=headers), 422
+        )
+        rendered = client.post("/v1/messages", json=templated("c", **content), headers=headers)
+        rendered_errors = assert_problem(rendered, 422)["errors"]
+        assert literal_errors["errors"] == {
+            f"content.{field}": rendered_errors[f"template.web.{field}"]
+        }
+        assert list(rendered_errors) == [f"template.web.{field}"]
+    accepted = client.post("/v1/messages", json=templated("c", **good), headers=headers)
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+
+
+def test_a_batch_shares_one_budget_and_the_items_past_it_are_rejected(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    headers = auth(tenant)
+    per_message = REQUEST_LIMITS.steps // 5 - 5_000  # under a message's limit, 5 fit in a request
+    assert per_message < MESSAGE_LIMITS.steps
+    loop = f"{{% for i in range({per_message}) %}}{{% endfor %}}"
+    parts = {"web": {"title": "Hi", "body": loop}}
+    assert client.put("/v1/templates/busy", json={"parts": parts}, headers=headers).status_code
+    batch = {"messages": [templated("busy") for _ in range(6)]}
+    answer = client.post("/v1/messages/batch", json=batch, headers=headers).get_json()
+    assert (answer["accepted"], answer["rejected"]) == (5, 1), answer
+    error = answer["results"][5]["error"]
+    assert list(error["errors"]) == ["template.web.body"]
+    assert f"more than {REQUEST_LIMITS.steps} steps" in error["errors"]["template.web.body"][0]
+    assert "in all the request's messages" in error["errors"]["template.web.body"][0]
+    assert messages_of(runtime, tenant) == 5
