@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -19,6 +19,18 @@ class BrowserIdentity:
 
     app_id: str
     user_id: str
+
+
+@dataclass(frozen=True)
+class BrowserToken:
+    """A verified browser token: who it speaks for, and until when."""
+
+    identity: BrowserIdentity
+    expires_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the token no longer holds at `now` (as PyJWT decides: `exp` is exclusive)."""
+        return now >= self.expires_at
 
 
 class InvalidToken(Exception):
@@ -37,6 +49,11 @@ def mint_browser_token(
 
 def verify_browser_token(secret: str, token: str | None) -> BrowserIdentity:
     """The identity in `token`, or `InvalidToken`."""
+    return read_browser_token(secret, token).identity
+
+
+def read_browser_token(secret: str, token: str | None) -> BrowserToken:
+    """The identity in `token` and its expiry, or `InvalidToken`."""
     if not token:
         raise InvalidToken("no token")
     try:
@@ -52,4 +69,8 @@ def verify_browser_token(secret: str, token: str | None) -> BrowserIdentity:
     app_id, user_id = claims.get("app"), claims.get("sub")
     if not isinstance(app_id, str) or not isinstance(user_id, str):
         raise InvalidToken("token names no app or user")
-    return BrowserIdentity(app_id=app_id, user_id=user_id)
+    return BrowserToken(
+        identity=BrowserIdentity(app_id=app_id, user_id=user_id),
+        # PyJWT has checked that `exp` is an integer (it reads it with int()).
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+    )

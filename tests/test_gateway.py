@@ -8,8 +8,10 @@ tests/gateway_support.py). Browsers are real python-socketio clients on the webs
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -17,14 +19,16 @@ import httpx
 import jwt
 import pytest
 import socketio
+from flask import Flask
+from werkzeug.serving import make_server
 
 from producer_api.api_keys import NewApp
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message
-from shared.notifications import notification_payload
+from shared.notifications import notification_payload, user_room
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.tokens import AUDIENCE, mint_browser_token
+from shared.tokens import AUDIENCE, BrowserIdentity, BrowserToken, mint_browser_token
 from tests.gateway_support import (
     TIMEOUT,
     Browser,
@@ -38,6 +42,7 @@ from tests.gateway_support import (
     statuses,
     token_for,
 )
+from tests.stack import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +126,143 @@ def test_long_polling_works_too(
     )
     browser.wait_count(1)
     assert browser.ids() == [item.delivery_id]
+
+
+# -- token expiry and renewal ------------------------------------------------------------------
+
+
+def _wait_past(moment: Any, what: str) -> None:
+    wait_until(lambda: utcnow() > moment, TIMEOUT, what)
+
+
+def test_a_socket_is_told_and_disconnected_when_its_token_expires(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    [item] = add_items(runtime, tenant.app_id, user)
+    token, expires_at = mint_browser_token(gateway.settings.secret_key, tenant.app_id, user, 2)
+    browser = browsers().connect(token)
+    browser.wait_count(1)
+    assert browser.client.connected
+
+    # A 2 s token: gone within a second or so of its expiry, with the reason first.
+    wait_until(
+        lambda: not browser.client.connected or utcnow() > expires_at + timedelta(seconds=2),
+        TIMEOUT,
+        "the disconnect",
+    )
+    assert not browser.client.connected, "still connected 2 s after the token expired"
+    assert browser.events("unauthorized") == [{"message": "token expired"}]
+    assert browser.disconnects
+
+    # What the socket would still send goes nowhere; the item stays unacknowledged.
+    with pytest.raises(socketio.exceptions.BadNamespaceError):
+        browser.client.emit("ack", {"ids": [item.delivery_id]})
+    assert statuses(runtime, [item]) == {item.delivery_id: "sent"}
+
+
+def test_a_renewed_socket_stays_connected_past_its_first_token(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    [item] = add_items(runtime, tenant.app_id, user)
+    settings = gateway.settings
+    first, first_expiry = mint_browser_token(settings.secret_key, tenant.app_id, user, 2)
+    browser = browsers().connect(first)
+    browser.wait_count(1)
+
+    fresh, fresh_expiry = mint_browser_token(settings.secret_key, tenant.app_id, user, 300)
+    assert browser.call("renew", {"token": fresh}) == {
+        "ok": True,
+        "expires_at": fresh_expiry.isoformat(),
+    }
+    _wait_past(first_expiry + timedelta(seconds=2), "two seconds past the first token")
+    assert browser.client.connected
+    assert browser.events("unauthorized") == []
+    assert browser.call("ack", {"ids": [item.delivery_id]}) == {"ok": True, "updated": 1}
+
+
+@pytest.mark.parametrize(
+    "case", ["garbage", "expired", "wrong_secret", "another_user", "another_app", "invalid"]
+)
+def test_a_bad_renewal_is_refused_and_the_socket_keeps_its_token(
+    case: str, gateway: Gateway, tenant: NewApp, browsers: Any
+) -> None:
+    settings = gateway.settings
+    user = new_user()
+    body: Any = {
+        "garbage": {"token": "not-a-jwt"},
+        "expired": {"token": _expired(settings, tenant.app_id)},
+        "wrong_secret": {
+            "token": mint_browser_token("another-secret-" + "x" * 40, tenant.app_id, user, 300)[0]
+        },
+        "another_user": {"token": token_for(settings, tenant.app_id, new_user())},
+        "another_app": {"token": token_for(settings, "app_other", user)},
+        "invalid": {"token": 42},
+    }[case]
+    token, expires_at = mint_browser_token(settings.secret_key, tenant.app_id, user, 3)
+    browser = browsers().connect(token)
+    browser.wait_count(0)
+
+    answer = browser.call("renew", body)
+    assert answer["ok"] is False
+    assert answer["error"] == ("invalid" if case == "invalid" else "unauthorized")
+    assert browser.client.connected
+    # The socket still ends with its own token.
+    wait_until(
+        lambda: not browser.client.connected or utcnow() > expires_at + timedelta(seconds=3),
+        TIMEOUT,
+        "the disconnect",
+    )
+    assert browser.events("unauthorized") == [{"message": "token expired"}]
+
+
+@contextmanager
+def gateway_in_process(runtime: Runtime) -> Iterator[tuple[str, Flask]]:
+    """The gateway app served from this process (threading mode), and its URL."""
+    from ws_gateway.app import create_app
+
+    app = create_app(runtime=runtime)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", app
+    finally:
+        server.shutdown()
+        thread.join(TIMEOUT)
+
+
+@pytest.mark.parametrize("event", ["ack", "read"])
+def test_an_event_on_a_socket_whose_token_has_expired_is_refused(
+    event: str, runtime: Runtime, tenant: NewApp
+) -> None:
+    # In process, so the socket's token can be made to expire at a moment of the test's choosing
+    # while the expiry watch (woken by the original token only) still sleeps: the refusal comes
+    # from the handler itself.
+    from ws_gateway.app import socketio_of
+    from ws_gateway.sockets import TOKEN_KEY
+
+    user = new_user()
+    [item] = add_items(runtime, tenant.app_id, user)
+    with gateway_in_process(runtime) as (url, app):
+        browser = Browser(url).connect(token_for(runtime.settings, tenant.app_id, user))
+        try:
+            browser.wait_count(1)
+            server = socketio_of(app).server
+            [(sid, _eio_sid)] = server.manager.get_participants("/", user_room(tenant.app_id, user))
+            expired = BrowserToken(
+                identity=BrowserIdentity(tenant.app_id, user),
+                expires_at=utcnow() - timedelta(seconds=1),
+            )
+            server.save_session(sid, {TOKEN_KEY: expired}, namespace="/")
+
+            browser.client.emit(event, {"ids": [item.delivery_id]})
+            browser.wait(lambda b: not b.client.connected, "the disconnect")
+            assert browser.events("unauthorized") == [{"message": "token expired"}]
+            assert statuses(runtime, [item]) == {item.delivery_id: "sent"}
+        finally:
+            browser.close()
 
 
 # -- replay, ack, read -------------------------------------------------------------------------
@@ -536,6 +678,7 @@ def test_demo_page_with_a_token(gateway: Gateway, tenant: NewApp) -> None:
     script = httpx.get(f"{gateway.url}/static/demo.js")
     assert script.status_code == 200
     assert '"ack"' in script.text and '"read"' in script.text
+    assert '"unauthorized"' in script.text
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared.tokens import BrowserIdentity, InvalidToken, verify_browser_token
+from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken, read_browser_token
 
 #: A JWT is far shorter; anything longer is refused before it is parsed.
 MAX_TOKEN_LENGTH = 4096
@@ -13,9 +13,11 @@ MAX_TOKEN_LENGTH = 4096
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "BrowserIdentity",
+    "BrowserToken",
     "InvalidToken",
     "bearer_token",
     "identify",
+    "read_token",
     "socket_token",
 ]
 
@@ -39,6 +41,11 @@ def bearer_token(header: str | None) -> str | None:
 
 def identify(secret: str, token: str | None) -> BrowserIdentity:
     """The (app, user) a token speaks for; `InvalidToken` when missing, bad or expired."""
+    return read_token(secret, token).identity
+
+
+def read_token(secret: str, token: str | None) -> BrowserToken:
+    """The (app, user) a token speaks for and its expiry; `InvalidToken` as for `identify`."""
     if token is not None and len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("token too long")
-    return verify_browser_token(secret, token)
+    return read_browser_token(secret, token)

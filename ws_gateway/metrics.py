@@ -20,3 +20,9 @@ READ = Counter("omnipush_gateway_read_total", "Web deliveries marked read, by ro
 REJECTED_EVENTS = Counter(
     "omnipush_gateway_rejected_events_total", "Socket.IO events refused as invalid.", ["event"]
 )
+EXPIRED_SOCKETS = Counter(
+    "omnipush_gateway_expired_sockets_total", "Sockets disconnected because their token expired."
+)
+RENEWALS = Counter(
+    "omnipush_gateway_token_renewals_total", "Socket `renew` events by outcome.", ["outcome"]
+)

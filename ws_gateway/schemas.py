@@ -1,4 +1,5 @@
-"""marshmallow schemas of what browsers send: socket `ack`/`read` bodies and inbox REST input."""
+"""marshmallow schemas of what browsers send: socket `ack`/`read`/`renew` bodies and inbox REST
+input."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from ws_gateway.auth import MAX_TOKEN_LENGTH
 from ws_gateway.inbox import MAX_IDS, MAX_PAGE
 
 #: Delivery ids are `dlv_` plus 26 characters; the column holds at most 40.
@@ -37,6 +39,12 @@ class ReadSchema(StrictSchema):
             raise ValidationError("Send either ids or all, not both.", field_name="_body")
         if "ids" not in data and data.get("all") is not True:
             raise ValidationError('Send "ids": [...] or "all": true.', field_name="_body")
+
+
+class RenewSchema(StrictSchema):
+    """Socket `renew`: `{"token": JWT}`, a fresh browser token for the same user."""
+
+    token = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TOKEN_LENGTH))
 
 
 class InboxQuerySchema(StrictSchema):

@@ -1,9 +1,13 @@
-"""The Socket.IO side of the inbox: connect/auth, the user's room, replay, `ack` and `read`.
+"""The Socket.IO side of the inbox: connect/auth, the user's room, replay, `ack`, `read`, `renew`.
 
-A socket proves who it is once, on connect, with a browser token; the (app, user) it names is
-kept in the socket's session and scopes everything the socket may see or change afterwards.
-The replay runs right after the CONNECT packet has gone out (see `ConnectAwareRedisManager`),
-so the client has joined the namespace before the first `notification` reaches it.
+A socket proves who it is on connect with a browser token; the token (its (app, user) and its
+expiry) is kept in the socket's session and scopes everything the socket may see or change
+afterwards. A socket lives only as long as its token: when the token expires, the socket gets
+`unauthorized` and is disconnected, and an event that arrives on a socket whose token has
+expired is refused the same way. Before that, the client may `renew` with a fresh token for the
+same user. The replay runs right after the CONNECT packet has gone out (see
+`ConnectAwareRedisManager`), so the client has joined the namespace before the first
+`notification` reaches it.
 """
 
 from __future__ import annotations
@@ -18,24 +22,32 @@ from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.ids import utcnow
 from shared.notifications import user_room
 from shared.runtime import Runtime
-from shared.tokens import BrowserIdentity, InvalidToken
+from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
-from ws_gateway.auth import identify, socket_token
+from ws_gateway.auth import read_token, socket_token
 from ws_gateway.metrics import (
     ACKNOWLEDGED,
     CONNECTED_SOCKETS,
     CONNECTS,
+    EXPIRED_SOCKETS,
     READ,
     REJECTED_EVENTS,
+    RENEWALS,
     REPLAYED,
 )
-from ws_gateway.schemas import AckSchema, ReadSchema
+from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
 
 NAMESPACE = "/"
 UNAUTHORIZED = "unauthorized"
-_IDENTITY = "identity"
+TOKEN_EXPIRED = "token expired"
+#: Longest a socket's expiry watch sleeps before it looks again whether the socket is still
+#: there, so the watch of a socket that left long before its token expires ends soon too.
+EXPIRY_WATCH_SECONDS = 60.0
+#: The key of the socket's `BrowserToken` in its Socket.IO session.
+TOKEN_KEY = "token"
 
 log = structlog.get_logger("ws_gateway.sockets")
 
@@ -80,6 +92,7 @@ class InboxSockets:
         self.socketio.on_event("disconnect", self.on_disconnect, namespace=NAMESPACE)
         self.socketio.on_event("ack", self.on_ack, namespace=NAMESPACE)
         self.socketio.on_event("read", self.on_read, namespace=NAMESPACE)
+        self.socketio.on_event("renew", self.on_renew, namespace=NAMESPACE)
         self.socketio.on_error_default(self.on_error)
         manager.on_connected = self.after_connected
 
@@ -88,23 +101,27 @@ class InboxSockets:
     def on_connect(self, auth: Any = None) -> None:
         """Accept a socket with a valid token and put it in its user's room; refuse the rest."""
         try:
-            identity = identify(self.runtime.settings.secret_key, socket_token(auth, request.args))
+            token = read_token(self.runtime.settings.secret_key, socket_token(auth, request.args))
         except InvalidToken as error:
             CONNECTS.labels(outcome="refused").inc()
             log.info("gateway.connect_refused", reason=str(error))
             raise ConnectionRefusedError(UNAUTHORIZED) from None
+        identity = token.identity
         sid: str = request.sid  # type: ignore[attr-defined]
-        self.socketio.server.save_session(sid, {_IDENTITY: identity}, namespace=NAMESPACE)
+        self._save_token(sid, token)
         join_room(user_room(identity.app_id, identity.user_id), sid=sid, namespace=NAMESPACE)
         CONNECTS.labels(outcome="accepted").inc()
         CONNECTED_SOCKETS.inc()
         log.info("gateway.connected", app=identity.app_id, user_id=identity.user_id, sid=sid)
 
     def after_connected(self, sid: str, namespace: str) -> None:
-        """Replay what the user has not acknowledged, oldest first, then the unread count."""
-        identity = self._identity(sid) if namespace == NAMESPACE else None
-        if identity is None:
+        """Watch the token's expiry; replay what the user has not acknowledged, oldest first,
+        then the unread count."""
+        token = self._saved_token(sid) if namespace == NAMESPACE else None
+        if token is None:
             return
+        identity = token.identity
+        self.socketio.start_background_task(self.expire_when_due, sid)
         try:
             with self.runtime.sessions() as session:
                 items = inbox.unacknowledged(session, identity)
@@ -123,8 +140,21 @@ class InboxSockets:
     def on_disconnect(self, *_reason: Any) -> None:
         """Forget the socket (the room membership goes with it)."""
         sid: str = request.sid  # type: ignore[attr-defined]
-        if self._identity(sid) is not None:
+        if self._saved_token(sid) is not None:
             CONNECTED_SOCKETS.dec()
+
+    def expire_when_due(self, sid: str) -> None:
+        """Disconnect the socket once its token (as last renewed) has expired; a background task
+        that ends with the socket."""
+        while True:
+            token = self._saved_token(sid)
+            if token is None:
+                return
+            remaining = (token.expires_at - utcnow()).total_seconds()
+            if remaining <= 0:
+                self._expel(sid, token)
+                return
+            self.socketio.sleep(min(remaining, EXPIRY_WATCH_SECONDS))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -170,6 +200,35 @@ class InboxSockets:
         self.push_unread_count(identity, count)
         return {"ok": True, "updated": len(changed), "unread_count": count}
 
+    def on_renew(self, *args: Any) -> dict[str, Any]:
+        """`renew {"token": JWT}`: a fresh token for the same user keeps the socket connected
+        past the current token's expiry; answers the new `expires_at`."""
+        sid: str = request.sid  # type: ignore[attr-defined]
+        current = self._live_token(sid)
+        if current is None:
+            return _error(UNAUTHORIZED)
+        try:
+            body = RenewSchema().load(_body(args))
+        except ValidationError as error:
+            REJECTED_EVENTS.labels(event="renew").inc()
+            return _error("invalid", errors=error.messages)
+        try:
+            fresh = read_token(self.runtime.settings.secret_key, body["token"])
+        except InvalidToken as error:
+            RENEWALS.labels(outcome="refused").inc()
+            log.info("gateway.renew_refused", sid=sid, reason=str(error))
+            return _error(UNAUTHORIZED, detail="The token is not valid or has expired.")
+        if fresh.identity != current.identity:
+            RENEWALS.labels(outcome="refused").inc()
+            log.info("gateway.renew_refused", sid=sid, reason="another app or user")
+            return _error(UNAUTHORIZED, detail="The token is for another app or user.")
+        # Both tokens are valid for this user: the socket holds until the later expiry (which
+        # also keeps the expiry watch, sleeping until the current one, from waking too late).
+        renewed = max(current, fresh, key=lambda token: token.expires_at)
+        self._save_token(sid, renewed)
+        RENEWALS.labels(outcome="renewed").inc()
+        return {"ok": True, "expires_at": renewed.expires_at.isoformat()}
+
     def on_error(self, error: Exception) -> dict[str, Any]:
         """Any unexpected error in a handler: log it and answer with an error ack."""
         log.error("gateway.handler_error", error=type(error).__name__, exc_info=error)
@@ -182,12 +241,40 @@ class InboxSockets:
         push_unread_count(self.socketio, identity, count)
 
     def _identity(self, sid: str) -> BrowserIdentity | None:
+        """Who the socket speaks for, if its token still holds (else it is expelled now)."""
+        token = self._live_token(sid)
+        return token.identity if token is not None else None
+
+    def _live_token(self, sid: str) -> BrowserToken | None:
+        """The socket's token if it has not expired; an expired one's socket is expelled."""
+        token = self._saved_token(sid)
+        if token is not None and token.expired(utcnow()):
+            self._expel(sid, token)
+            return None
+        return token
+
+    def _saved_token(self, sid: str) -> BrowserToken | None:
+        """The token the socket connected (or last renewed) with; None once it is gone."""
         try:
             saved = self.socketio.server.get_session(sid, namespace=NAMESPACE)
         except KeyError:
             return None
-        identity = saved.get(_IDENTITY) if isinstance(saved, dict) else None
-        return identity if isinstance(identity, BrowserIdentity) else None
+        token = saved.get(TOKEN_KEY) if isinstance(saved, dict) else None
+        return token if isinstance(token, BrowserToken) else None
+
+    def _save_token(self, sid: str, token: BrowserToken) -> None:
+        self.socketio.server.save_session(sid, {TOKEN_KEY: token}, namespace=NAMESPACE)
+
+    def _expel(self, sid: str, token: BrowserToken) -> None:
+        """Tell the client its token expired, then disconnect it (this process holds it)."""
+        if not self.socketio.server.manager.is_connected(sid, NAMESPACE):
+            return
+        self.socketio.emit(
+            UNAUTHORIZED, {"message": TOKEN_EXPIRED}, to=sid, namespace=NAMESPACE, ignore_queue=True
+        )
+        self.socketio.server.disconnect(sid, namespace=NAMESPACE, ignore_queue=True)
+        EXPIRED_SOCKETS.inc()
+        log.info("gateway.token_expired", app=token.identity.app_id, sid=sid)
 
 
 def read_and_count(

@@ -117,8 +117,16 @@
 
   var socket = window.io({ auth: { token: token } });
 
+  var expired = false;
   socket.on("connect", function () { setStatus("live", "live"); });
-  socket.on("disconnect", function (reason) { setStatus("offline (" + reason + ")", "offline"); });
+  socket.on("disconnect", function (reason) {
+    if (!expired) setStatus("offline (" + reason + ")", "offline");
+  });
+  // The server disconnects a socket whose token expired, after saying so.
+  socket.on("unauthorized", function () {
+    expired = true;
+    setStatus("token expired: open the page with a new token", "error");
+  });
   socket.on("connect_error", function (err) {
     if (err && err.message === "unauthorized") {
       setStatus("token rejected: open the page with a new token", "error");
