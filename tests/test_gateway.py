@@ -8,6 +8,7 @@ tests/gateway_support.py). Browsers are real python-socketio clients on the webs
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -657,6 +658,67 @@ def test_inbox_read_needs_a_json_body(gateway: Gateway, tenant: NewApp) -> None:
     )
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_inbox_read_takes_a_json_body_sent_without_a_content_type(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp
+) -> None:
+    # As `curl -d '{...}'` sends it (form-encoded), or a page's fetch() with a plain string body.
+    user = new_user()
+    items = add_items(runtime, tenant.app_id, user, 2)
+    raw = json.dumps({"ids": [items[0].delivery_id]}).encode()
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        headers = _auth(gateway, tenant.app_id, user)
+        if content_type:
+            headers["Content-Type"] = content_type
+        response = httpx.post(f"{gateway.url}/v1/inbox/read", headers=headers, content=raw)
+        assert response.status_code == 200, (content_type, response.text)
+    assert statuses(runtime, items) == {items[0].delivery_id: "read", items[1].delivery_id: "sent"}
+
+
+# -- the gateway's OpenAPI document ------------------------------------------------------------
+
+
+def test_the_gateway_documents_its_inbox_in_its_own_openapi_document(gateway: Gateway) -> None:
+    response = httpx.get(f"{gateway.url}/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    assert {"/v1/inbox", "/v1/inbox/read", "/v1/inbox/unread-count"} <= set(paths)
+    scheme = document["components"]["securitySchemes"]["browserToken"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    responses = document["components"]["responses"]
+    for path, method in [
+        ("/v1/inbox", "get"),
+        ("/v1/inbox/read", "post"),
+        ("/v1/inbox/unread-count", "get"),
+    ]:
+        operation = paths[path][method]
+        assert operation["security"] == [{"browserToken": []}]
+        assert "200" in operation["responses"]
+        for status in ("401", "422"):
+            name = operation["responses"][status]["$ref"].rsplit("/", 1)[1]
+            assert set(responses[name]["content"]) == {"application/problem+json"}
+    assert "requestBody" in paths["/v1/inbox/read"]["post"]
+    assert {p["name"] for p in paths["/v1/inbox"]["get"]["parameters"]} == {
+        "unread",
+        "limit",
+        "before",
+    }
+
+
+def test_the_gateway_serves_swagger_ui_from_its_own_files(gateway: Gateway) -> None:
+    docs = httpx.get(f"{gateway.url}/docs")
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")
+    assert "/openapi.json" in docs.text
+    scripts = re.findall(r'(?:src|href)="(/[^"]+)"', docs.text)
+    assert scripts, docs.text
+    for path in scripts:
+        asset = httpx.get(f"{gateway.url}{path}")
+        assert asset.status_code == 200, path
+        assert asset.content
 
 
 # -- demo page, health, metrics ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 from flask import Flask
 from flask_socketio import SocketIO
 
+from producer_api.openapi import document_health
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
 from shared.notifications import socketio_channel
@@ -20,6 +21,7 @@ from shared.problems import install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
 from ws_gateway import demo, rest
+from ws_gateway.openapi import install_openapi
 from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
 
 #: Largest REST body (1000 ids fit in about 45 KiB).
@@ -72,8 +74,10 @@ def create_app(
         engineio_logger=False,
     )
 
+    api = install_openapi(app)
+    api.register_blueprint(rest.blp)
     app.register_blueprint(health_blueprint(("store", "redis")))
-    app.register_blueprint(rest.blp)
+    document_health(app, api.spec)
     app.register_blueprint(demo.blp)
     return app
 

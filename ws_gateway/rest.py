@@ -2,26 +2,40 @@
 
 Requests authenticate with the same browser token as the socket (`Authorization: Bearer`), and
 every query is scoped to the (app, user) it names. Answers allow any origin: a token, never a
-cookie, authorizes them, so a business system's own pages may call them.
+cookie, authorizes them, so a business system's own pages may call them. Bodies are read as
+JSON whatever their Content-Type, as the API reads them (producer_api/blueprint.py), and the
+views are documented in the gateway's OpenAPI document (ws_gateway/openapi.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, request
 from flask_socketio import SocketIO
-from marshmallow import ValidationError
 
+from producer_api.blueprint import Blueprint
 from shared.flask_runtime import runtime_of
-from shared.problems import flatten_errors, problem
+from shared.problems import problem
 from shared.tokens import BrowserIdentity, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import bearer_token, identify
-from ws_gateway.schemas import InboxQuerySchema, ReadSchema, StrictSchema
+from ws_gateway.schemas import (
+    InboxPageSchema,
+    InboxQuerySchema,
+    ReadResultSchema,
+    ReadSchema,
+    StrictSchema,
+    UnreadCountSchema,
+)
 from ws_gateway.sockets import push_unread_count, read_and_count
 
-blp = Blueprint("inbox", __name__, url_prefix="/v1/inbox")
+blp = Blueprint(
+    "inbox",
+    __name__,
+    url_prefix="/v1/inbox",
+    description="One user's inbox, for the browser (authorized by a browser token)",
+)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -63,62 +77,45 @@ def _identity() -> BrowserIdentity:
     return identity
 
 
-def _invalid(error: ValidationError) -> Response:
-    return problem(
-        422,
-        "Unprocessable Entity",
-        "The request is not valid; see errors.",
-        errors=flatten_errors(error.messages),
-    )
+@blp.route("", methods=["GET"])
+@blp.arguments(InboxQuerySchema, location="query", as_kwargs=True)
+@blp.response(200, InboxPageSchema)
+def list_inbox(unread: bool, limit: int | None, before: str | None) -> dict[str, Any]:
+    """The user's inbox, newest first.
 
-
-def _query(schema: StrictSchema) -> dict[str, Any]:
-    loaded: dict[str, Any] = schema.load(request.args.to_dict())
-    return loaded
-
-
-@blp.get("")
-def list_inbox() -> Response:
-    """The user's inbox, newest first: `?unread=1`, `?limit=` (1 to 200), `?before=<id>`."""
-    try:
-        query = _query(InboxQuerySchema())
-    except ValidationError as error:
-        return _invalid(error)
+    `unread=1` lists only unread items; `before` (the `next_before` of a page) continues after
+    it.
+    """
     with runtime_of().sessions() as session:
         found = inbox.page(
             session,
             _identity(),
-            unread_only=query["unread"],
-            limit=query["limit"] or inbox.DEFAULT_PAGE,
-            before=query["before"],
+            unread_only=unread,
+            limit=limit or inbox.DEFAULT_PAGE,
+            before=before,
         )
-    return jsonify(items=found.items, next_before=found.next_before)
+    return {"items": found.items, "next_before": found.next_before}
 
 
-@blp.get("/unread-count")
-def unread_count() -> Response:
-    """`{"count": N}`: how many of the user's notifications are unread."""
-    try:
-        _query(StrictSchema())
-    except ValidationError as error:
-        return _invalid(error)
+@blp.route("/unread-count", methods=["GET"])
+@blp.arguments(StrictSchema, location="query")
+@blp.response(200, UnreadCountSchema)
+def unread_count(_query: dict[str, Any]) -> dict[str, int]:
+    """How many of the user's notifications are unread."""
     with runtime_of().sessions() as session:
-        count = inbox.unread_count(session, _identity())
-    return jsonify(count=count)
+        return {"count": inbox.unread_count(session, _identity())}
 
 
-@blp.post("/read")
-def mark_read() -> Response:
-    """`{"ids": [...]}` or `{"all": true}`: mark read; every socket of the user gets the count."""
-    body = request.get_json(silent=True)
-    if body is None:
-        return problem(400, "Bad Request", "The body must be a JSON object.")
-    try:
-        loaded = ReadSchema().load(body)
-    except ValidationError as error:
-        return _invalid(error)
+@blp.route("/read", methods=["POST"])
+@blp.arguments(ReadSchema)
+@blp.response(200, ReadResultSchema)
+def mark_read(body: dict[str, Any]) -> dict[str, int]:
+    """Mark the named notifications read (`{"ids": [...]}`), or all of them (`{"all": true}`).
+
+    Every socket of the user gets the new `unread_count`.
+    """
     identity = _identity()
-    changed, count = read_and_count(runtime_of(), identity, loaded.get("ids"), via="rest")
+    changed, count = read_and_count(runtime_of(), identity, body.get("ids"), via="rest")
     socketio: SocketIO = current_app.extensions["socketio"]
     push_unread_count(socketio, identity, count)
-    return jsonify(updated=len(changed), unread_count=count)
+    return {"updated": len(changed), "unread_count": count}

@@ -1,5 +1,5 @@
-"""marshmallow schemas of what browsers send: socket `ack`/`read`/`renew` bodies and inbox REST
-input."""
+"""marshmallow schemas of what browsers send (socket `ack`/`read`/`renew` bodies, inbox REST
+input) and of what the inbox REST answers."""
 
 from __future__ import annotations
 
@@ -53,3 +53,45 @@ class InboxQuerySchema(StrictSchema):
     unread = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_PAGE))
     before = fields.String(load_default=None, validate=validate.Length(min=1, max=40))
+
+
+class NotificationSchema(Schema):
+    """A notification as the socket's `notification` event and the inbox listing carry it."""
+
+    id = fields.String(required=True, metadata={"description": "The delivery id."})
+    message_id = fields.String(required=True)
+    title = fields.String(required=True)
+    body = fields.String(required=True)
+    url = fields.String(required=True, allow_none=True)
+    data = fields.Dict(required=True)
+    category = fields.String(required=True)
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class InboxItemSchema(NotificationSchema):
+    """One item of `GET /v1/inbox`: the notification and where the user is with it."""
+
+    status = fields.String(required=True, metadata={"description": "The delivery's status."})
+    read = fields.Boolean(required=True)
+    delivered_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    read_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+
+
+class InboxPageSchema(Schema):
+    """A page of the inbox, newest first; `next_before` continues it (null at the end)."""
+
+    items = fields.List(fields.Nested(InboxItemSchema), required=True)
+    next_before = fields.String(required=True, allow_none=True)
+
+
+class UnreadCountSchema(Schema):
+    """`GET /v1/inbox/unread-count`."""
+
+    count = fields.Integer(required=True)
+
+
+class ReadResultSchema(Schema):
+    """`POST /v1/inbox/read`: how many were marked read, and how many stay unread."""
+
+    updated = fields.Integer(required=True)
+    unread_count = fields.Integer(required=True)
