@@ -740,7 +740,7 @@ def test_demo_page_with_a_token(gateway: Gateway, tenant: NewApp) -> None:
     script = httpx.get(f"{gateway.url}/static/demo.js")
     assert script.status_code == 200
     assert '"ack"' in script.text and '"read"' in script.text
-    assert '"unauthorized"' in script.text
+    assert '"unauthorized"' in script.text and '"error"' in script.text
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage"])

@@ -20,6 +20,10 @@ READ = Counter("omnipush_gateway_read_total", "Web deliveries marked read, by ro
 REJECTED_EVENTS = Counter(
     "omnipush_gateway_rejected_events_total", "Socket.IO events refused as invalid.", ["event"]
 )
+REPLAY_FAILURES = Counter(
+    "omnipush_gateway_replay_failures_total",
+    "Connects whose replay failed (the client got an `error` event).",
+)
 EXPIRED_SOCKETS = Counter(
     "omnipush_gateway_expired_sockets_total", "Sockets disconnected because their token expired."
 )

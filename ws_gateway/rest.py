@@ -17,6 +17,7 @@ from flask_socketio import SocketIO
 from producer_api.blueprint import Blueprint
 from shared.flask_runtime import runtime_of
 from shared.problems import problem
+from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import bearer_token, identify
@@ -86,14 +87,18 @@ def list_inbox(unread: bool, limit: int | None, before: str | None) -> dict[str,
     `unread=1` lists only unread items; `before` (the `next_before` of a page) continues after
     it.
     """
-    with runtime_of().sessions() as session:
-        found = inbox.page(
-            session,
-            _identity(),
-            unread_only=unread,
-            limit=limit or inbox.DEFAULT_PAGE,
-            before=before,
-        )
+
+    def find() -> inbox.InboxPage:
+        with runtime_of().sessions() as session:
+            return inbox.page(
+                session,
+                _identity(),
+                unread_only=unread,
+                limit=limit or inbox.DEFAULT_PAGE,
+                before=before,
+            )
+
+    found = retry_once_on_disconnect(find)
     return {"items": found.items, "next_before": found.next_before}
 
 
@@ -102,8 +107,12 @@ def list_inbox(unread: bool, limit: int | None, before: str | None) -> dict[str,
 @blp.response(200, UnreadCountSchema)
 def unread_count(_query: dict[str, Any]) -> dict[str, int]:
     """How many of the user's notifications are unread."""
-    with runtime_of().sessions() as session:
-        return {"count": inbox.unread_count(session, _identity())}
+
+    def count() -> int:
+        with runtime_of().sessions() as session:
+            return inbox.unread_count(session, _identity())
+
+    return {"count": retry_once_on_disconnect(count)}
 
 
 @blp.route("/read", methods=["POST"])

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared.ids import utcnow
 from shared.notifications import user_room
 from shared.runtime import Runtime
+from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import read_token, socket_token
@@ -36,6 +37,7 @@ from ws_gateway.metrics import (
     READ,
     REJECTED_EVENTS,
     RENEWALS,
+    REPLAY_FAILURES,
     REPLAYED,
 )
 from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
@@ -43,6 +45,7 @@ from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
 NAMESPACE = "/"
 UNAUTHORIZED = "unauthorized"
 TOKEN_EXPIRED = "token expired"
+REPLAY_FAILED = "replay failed, reconnect to retry"
 #: Longest a socket's expiry watch sleeps before it looks again whether the socket is still
 #: there, so the watch of a socket that left long before its token expires ends soon too.
 EXPIRY_WATCH_SECONDS = 60.0
@@ -116,18 +119,26 @@ class InboxSockets:
 
     def after_connected(self, sid: str, namespace: str) -> None:
         """Watch the token's expiry; replay what the user has not acknowledged, oldest first,
-        then the unread count."""
+        then the unread count. A replay that fails says so, so the client can reconnect."""
         token = self._saved_token(sid) if namespace == NAMESPACE else None
         if token is None:
             return
         identity = token.identity
         self.socketio.start_background_task(self.expire_when_due, sid)
-        try:
+
+        def replay() -> tuple[list[dict[str, Any]], int]:
             with self.runtime.sessions() as session:
                 items = inbox.unacknowledged(session, identity)
-                count = inbox.unread_count(session, identity)
+                return items, inbox.unread_count(session, identity)
+
+        try:
+            items, count = retry_once_on_disconnect(replay)
         except Exception:  # never let the replay break the connection itself
             log.exception("gateway.replay_failed", app=identity.app_id, sid=sid)
+            REPLAY_FAILURES.inc()
+            self.socketio.emit(
+                "error", {"message": REPLAY_FAILED}, to=sid, namespace=NAMESPACE, ignore_queue=True
+            )
             return
         for item in items:
             self.socketio.emit("notification", item, to=sid, namespace=NAMESPACE, ignore_queue=True)
@@ -168,10 +179,14 @@ class InboxSockets:
         except ValidationError as error:
             REJECTED_EVENTS.labels(event="ack").inc()
             return _error("invalid", errors=error.messages)
-        try:
+
+        def acknowledge() -> tuple[list[str], int | None]:
             with self.runtime.sessions() as session, session.begin():
                 changed = inbox.acknowledge(session, identity, body["ids"])
-                count = inbox.unread_count(session, identity) if changed else None
+                return changed, inbox.unread_count(session, identity) if changed else None
+
+        try:
+            changed, count = retry_once_on_disconnect(acknowledge)
         except SQLAlchemyError:
             log.exception("gateway.ack_failed", app=identity.app_id)
             return _error("unavailable")
@@ -281,9 +296,13 @@ def read_and_count(
     runtime: Runtime, identity: BrowserIdentity, ids: Sequence[str] | None, via: str
 ) -> tuple[list[str], int]:
     """Mark read (all unread when `ids` is None) and count what stays unread, in one commit."""
-    with runtime.sessions() as session, session.begin():
-        changed = inbox.mark_read(session, identity, ids, via=via)
-        count = inbox.unread_count(session, identity)
+
+    def read() -> tuple[list[str], int]:
+        with runtime.sessions() as session, session.begin():
+            changed = inbox.mark_read(session, identity, ids, via=via)
+            return changed, inbox.unread_count(session, identity)
+
+    changed, count = retry_once_on_disconnect(read)
     READ.labels(via=via).inc(len(changed))
     return changed, count
 

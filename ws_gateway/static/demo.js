@@ -127,6 +127,11 @@
     expired = true;
     setStatus("token expired: open the page with a new token", "error");
   });
+  // The replay of what is unread failed: connect again to get it.
+  socket.on("error", function () {
+    setStatus("could not load the inbox, reconnecting…", "offline");
+    window.setTimeout(function () { socket.disconnect().connect(); }, 1000);
+  });
   socket.on("connect_error", function (err) {
     if (err && err.message === "unauthorized") {
       setStatus("token rejected: open the page with a new token", "error");
