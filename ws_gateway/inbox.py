@@ -4,6 +4,10 @@ Every function takes the caller's session and identity and touches only that (ap
 deliveries; each status change writes its trace event in the same transaction. Status changes
 are single conditional UPDATEs, so concurrent acks, reads and sockets never race each other
 into a wrong state.
+
+A notification whose message is past its `expires_at` is gone from the inbox: it is neither
+replayed, listed, counted, acknowledged nor read. The gateway notices it on the user's next
+connect, and the delivery ends `expired` then (`expire_overdue`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, func, literal, select, update
+from sqlalchemy.orm import Session, aliased
 
 from shared.ids import utcnow
 from shared.models import Delivery, Message, UTCDateTime
@@ -32,6 +36,11 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 200
 #: The most ids one ack/read may name.
 MAX_IDS = 1000
+#: Web deliveries that end `expired` once their message has expired: unread ones that reached
+#: the inbox (one still `sending` is the worker's to settle).
+EXPIRABLE = ("sent", "delivered")
+
+_ExpiredMessage = aliased(Message)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,18 @@ def _mine(identity: BrowserIdentity) -> list[ColumnElement[bool]]:
         Delivery.user_id == identity.user_id,
         Delivery.channel == WEB,
     ]
+
+
+def _expired(now: datetime) -> ColumnElement[bool]:
+    """The delivery's message has an `expires_at` that has passed."""
+    return exists().where(
+        _ExpiredMessage.id == Delivery.message_id, _ExpiredMessage.expires_at <= now
+    )
+
+
+def _visible(identity: BrowserIdentity, statuses: Sequence[str]) -> list[ColumnElement[bool]]:
+    """The user's web deliveries in one of `statuses` whose message has not expired."""
+    return [*_mine(identity), Delivery.status.in_(statuses), ~_expired(utcnow())]
 
 
 def _payload(row: Any) -> dict[str, Any]:
@@ -79,7 +100,7 @@ def unacknowledged(
             Message.category,
         )
         .join(Message, Message.id == Delivery.message_id)
-        .where(*_mine(identity), Delivery.status.in_(UNACKNOWLEDGED))
+        .where(*_visible(identity, UNACKNOWLEDGED))
         .order_by(Delivery.id)
         .limit(limit)
     ).all()
@@ -89,11 +110,26 @@ def unacknowledged(
 def unread_count(session: Session, identity: BrowserIdentity) -> int:
     """How many of the user's web deliveries are unread."""
     count = session.scalar(
-        select(func.count())
-        .select_from(Delivery)
-        .where(*_mine(identity), Delivery.status.in_(UNREAD))
+        select(func.count()).select_from(Delivery).where(*_visible(identity, UNREAD))
     )
     return int(count or 0)
+
+
+def expire_overdue(session: Session, identity: BrowserIdentity) -> list[str]:
+    """Mark the user's unread deliveries whose message has expired `expired`; their ids."""
+    now = utcnow()
+    rows = session.execute(
+        update(Delivery)
+        .where(*_mine(identity), Delivery.status.in_(EXPIRABLE), _expired(now))
+        .values(status="expired", updated_at=now)
+        .returning(Delivery.id, Delivery.message_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    record_events(
+        session.connection(),
+        (event_row(r.message_id, "expired", r.id, via="gateway") for r in rows),
+    )
+    return [r.id for r in rows]
 
 
 def acknowledge(session: Session, identity: BrowserIdentity, ids: Sequence[str]) -> list[str]:
@@ -103,11 +139,7 @@ def acknowledge(session: Session, identity: BrowserIdentity, ids: Sequence[str])
     now = utcnow()
     rows = session.execute(
         update(Delivery)
-        .where(
-            *_mine(identity),
-            Delivery.id.in_(list(ids)),
-            Delivery.status.in_(UNACKNOWLEDGED),
-        )
+        .where(*_visible(identity, UNACKNOWLEDGED), Delivery.id.in_(list(ids)))
         .values(status="delivered", delivered_at=now, updated_at=now)
         .returning(Delivery.id, Delivery.message_id),
         execution_options={"synchronize_session": False},
@@ -126,7 +158,7 @@ def mark_read(
     if ids is not None and not ids:
         return []
     now = utcnow()
-    conditions = [*_mine(identity), Delivery.status.in_(UNREAD)]
+    conditions = _visible(identity, UNREAD)
     if ids is not None:
         conditions.append(Delivery.id.in_(list(ids)))
     rows = session.execute(
@@ -163,10 +195,7 @@ def page(
 
     Pages follow delivery ids (the index); items within a page are in exact time order.
     """
-    conditions = [
-        *_mine(identity),
-        Delivery.status.in_(UNREAD if unread_only else INBOX_STATUSES),
-    ]
+    conditions = _visible(identity, UNREAD if unread_only else INBOX_STATUSES)
     if before is not None:
         conditions.append(Delivery.id < before)
     rows = session.execute(

@@ -85,7 +85,7 @@ def list_inbox(unread: bool, limit: int | None, before: str | None) -> dict[str,
     """The user's inbox, newest first.
 
     `unread=1` lists only unread items; `before` (the `next_before` of a page) continues after
-    it.
+    it. Notifications whose message has expired are not listed.
     """
 
     def find() -> inbox.InboxPage:

@@ -127,7 +127,8 @@ class InboxSockets:
         self.socketio.start_background_task(self.expire_when_due, sid)
 
         def replay() -> tuple[list[dict[str, Any]], int]:
-            with self.runtime.sessions() as session:
+            with self.runtime.sessions() as session, session.begin():
+                inbox.expire_overdue(session, identity)
                 items = inbox.unacknowledged(session, identity)
                 return items, inbox.unread_count(session, identity)
 
