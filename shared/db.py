@@ -14,7 +14,12 @@ OUTBOX_CHANNEL = "omnipush_outbox"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode, a busy timeout and their folder."""
+    """An engine for `url`; SQLite files get WAL mode, a busy timeout and their folder.
+
+    Statement parameters are kept out of error messages and logs: they hold recipients'
+    addresses and message bodies.
+    """
+    kwargs["hide_parameters"] = True
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
