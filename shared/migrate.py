@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from shared.db import store_url
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -14,7 +16,7 @@ def alembic_config(database_url: str) -> Config:
     """An Alembic configuration pointing at the bundled migrations and `database_url`."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", store_url(database_url).replace("%", "%%"))
     return config
 
 

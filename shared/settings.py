@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from shared.db import store_url
+
 DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -47,7 +49,7 @@ class Settings:
                 raise RuntimeError("OMNIPUSH_SECRET_KEY is required when OMNIPUSH_ENV=production")
             secret = local_secret_key()
         return cls(
-            database_url=env.get("OMNIPUSH_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            database_url=store_url(env.get("OMNIPUSH_DATABASE_URL") or DEFAULT_DATABASE_URL),
             amqp_url=env.get("OMNIPUSH_AMQP_URL") or DEFAULT_AMQP_URL,
             redis_url=env.get("OMNIPUSH_REDIS_URL") or DEFAULT_REDIS_URL,
             secret_key=secret,
