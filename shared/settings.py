@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -15,6 +16,22 @@ DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET_KEY_FILE = Path("var/secret_key")
+
+#: Browser tokens are HMAC-signed with the secret key; shorter keys can be brute-forced.
+MIN_SECRET_KEY_BYTES = 32
+#: Words of the values people copy from examples and forget to replace, whatever their length.
+PLACEHOLDER_WORDS = (
+    "changeme",
+    "changethis",
+    "replaceme",
+    "placeholder",
+    "yoursecret",
+    "insecure",
+    "donotuse",
+    "secretkey",
+)
+#: A random key of 32 bytes or more has far more distinct characters than this.
+MIN_DISTINCT_SECRET_CHARACTERS = 6
 
 
 @dataclass(frozen=True)
@@ -43,16 +60,10 @@ class Settings:
         """Read every `OMNIPUSH_*` variable; unset ones take the one-machine defaults."""
         env = os.environ if environ is None else environ
         production = env.get("OMNIPUSH_ENV", "development") == "production"
-        secret = env.get("OMNIPUSH_SECRET_KEY") or ""
-        if not secret:
-            if production:
-                raise RuntimeError("OMNIPUSH_SECRET_KEY is required when OMNIPUSH_ENV=production")
-            secret = local_secret_key()
         return cls(
             database_url=store_url(env.get("OMNIPUSH_DATABASE_URL") or DEFAULT_DATABASE_URL),
             amqp_url=env.get("OMNIPUSH_AMQP_URL") or DEFAULT_AMQP_URL,
             redis_url=env.get("OMNIPUSH_REDIS_URL") or DEFAULT_REDIS_URL,
-            secret_key=secret,
             api_bind=env.get("OMNIPUSH_API_BIND") or cls.api_bind,
             gateway_bind=env.get("OMNIPUSH_GATEWAY_BIND") or cls.gateway_bind,
             config_path=env.get("OMNIPUSH_CONFIG") or cls.config_path,
@@ -62,6 +73,8 @@ class Settings:
             production=production,
             api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
             api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
+            # Last: it may write var/secret_key, which a bad setting above should not leave.
+            secret_key=_secret_key(env, production),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -83,6 +96,34 @@ def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Nu
     if not value > 0:
         raise RuntimeError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
     return value
+
+
+def _secret_key(env: Mapping[str, str], production: bool) -> str:
+    secret = env.get("OMNIPUSH_SECRET_KEY") or ""
+    if secret:
+        check_secret_key(secret, "OMNIPUSH_SECRET_KEY")
+        return secret
+    if production:
+        raise RuntimeError("OMNIPUSH_SECRET_KEY is required when OMNIPUSH_ENV=production")
+    secret = local_secret_key()
+    check_secret_key(secret, f"OMNIPUSH_SECRET_KEY (unset, so read from {SECRET_KEY_FILE})")
+    return secret
+
+
+def check_secret_key(secret: str, source: str) -> None:
+    """Refuse a key that is short or a known placeholder, in every environment: anyone who
+    guesses it can sign browser tokens for any user."""
+    folded = re.sub(r"[^a-z0-9]", "", secret.lower())
+    if (
+        len(secret.encode()) < MIN_SECRET_KEY_BYTES
+        or any(word in folded for word in PLACEHOLDER_WORDS)
+        or len(set(secret)) < MIN_DISTINCT_SECRET_CHARACTERS
+    ):
+        raise RuntimeError(
+            f"{source} must be at least {MIN_SECRET_KEY_BYTES} bytes of random data, not a "
+            "short or placeholder value; make one with: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
 
 
 def local_secret_key(path: Path = SECRET_KEY_FILE) -> str:

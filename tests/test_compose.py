@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,42 @@ def test_every_project_service_gets_the_connection_settings() -> None:
         assert env["OMNIPUSH_REDIS_URL"].startswith("redis://redis:6379/"), name
 
 
-def test_secret_key_is_a_marked_development_default_overridable_from_the_host() -> None:
+def _interpolate(value: str, host_env: Mapping[str, str]) -> str:
+    """`value` as Compose reads it: `${VAR}`, `${VAR:-default}`, `${VAR:?error}` (which stops
+    Compose with `error` when VAR is unset or empty) and `$$`."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, argument = match.group("name"), match.group("op"), match.group("arg")
+        found = host_env.get(name, "")
+        if operator == ":?" and not found:
+            raise ValueError(f"{name}: {argument}")
+        if operator == ":-" and not found:
+            return argument or ""
+        return found
+
+    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:[-?])(?P<arg>[^}]*))?\}", substitute, value)
+
+
+def test_compose_refuses_to_start_without_a_secret_key() -> None:
     for name, service in _project_services().items():
         value = _environment(service)["OMNIPUSH_SECRET_KEY"]
-        assert value.startswith("${OMNIPUSH_SECRET_KEY:-"), f"{name}: secret key is hardcoded"
+        with pytest.raises(ValueError, match="OMNIPUSH_SECRET_KEY") as refused:
+            _interpolate(value, {})
+        assert "32" in str(refused.value), f"{name}: the error does not say what a key needs"
+        with pytest.raises(ValueError, match="OMNIPUSH_SECRET_KEY"):
+            _interpolate(value, {"OMNIPUSH_SECRET_KEY": ""})
+
+
+def test_the_secret_key_comes_from_the_host_with_no_default() -> None:
+    key = secrets.token_urlsafe(48)
+    for name, service in _project_services().items():
+        value = _environment(service)["OMNIPUSH_SECRET_KEY"]
+        assert _interpolate(value, {"OMNIPUSH_SECRET_KEY": key}) == key, name
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert not re.search(r"OMNIPUSH_SECRET_KEY:?-", text), "the secret key has a default"
+    assert "change-me" not in text
 
 
 def test_only_contract_environment_variables_are_used() -> None:

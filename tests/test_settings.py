@@ -19,6 +19,16 @@ from tests.conftest import PG_ADMIN_DSN
 from tests.stack import run_omnipush
 
 GOOD_KEY = secrets.token_urlsafe(48)
+BAD_KEYS = [
+    "change-me-in-production",  # the value docker-compose.yml used to default to
+    "changeme",
+    "secret",
+    "s",
+    "x" * 31,  # one byte short
+    "a" * 64,  # long, but not random
+    "please-change-me-to-something-long-and-random",
+    "my-super-secret-key-for-production-use-only",
+]
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -35,6 +45,61 @@ def assert_one_line_error(result: object, *words: str) -> None:
     assert len(lines) == 1, stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+# --- the secret key --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_a_short_or_placeholder_secret_key_is_refused_in_every_environment(
+    key: str, environment: str
+) -> None:
+    with pytest.raises(RuntimeError, match="OMNIPUSH_SECRET_KEY must be at least 32 bytes"):
+        Settings.from_env({"OMNIPUSH_SECRET_KEY": key, "OMNIPUSH_ENV": environment})
+
+
+@pytest.mark.parametrize(
+    "key", [GOOD_KEY, secrets.token_hex(16), "test-secret-" + uuid.uuid4().hex]
+)
+def test_a_random_secret_key_of_32_bytes_is_accepted(key: str) -> None:
+    assert Settings.from_env({"OMNIPUSH_SECRET_KEY": key}).secret_key == key
+
+
+def test_without_a_key_development_generates_one_that_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = Settings.from_env({}).secret_key
+    assert len(first.encode()) >= 32
+    assert (tmp_path / "var" / "secret_key").read_text() == first
+    assert Settings.from_env({}).secret_key == first
+
+
+def test_a_short_generated_key_file_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret_key").write_text("hunter2")
+    with pytest.raises(RuntimeError, match=r"OMNIPUSH_SECRET_KEY \(unset, so read from var"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("serve", "api"), ("serve", "gateway"), ("token", "app", "alice"), ("db", "upgrade")],
+)
+def test_every_command_refuses_a_placeholder_key_with_one_line(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    env = clean_env(
+        OMNIPUSH_SECRET_KEY="change-me-in-production",
+        OMNIPUSH_DATABASE_URL=f"sqlite:///{tmp_path}/omnipush.db",
+    )
+    result = run_omnipush(*command, env=env, cwd=tmp_path)
+    assert_one_line_error(result, "OMNIPUSH_SECRET_KEY", "32 bytes")
+    assert "change-me-in-production" not in result.stderr
 
 
 # --- the database URL ------------------------------------------------------------------------
