@@ -7,6 +7,9 @@ SOCKETIO_JS := ws_gateway/static/socket.io.min.js
 SWAGGER_UI_DIR := producer_api/static/swagger-ui
 SWAGGER_UI := $(addprefix $(SWAGGER_UI_DIR)/,swagger-ui-bundle.js swagger-ui.css swagger-ui-standalone-preset.js favicon-32x32.png)
 
+# `make run` is read by people, so its services log console lines (honcho is not a terminal).
+OMNIPUSH_LOG_FORMAT ?= console
+
 .PHONY: install run test bench lint format clean
 
 $(STAMP): pyproject.toml
@@ -30,7 +33,8 @@ install: $(STAMP) $(SOCKETIO_JS) $(SWAGGER_UI)
 
 run: install
 	$(BIN)/omnipush dev prepare
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f var/Procfile start
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMNIPUSH_LOG_FORMAT=$(OMNIPUSH_LOG_FORMAT) \
+		$(BIN)/honcho -f var/Procfile start
 
 test: install
 	bash scripts/run-tests.sh

@@ -281,7 +281,7 @@ def serve(service: str, channel: str | None, workers: int | None) -> None:
     if service != "worker" and channel:
         raise click.UsageError("--channel is for serve worker only")
     settings = _settings()
-    configure_logging(service if service != "worker" else f"worker-{channel}")
+    configure_logging(service if service != "worker" else f"worker-{channel}", settings.log_format)
     from omnipush import services
 
     if service == "worker":

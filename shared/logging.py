@@ -1,16 +1,28 @@
-"""structlog set-up: JSON lines when output is not a terminal, readable lines when it is."""
+"""structlog set-up: JSON lines or readable console lines (by default: console on a terminal)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal
 
 import structlog
 
+#: `OMNIPUSH_LOG_FORMAT`: `console` for people, `json` for log collectors.
+LogFormat = Literal["console", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
 
-def configure_logging(service: str, level: str = "INFO", json: bool | None = None) -> None:
-    """Route structlog and the standard library's logging to stderr in one format."""
-    as_json = not sys.stderr.isatty() if json is None else json
+
+def configure_logging(
+    service: str, log_format: LogFormat | None = None, level: str = "INFO"
+) -> None:
+    """Route structlog and the standard library's logging to stderr in one format.
+
+    Without a `log_format`, a terminal gets console lines and anything else JSON lines.
+    """
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    as_json = log_format == "json"
     shared_processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.db import store_url
+from shared.logging import LOG_FORMATS, LogFormat
 
 DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -48,6 +49,8 @@ class Settings:
     smtp_url: str | None = None
     smtp_from: str = "omnipush@localhost"
     queue_prefix: str = "omnipush"
+    # None: console lines on a terminal, JSON lines otherwise.
+    log_format: LogFormat | None = None
     production: bool = False
     browser_token_ttl: int = 3600
     max_browser_token_ttl: int = 86400
@@ -70,6 +73,7 @@ class Settings:
             smtp_url=env.get("OMNIPUSH_SMTP_URL") or None,
             smtp_from=env.get("OMNIPUSH_SMTP_FROM") or cls.smtp_from,
             queue_prefix=env.get("OMNIPUSH_QUEUE_PREFIX") or cls.queue_prefix,
+            log_format=_log_format(env),
             production=production,
             api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
             api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
@@ -96,6 +100,16 @@ def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Nu
     if not value > 0:
         raise RuntimeError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
     return value
+
+
+def _log_format(env: Mapping[str, str]) -> LogFormat | None:
+    raw = env.get("OMNIPUSH_LOG_FORMAT")
+    if not raw:
+        return None
+    for name in LOG_FORMATS:
+        if raw.strip().lower() == name:
+            return name
+    raise RuntimeError(f"OMNIPUSH_LOG_FORMAT must be {' or '.join(LOG_FORMATS)}, not {raw!r}")
 
 
 def _secret_key(env: Mapping[str, str], production: bool) -> str:

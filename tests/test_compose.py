@@ -36,6 +36,7 @@ CONTRACT_ENV: dict[str, str] = {
     "OMNIPUSH_SMTP_URL": "",
     "OMNIPUSH_SMTP_FROM": "omnipush@localhost",
     "OMNIPUSH_QUEUE_PREFIX": "omnipush",
+    "OMNIPUSH_LOG_FORMAT": "",
 }
 
 # Every verb a container may run (CONTRACT.md, "CLI"), as argv without the program name.

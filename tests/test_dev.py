@@ -11,7 +11,7 @@ from channels.registry import channel_names
 from omnipush.dev import procfile
 from shared.settings import Settings
 from tests.conftest import service_env
-from tests.stack import run_omnipush
+from tests.stack import ROOT, run_omnipush
 
 
 def prepare(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,3 +56,18 @@ def test_the_procfile_runs_every_service_with_a_worker_per_channel() -> None:
         "worker-email: omnipush serve worker --channel email",
         "gateway: omnipush serve gateway",
     ]
+
+
+def test_make_run_starts_the_services_with_console_logs_unless_told_otherwise() -> None:
+    def honcho_command(env: dict[str, str]) -> str:
+        planned = subprocess.run(
+            ["make", "-n", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert planned.returncode == 0, planned.stderr
+        # `make -n` prints the recipe as written, continuation lines included.
+        recipe = planned.stdout.replace("\\\n", " ")
+        return next(line for line in recipe.splitlines() if "honcho" in line)
+
+    env = {k: v for k, v in os.environ.items() if k != "OMNIPUSH_LOG_FORMAT"}
+    assert "OMNIPUSH_LOG_FORMAT=console " in honcho_command(env)
+    assert "OMNIPUSH_LOG_FORMAT=json " in honcho_command(env | {"OMNIPUSH_LOG_FORMAT": "json"})

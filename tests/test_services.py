@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+
 from shared.settings import Settings
 from tests.conftest import service_env
 from tests.stack import Service, free_port, wait_http_ok
@@ -59,3 +61,35 @@ def test_the_api_logs_json_lines_including_gunicorns_own(settings: Settings) -> 
     lines = [json.loads(line) for line in api.output().splitlines() if line.strip()]
     assert any(line["event"].startswith("Listening at") for line in lines)
     assert {line["service"] for line in lines} == {"api"}
+
+
+def _json_object(line: str) -> dict[str, object] | None:
+    try:
+        parsed = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_omnipush_log_format_chooses_console_or_json_lines_gunicorns_included(
+    settings: Settings, log_format: str
+) -> None:
+    port = free_port()
+    env = service_env(settings) | {
+        "OMNIPUSH_API_BIND": f"127.0.0.1:{port}",
+        "OMNIPUSH_LOG_FORMAT": log_format,
+    }
+    api = Service(args=["serve", "api", "--workers", "1"], env=env).start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        assert api.stop() == 0
+    lines = [line for line in api.output().splitlines() if line.strip()]
+    assert any("Listening at" in line for line in lines)
+    as_json = [_json_object(line) for line in lines]
+    if log_format == "json":
+        assert all(as_json), api.output()
+    else:
+        assert not any(as_json), api.output()
+        assert all("api" in line for line in lines), api.output()

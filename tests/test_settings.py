@@ -102,6 +102,23 @@ def test_every_command_refuses_a_placeholder_key_with_one_line(
     assert "change-me-in-production" not in result.stderr
 
 
+# --- the log format --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("console", "console"), ("json", "json"), ("JSON", "json"), ("", None)]
+)
+def test_the_log_format_is_read_from_the_environment(raw: str, expected: str | None) -> None:
+    env = {"OMNIPUSH_SECRET_KEY": GOOD_KEY, "OMNIPUSH_LOG_FORMAT": raw}
+    assert Settings.from_env(env).log_format == expected
+
+
+def test_an_unknown_log_format_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = clean_env(OMNIPUSH_SECRET_KEY=GOOD_KEY, OMNIPUSH_LOG_FORMAT="xml")
+    result = run_omnipush("serve", "relay", env=env, cwd=tmp_path)
+    assert_one_line_error(result, "OMNIPUSH_LOG_FORMAT", "console or json", "'xml'")
+
+
 # --- the database URL ------------------------------------------------------------------------
 
 
