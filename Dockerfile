@@ -3,13 +3,6 @@
 # omnipush: one image for every process (api, relay, dispatcher, workers, gateway).
 # The process is chosen by the command, e.g. `omnipush serve gateway`; see docker-compose.yml.
 
-# --- stage 1: browser assets: the demo page's Socket.IO client, the API's Swagger UI --------
-FROM node:20-slim AS browser-assets
-WORKDIR /build
-COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund --omit=dev
-
-# --- stage 2: the Python runtime ------------------------------------------------------------
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,14 +28,8 @@ COPY producer_api/ producer_api/
 COPY dispatcher/ dispatcher/
 COPY channels/ channels/
 COPY ws_gateway/ ws_gateway/
-COPY --from=browser-assets /build/node_modules/socket.io-client/dist/socket.io.min.js \
-     ws_gateway/static/socket.io.min.js
-COPY --from=browser-assets /build/node_modules/swagger-ui-dist/swagger-ui-bundle.js \
-     /build/node_modules/swagger-ui-dist/swagger-ui.css \
-     /build/node_modules/swagger-ui-dist/swagger-ui-standalone-preset.js \
-     /build/node_modules/swagger-ui-dist/favicon-32x32.png \
-     producer_api/static/swagger-ui/
 
+# The browser assets (Socket.IO client, Swagger UI) are part of the package sources.
 RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info \
     && mkdir -p /app/var \

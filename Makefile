@@ -3,14 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOCKETIO_JS := ws_gateway/static/socket.io.min.js
-SWAGGER_UI_DIR := producer_api/static/swagger-ui
-SWAGGER_UI := $(addprefix $(SWAGGER_UI_DIR)/,swagger-ui-bundle.js swagger-ui.css swagger-ui-standalone-preset.js favicon-32x32.png)
-
 # `make run` is read by people, so its services log console lines (honcho is not a terminal).
 OMNIPUSH_LOG_FORMAT ?= console
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run test vendor bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,18 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The browser assets' npm packages, as package-lock.json has them. Install scripts are not run:
+# the packages are only read (by `make vendor` and the test that checks the committed copies),
+# and swagger-ui-dist's only script is a telemetry call.
 node_modules/.package-lock.json: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-$(SOCKETIO_JS): node_modules/.package-lock.json
-	cp node_modules/socket.io-client/dist/socket.io.min.js $(SOCKETIO_JS)
-
-# Swagger UI of the API's `GET /docs`, served from its own static folder (no CDN).
-$(SWAGGER_UI_DIR)/%: node_modules/.package-lock.json
-	mkdir -p $(SWAGGER_UI_DIR)
-	cp node_modules/swagger-ui-dist/$* $@
-
-install: $(STAMP) $(SOCKETIO_JS) $(SWAGGER_UI)
+install: $(STAMP) node_modules/.package-lock.json
 
 run: install
 	$(BIN)/omnipush dev prepare
@@ -38,6 +29,10 @@ run: install
 
 test: install
 	bash scripts/run-tests.sh
+
+# Refreshes the committed browser assets from node_modules after package-lock.json changed.
+vendor: node_modules/.package-lock.json
+	$(PYTHON) scripts/vendor_assets.py
 
 # bench.api drives HTTP load with wrk (C; a Python client would be the bottleneck): the Debian
 # package is installed here when it is missing (root, as on the development machines and CI).
@@ -57,4 +52,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) node_modules var $(SOCKETIO_JS) $(SWAGGER_UI_DIR)
+	rm -rf $(VENV) node_modules var
