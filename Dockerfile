@@ -21,7 +21,7 @@ WORKDIR /app
 # Only what the package needs: no local .venv, var/ (SQLite file, generated secret key),
 # node_modules or .git from the build context end up in the image.
 # The wildcards make README/LICENSE optional (BuildKit allows a wildcard to match nothing).
-COPY pyproject.toml README* LICENSE* ./
+COPY pyproject.toml constraints.txt README* LICENSE* ./
 COPY omnipush/ omnipush/
 COPY shared/ shared/
 COPY producer_api/ producer_api/
@@ -29,8 +29,9 @@ COPY dispatcher/ dispatcher/
 COPY channels/ channels/
 COPY ws_gateway/ ws_gateway/
 
-# The browser assets (Socket.IO client, Swagger UI) are part of the package sources.
-RUN pip install --no-cache-dir . \
+# The browser assets (Socket.IO client, Swagger UI) are part of the package sources, and the
+# dependencies are the exact versions `make install` uses.
+RUN pip install --no-cache-dir -c constraints.txt . \
     && rm -rf build ./*.egg-info \
     && mkdir -p /app/var \
     && chown omnipush:omnipush /app/var

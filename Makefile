@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 # `make run` is read by people, so its services log console lines (honcho is not a terminal).
 OMNIPUSH_LOG_FORMAT ?= console
 
-.PHONY: install run test vendor bench lint format clean
+.PHONY: install run test audit lock vendor bench lint format clean
 
-$(STAMP): pyproject.toml
+# The exact versions of constraints.txt (`make lock` regenerates it).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The browser assets' npm packages, as package-lock.json has them. Install scripts are not run:
@@ -29,6 +30,16 @@ run: install
 
 test: install
 	bash scripts/run-tests.sh
+
+# Known vulnerabilities in the installed Python packages and the npm lock; unlike the check in
+# `make test`, a vulnerability service that cannot be reached is a failure here.
+audit: install
+	$(BIN)/python scripts/audit.py --require-service
+
+# Regenerates constraints.txt from a fresh environment with the newest releases pyproject.toml
+# allows; commit the result after `make test` passes with it.
+lock:
+	bash scripts/lock.sh
 
 # Refreshes the committed browser assets from node_modules after package-lock.json changed.
 vendor: node_modules/.package-lock.json

@@ -341,7 +341,9 @@ def test_dockerfile_final_stage_is_python_311_slim_and_installs_the_project() ->
     base = final[0][1].split()[0]
     assert re.fullmatch(r"python:3\.11[\w.-]*", base), base
     runs = " ".join(args for keyword, args in final if keyword == "RUN")
-    assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), "no `pip install .`"
+    assert re.search(r"pip install (--no-cache-dir )?-c constraints\.txt \.(\s|$)", runs), (
+        "no `pip install -c constraints.txt .`: the image would not get the tested versions"
+    )
     workdirs = [args for keyword, args in final if keyword == "WORKDIR"]
     assert workdirs, "the final stage has no WORKDIR"
     assert workdirs[-1] == "/app"
@@ -366,6 +368,7 @@ def test_dockerfile_gets_the_browser_assets_with_the_sources_and_runs_no_npm() -
         if keyword == "COPY"
         for part in args.split()[:-1]
     }
+    assert "constraints.txt" in copied
     for asset in ("ws_gateway/static/socket.io.min.js", "producer_api/static/swagger-ui"):
         assert asset.split("/")[0] in copied, f"{asset} is not in the image's sources"
         assert (ROOT / asset).exists(), f"{asset} is missing from the repository"
