@@ -3,6 +3,7 @@ is the one constraints.txt pins."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import metadata
 
@@ -66,3 +67,18 @@ def test_every_requirement_is_pinned_within_its_floor() -> None:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{name} is not in constraints.txt: run `make lock`"
         assert requirement.specifier.contains(pins[name]), f"{requirement} vs {pins[name]}"
+
+
+@pytest.mark.parametrize("build_file", ["Makefile", "Dockerfile"])
+def test_npm_never_runs_a_packages_install_script(build_file: str) -> None:
+    """swagger-ui-dist's install script is a telemetry call; the packages are only read."""
+    text = (ROOT / build_file).read_text(encoding="utf-8").replace("\\\n", " ")
+    installs = [
+        line
+        for line in text.splitlines()
+        if re.search(r"\bnpm (ci|install|i)\b", line) and not line.lstrip().startswith("#")
+    ]
+    for line in installs:
+        assert "--ignore-scripts" in line, f"{build_file}: {line.strip()}"
+    if build_file == "Makefile":
+        assert installs, "the Makefile no longer installs the npm lock"
