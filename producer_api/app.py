@@ -11,8 +11,10 @@ from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import ApiKeyGate, install_api_key_auth
 from producer_api.fast_accept import FastAccept
 from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
+from producer_api.outbound_urls import install_outbound_policy
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
+from shared.outbound import OutboundPolicy, Resolver, system_resolver
 from shared.problems import http_exception_to_problem, install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -31,8 +33,13 @@ class ProblemApi(Api):
         return http_exception_to_problem(error)
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
-    """Build the API for `settings` (default: from the environment)."""
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    resolver: Resolver = system_resolver,
+) -> Flask:
+    """Build the API for `settings` (default: from the environment); `resolver` looks up the
+    hosts of URLs it is given to call (tests pass one that needs no network)."""
     if runtime is None:
         runtime = Runtime.build(settings or Settings.from_env())
     app = Flask(__name__)
@@ -49,6 +56,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "deepLinking": True},
     )
     app.extensions[EXTENSION] = runtime
+    install_outbound_policy(app, OutboundPolicy(runtime.settings.outbound_allow, resolver))
     install_problem_handlers(app)
     gate = ApiKeyGate(runtime)
     install_api_key_auth(app, gate)

@@ -20,6 +20,7 @@ from producer_api.idempotency import (
     remember,
     remembering,
 )
+from producer_api.outbound_urls import callback_errors, outbound_policy
 from producer_api.schemas import (
     BatchCreateDocSchema,
     BatchCreateSchema,
@@ -153,6 +154,9 @@ class Messages(MethodView):
     @idempotent
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Accept a message; it is stored and queued (or scheduled) before this answers."""
+        refused = callback_errors(outbound_policy(), body)
+        if refused:
+            fail(422, "The message's callback_url is not one omnipush may call.", errors=refused)
         with _connection_for(body) as connection:
             accepted = accept_one(connection, current_app_id(), body)
             location = url_for("messages.message", message_id=accepted.id)
@@ -178,13 +182,21 @@ class MessageBatch(MethodView):
         """
         app_id = current_app_id()
         schema = MessageCreateSchema()
+        outbound = outbound_policy()
         results: list[dict[str, Any]] = []
         valid: list[tuple[int, dict[str, Any]]] = []
         for index, item in enumerate(body["messages"]):
             try:
-                valid.append((index, schema.load(item)))
+                loaded = schema.load(item)
             except ValidationError as error:
                 results.append(_rejected(index, "The message is not valid; see errors.", error))
+                continue
+            refused = callback_errors(outbound, loaded)
+            if refused:
+                detail = "The message's callback_url is not one omnipush may call."
+                results.append(_rejected(index, detail, refused))
+            else:
+                valid.append((index, loaded))
         with runtime_of().engine.begin() as connection:
             resolved = intake.resolve(connection, app_id, [item for _index, item in valid])
             accepted = [r for r in resolved if isinstance(r, intake.Accepted)]

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
 from producer_api.paging import PageQuery, cut_page, paged
+from producer_api.outbound_urls import endpoint_errors, outbound_policy
 from producer_api.user_schemas import UserBodySchema, UserSchema
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
@@ -100,6 +101,9 @@ class UserResource(MethodView):
     def put(self, body: dict[str, Any], user_id: str) -> tuple[dict[str, Any], int]:
         """Create or replace a recipient; its devices are replaced too."""
         _check_user_id(user_id)
+        refused = endpoint_errors(outbound_policy(), body["devices"])
+        if refused:
+            fail(422, "A Web Push endpoint is not one omnipush may call.", errors=refused)
         app_id = current_app_id()
         now = utcnow()
         with runtime_of().sessions() as session, session.begin():

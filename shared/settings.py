@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -13,6 +14,7 @@ from typing import TypeVar
 from shared.db import store_url
 from shared.logging import LOG_FORMATS, LogFormat
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_DATABASE_URL = "sqlite:///var/omnipush.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -57,6 +59,8 @@ class Settings:
     # Each API key's token bucket unless its app has its own: requests per second, and burst.
     api_rate_limit: float = 500.0
     api_rate_burst: int = 1000
+    # Addresses omnipush may call although they are not public (see shared/outbound.py).
+    outbound_allow: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +81,7 @@ class Settings:
             production=production,
             api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
             api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
+            outbound_allow=_networks(env, "OMNIPUSH_OUTBOUND_ALLOW"),
             # Last: it may write var/secret_key, which a bad setting above should not leave.
             secret_key=_secret_key(env, production),
         )
@@ -138,6 +143,15 @@ def check_secret_key(secret: str, source: str) -> None:
             "short or placeholder value; make one with: "
             "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """A comma-separated list of CIDRs (`10.0.0.0/8,::1/128`; a bare address is one host)."""
+    networks = []
+    for cidr in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise RuntimeError(f"{name}: {cidr!r} is not a CIDR such as 10.0.0.0/8") from None
+    return tuple(networks)
 
 
 def local_secret_key(path: Path = SECRET_KEY_FILE) -> str:

@@ -24,6 +24,7 @@ from shared.amqp.topology import Topology
 from shared.migrate import upgrade
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.offline_dns import offline_resolver
 from tests.stack import Stack, free_port
 
 PG_ADMIN_DSN = os.environ.get("OMNIPUSH_TEST_PG", "host=127.0.0.1 user=postgres dbname=test")
@@ -140,8 +141,8 @@ def tenant(runtime: Runtime) -> NewApp:
 
 @pytest.fixture(scope="module")
 def api_app(settings: Settings, runtime: Runtime) -> Flask:
-    """The producer API in-process, on the session's store."""
-    return create_app(settings, runtime=runtime)
+    """The producer API in-process, on the session's store, resolving no name over the network."""
+    return create_app(settings, runtime=runtime, resolver=offline_resolver())
 
 
 @pytest.fixture
