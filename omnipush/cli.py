@@ -148,22 +148,67 @@ def apps_list(as_json: bool) -> None:
         )
 
 
+_RECIPIENTS_PER_REQUEST = click.option(
+    "--recipients-per-request",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Recipients one request may ask for, a topic counting its subscribers "
+    "(default: OMNIPUSH_MAX_RECIPIENTS_PER_REQUEST).",
+)
+_RECIPIENTS_PER_MINUTE = click.option(
+    "--recipients-per-minute",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Recipients per minute (default: OMNIPUSH_MAX_RECIPIENTS_PER_MINUTE).",
+)
+_TOPIC_SUBSCRIBERS = click.option(
+    "--topic-subscribers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Subscribers one topic may have (default: OMNIPUSH_MAX_TOPIC_SUBSCRIBERS).",
+)
+
+
 @apps.command("limit")
 @click.argument("app_id")
 @_RATE_LIMIT
 @_BURST
-def apps_limit(app_id: str, rate_limit: float | None, burst: int | None) -> None:
-    """Set APP_ID's own rate limit; without options it goes back to the defaults.
+@_RECIPIENTS_PER_REQUEST
+@_RECIPIENTS_PER_MINUTE
+@_TOPIC_SUBSCRIBERS
+def apps_limit(
+    app_id: str,
+    rate_limit: float | None,
+    burst: int | None,
+    recipients_per_request: int | None,
+    recipients_per_minute: int | None,
+    topic_subscribers: int | None,
+) -> None:
+    """Set APP_ID's own limits; each one not given goes back to its default.
 
-    Running API processes apply it within 5 seconds.
+    Running API processes apply them within 5 seconds.
     """
     from producer_api.api_keys import set_limit
+    from producer_api.fanout import set_fanout_limits
 
     with _store_transaction() as session:
-        found = set_limit(session, app_id, rate_limit, burst)
+        found = set_limit(session, app_id, rate_limit, burst) and set_fanout_limits(
+            session, app_id, recipients_per_request, recipients_per_minute, topic_subscribers
+        )
     if not found:
         raise click.ClickException(f"no app {app_id}")
-    click.echo(json.dumps({"app_id": app_id, "rate_limit": rate_limit, "burst": burst}))
+    click.echo(
+        json.dumps(
+            {
+                "app_id": app_id,
+                "rate_limit": rate_limit,
+                "burst": burst,
+                "recipients_per_request": recipients_per_request,
+                "recipients_per_minute": recipients_per_minute,
+                "topic_subscribers": topic_subscribers,
+            }
+        )
+    )
 
 
 def _key_json(key: KeyInfo) -> dict[str, str | None]:

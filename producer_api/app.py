@@ -9,6 +9,7 @@ from flask_smorest import Api
 
 from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import ApiKeyGate, install_api_key_auth
+from producer_api.fanout import FanoutGuard, install_fanout_guard
 from producer_api.fast_accept import FastAccept
 from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
 from producer_api.outbound_urls import install_outbound_policy
@@ -60,7 +61,9 @@ def create_app(
     install_problem_handlers(app)
     gate = ApiKeyGate(runtime)
     install_api_key_auth(app, gate)
-    app.wsgi_app = FastAccept(app.wsgi_app, app.json, runtime, gate, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    fanout = FanoutGuard(runtime)
+    install_fanout_guard(app, fanout)
+    app.wsgi_app = FastAccept(app.wsgi_app, app.json, runtime, gate, fanout, MAX_BODY_BYTES)  # type: ignore[method-assign]
     api = ProblemApi(app, spec_kwargs={"extra_plugins": [ProblemResponses()]})
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)

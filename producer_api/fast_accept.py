@@ -27,6 +27,7 @@ from channels.registry import channel_names
 from producer_api import intake
 from producer_api.auth import ApiKeyGate
 from producer_api.blueprint import may_hold_unstorable, unstorable
+from producer_api.fanout import FanoutGuard
 from producer_api.group_commit import GroupCommitter
 from producer_api.quick_check import quick_load
 from shared.problems import http_exception_to_problem
@@ -42,11 +43,18 @@ class FastAccept:
     """WSGI middleware: accepts plain single messages, hands every other request to `app`."""
 
     def __init__(
-        self, app: WSGIApp, json: JSONProvider, runtime: Runtime, gate: ApiKeyGate, max_body: int
+        self,
+        app: WSGIApp,
+        json: JSONProvider,
+        runtime: Runtime,
+        gate: ApiKeyGate,
+        fanout: FanoutGuard,
+        max_body: int,
     ) -> None:
         self.app = app
         self.json = json  # the Flask app's, so that both paths write the same JSON
         self.gate = gate
+        self.fanout = fanout
         self.max_body = max_body
         self.committer = GroupCommitter(runtime.engine)
 
@@ -60,7 +68,10 @@ class FastAccept:
             return self.app(environ, start_response)  # it words the 401 or 429 itself
         try:
             accepted = intake.accept_plain(owner.app_id, body)
+            self.fanout.admit(owner.app_id, accepted.recipients)
             self.committer.store(accepted)
+        except HTTPException as refused:
+            return http_exception_to_problem(refused)(environ, start_response)
         except Exception:
             log.exception("api.accept_failed")
             return http_exception_to_problem(InternalServerError())(environ, start_response)

@@ -16,14 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, select, text
+from sqlalchemy import Connection, Engine, TextClause, and_, bindparam, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
 from producer_api.rendering import Unrenderable, render_message
 from producer_api.templates import load_template_parts
 from shared.amqp.topology import DISPATCH_KEY
 from shared.ids import new_id, utcnow
-from shared.models import Event, JsonType, Message, OutboxEntry, Topic, UTCDateTime, table_of
+from shared.models import (
+    Event,
+    JsonType,
+    Message,
+    OutboxEntry,
+    Subscription,
+    Topic,
+    UTCDateTime,
+    table_of,
+)
 from shared.render_budget import RenderBudget
 from shared.templating import PART_FIELDS
 
@@ -111,9 +120,11 @@ _PARAMETER_NAMES = [(f"m_{column.key}", column.key) for column in _MESSAGES.colu
 @dataclass(frozen=True)
 class Accepted:
     """A message ready to store: its row by column name (plus its outbox row's `available_at`
-    and its first event's `detail`), and what the caller answers."""
+    and its first event's `detail`), what the caller answers, and how many recipients it asks
+    for (a topic counts its subscribers now: see `producer_api.fanout`)."""
 
     record: dict[str, Any]
+    recipients: int
 
     @property
     def id(self) -> str:
@@ -145,18 +156,30 @@ class Accepted:
         return params
 
 
-def _known_topics(
+def _topic_sizes(
     connection: Connection, app_id: str, bodies: Sequence[dict[str, Any]]
-) -> set[str]:
+) -> dict[str, int]:
+    """The app's topics that the bodies name, with their subscriber counts now."""
     wanted = {r["topic"] for body in bodies for r in body["to"] if "topic" in r}
     if not wanted:
-        return set()
-    return set(
-        connection.scalars(select(Topic.key).where(Topic.app_id == app_id, Topic.key.in_(wanted)))
+        return {}
+    rows = connection.execute(
+        select(Topic.key, func.count(Subscription.user_id))
+        .outerjoin(
+            Subscription,
+            and_(Subscription.app_id == Topic.app_id, Subscription.topic_key == Topic.key),
+        )
+        .where(Topic.app_id == app_id, Topic.key.in_(wanted))
+        .group_by(Topic.key)
     )
+    return {key: int(count) for key, count in rows}
 
 
-def _unknown_topics(body: dict[str, Any], known: set[str]) -> dict[str, list[str]]:
+def _recipients(body: dict[str, Any], sizes: dict[str, int]) -> int:
+    return sum(sizes[r["topic"]] if "topic" in r else 1 for r in body["to"])
+
+
+def _unknown_topics(body: dict[str, Any], known: dict[str, int]) -> dict[str, list[str]]:
     return {
         f"to.{index}.topic": [f"No topic {r['topic']} for this app."]
         for index, r in enumerate(body["to"])
@@ -198,7 +221,9 @@ def _templated_content(
     }
 
 
-def _accepted(app_id: str, body: dict[str, Any], content: dict[str, Any]) -> Accepted:
+def _accepted(
+    app_id: str, body: dict[str, Any], content: dict[str, Any], recipients: int
+) -> Accepted:
     now = utcnow()
     send_at: datetime | None = body["send_at"]
     scheduled = send_at is not None and send_at > now
@@ -225,7 +250,7 @@ def _accepted(app_id: str, body: dict[str, Any], content: dict[str, Any]) -> Acc
         "available_at": send_at if scheduled else now,
         "detail": detail,
     }
-    return Accepted(record)
+    return Accepted(record, recipients)
 
 
 def is_plain(body: dict[str, Any]) -> bool:
@@ -246,7 +271,7 @@ def plain_connection(engine: Engine) -> AbstractContextManager[Connection]:
 
 def accept_plain(app_id: str, body: dict[str, Any]) -> Accepted:
     """A plain message (`is_plain`) made ready to store: it needs nothing from the store."""
-    return _accepted(app_id, body, body["content"])
+    return _accepted(app_id, body, body["content"], len(body["to"]))
 
 
 def resolve(
@@ -254,7 +279,7 @@ def resolve(
 ) -> list[Accepted | Rejected]:
     """Check each validated body against this app's topics and templates, in order; the
     templates of all the bodies render within one `RenderBudget`."""
-    known = _known_topics(connection, app_id, bodies)
+    known = _topic_sizes(connection, app_id, bodies)
     templates: dict[str, dict[str, dict[str, str]] | None] = {}
     budget = RenderBudget()
     results: list[Accepted | Rejected] = []
@@ -274,7 +299,7 @@ def resolve(
         except Rejected as rejected:
             results.append(rejected)
             continue
-        results.append(_accepted(app_id, body, content))
+        results.append(_accepted(app_id, body, content, _recipients(body, known)))
     return results
 
 

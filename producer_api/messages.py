@@ -13,6 +13,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 from producer_api import intake
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
+from producer_api.fanout import fanout_guard
 from producer_api.idempotency import (
     HEADER_DOC,
     REPLAYED_HEADER,
@@ -99,10 +100,12 @@ def _connection_for(body: dict[str, Any]) -> AbstractContextManager[Connection]:
 
 
 def accept_one(connection: Connection, app_id: str, body: dict[str, Any]) -> intake.Accepted:
-    """Resolve and store one message in the caller's transaction; 422 when it is rejected."""
+    """Resolve and store one message in the caller's transaction; 422 when it is rejected,
+    422 or 429 when it asks for more recipients than its app may have."""
     (result,) = intake.resolve(connection, app_id, [body])
     if isinstance(result, intake.Rejected):
         fail(422, result.detail, errors=result.errors)
+    fanout_guard().admit(app_id, result.recipients)
     intake.store(connection, [result])
     return result
 
@@ -178,7 +181,8 @@ class MessageBatch(MethodView):
     def post(self, body: dict[str, list[dict[str, Any]]]) -> Response:
         """Accept up to 500 messages in one transaction, with a result per item in order.
 
-        An item that is not valid is rejected with its errors; the others are accepted.
+        An item that is not valid is rejected with its errors; the others are accepted, unless
+        together they ask for more recipients than the app may have (422 or 429).
         """
         app_id = current_app_id()
         schema = MessageCreateSchema()
@@ -200,6 +204,7 @@ class MessageBatch(MethodView):
         with runtime_of().engine.begin() as connection:
             resolved = intake.resolve(connection, app_id, [item for _index, item in valid])
             accepted = [r for r in resolved if isinstance(r, intake.Accepted)]
+            fanout_guard().admit(app_id, sum(a.recipients for a in accepted), "messages")
             intake.store(connection, accepted)
             for (index, _item), result in zip(valid, resolved, strict=True):
                 if isinstance(result, intake.Rejected):

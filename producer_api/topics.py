@@ -11,6 +11,7 @@ from sqlalchemy import Connection, delete, func, select
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import Blueprint, fail
+from producer_api.fanout import fanout_guard
 from producer_api.fields import StrictSchema
 from producer_api.paging import PageQuery, cut_page, paged
 from shared.db import insert_for
@@ -64,23 +65,26 @@ def _check_key(key: str) -> None:
         fail(422, "A topic key is 1 to 100 of a-z, 0-9, '.', '_' and '-', starting alphanumeric.")
 
 
-def _topic(connection: Connection, app_id: str, key: str) -> Any:
-    topic = connection.execute(
-        select(Topic.key, Topic.name, Topic.created_at, Topic.updated_at).where(
-            Topic.app_id == app_id, Topic.key == key
-        )
-    ).first()
+def _topic(connection: Connection, app_id: str, key: str, lock: bool = False) -> Any:
+    query = select(Topic.key, Topic.name, Topic.created_at, Topic.updated_at).where(
+        Topic.app_id == app_id, Topic.key == key
+    )
+    topic = connection.execute(query.with_for_update() if lock else query).first()
     if topic is None:
         fail(404, f"No topic {key} for this app.")
     return topic
 
 
-def _shown(connection: Connection, app_id: str, key: str) -> dict[str, Any]:
-    topic = _topic(connection, app_id, key)
+def _subscribers(connection: Connection, app_id: str, key: str) -> int:
     count = connection.scalar(
         select(func.count()).where(Subscription.app_id == app_id, Subscription.topic_key == key)
     )
-    return {**topic._asdict(), "subscribers": int(count or 0)}
+    return int(count or 0)
+
+
+def _shown(connection: Connection, app_id: str, key: str) -> dict[str, Any]:
+    topic = _topic(connection, app_id, key)
+    return {**topic._asdict(), "subscribers": _subscribers(connection, app_id, key)}
 
 
 _SUBSCRIBER_COUNT = (
@@ -173,11 +177,15 @@ class Subscribers(MethodView):
     @blp.response(200, SubscribedSchema())
     @blp.alt_response(404, description="No such topic for this app")
     def post(self, body: dict[str, Any], key: str) -> dict[str, Any]:
-        """Subscribe up to 1000 users at once; users already subscribed stay as they are."""
+        """Subscribe up to 1000 users at once; users already subscribed stay as they are.
+
+        A topic holds at most the app's limit of subscribers (422 beyond it, nobody added).
+        """
         app_id, now = current_app_id(), utcnow()
         user_ids = list(dict.fromkeys(body["user_ids"]))
         with runtime_of().engine.begin() as connection:
-            _topic(connection, app_id, key)
+            # Locked, so that concurrent subscribes cannot pass the limit together.
+            _topic(connection, app_id, key, lock=True)
             added = connection.execute(
                 insert_for(connection.dialect.name, _SUBSCRIPTIONS)
                 .on_conflict_do_nothing()
@@ -187,6 +195,8 @@ class Subscribers(MethodView):
                     for user in user_ids
                 ],
             ).all()
+            if added:
+                fanout_guard().admit_subscribers(app_id, key, _subscribers(connection, app_id, key))
         return {"subscribed": len(added)}
 
     @blp.arguments(PageQuery(), location="query")

@@ -71,6 +71,10 @@ class App(Base):
     # Requests per second and burst of its API key's token bucket; unset takes the defaults.
     rate_limit: Mapped[float | None] = mapped_column(Float)
     rate_burst: Mapped[int | None] = mapped_column(Integer)
+    # Its fan-out limits (see producer_api/fanout.py); unset takes the defaults.
+    max_recipients_per_request: Mapped[int | None] = mapped_column(Integer)
+    max_recipients_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_topic_subscribers: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

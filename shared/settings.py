@@ -61,6 +61,11 @@ class Settings:
     api_rate_burst: int = 1000
     # Addresses omnipush may call although they are not public (see shared/outbound.py).
     outbound_allow: tuple[IPNetwork, ...] = ()
+    # Each app's fan-out unless it has its own: recipients one request may ask for (a topic
+    # counts its subscribers), recipients per minute, and subscribers a topic may have.
+    max_recipients_per_request: int = 100_000
+    max_recipients_per_minute: int = 1_000_000
+    max_topic_subscribers: int = 100_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +87,15 @@ class Settings:
             api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
             api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
             outbound_allow=_networks(env, "OMNIPUSH_OUTBOUND_ALLOW"),
+            max_recipients_per_request=_positive(
+                env, "OMNIPUSH_MAX_RECIPIENTS_PER_REQUEST", int, cls.max_recipients_per_request
+            ),
+            max_recipients_per_minute=_positive(
+                env, "OMNIPUSH_MAX_RECIPIENTS_PER_MINUTE", int, cls.max_recipients_per_minute
+            ),
+            max_topic_subscribers=_positive(
+                env, "OMNIPUSH_MAX_TOPIC_SUBSCRIBERS", int, cls.max_topic_subscribers
+            ),
             # Last: it may write var/secret_key, which a bad setting above should not leave.
             secret_key=_secret_key(env, production),
         )

@@ -92,7 +92,14 @@ def test_apps_get_their_own_limits_from_the_cli(settings: Settings) -> None:
     app_id = json.loads(created.stdout)["app_id"]
     changed = run_omnipush("apps", "limit", app_id, "--rate-limit", "5", "--burst", "10", env=env)
     assert changed.returncode == 0, changed.stderr
-    assert json.loads(changed.stdout) == {"app_id": app_id, "rate_limit": 5.0, "burst": 10}
+    assert json.loads(changed.stdout) == {
+        "app_id": app_id,
+        "rate_limit": 5.0,
+        "burst": 10,
+        "recipients_per_request": None,
+        "recipients_per_minute": None,
+        "topic_subscribers": None,
+    }
 
 
 @pytest.mark.parametrize(
