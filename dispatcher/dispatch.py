@@ -2,29 +2,41 @@
 
 For a batch of messages it writes one delivery row per recipient and channel in one
 transaction, publishes one AMQP message per delivery to `channel.<name>`, and acks each source
-message only after all of its deliveries are confirmed by the broker. A redelivered message
-finds its deliveries already written and publishes the unsent ones again; the channel workers
-make that harmless.
+message only after all of its deliveries are confirmed by the broker. A message whose topics
+hold more subscribers than a page is expanded page by page instead (`dispatcher.expansion`),
+each page in its own transaction, then published a page at a time. A redelivered message finds
+its deliveries already written (or resumes its expansion where it stopped) and publishes the
+unsent ones again; the channel workers make that harmless.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from channels.registry import channel_classes
+from dispatcher.expansion import (
+    PagedExpansion,
+    Written,
+    delivery_rows,
+    first_pages,
+    insert_deliveries,
+    progress_of,
+    topics_of,
+)
 from dispatcher.targets import delivery_targets
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
-from shared.db import insert_for
-from shared.ids import new_id, utcnow
-from shared.models import Delivery, Message, Subscription, table_of
+from shared.ids import utcnow
+from shared.models import Delivery, Message, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -48,46 +60,37 @@ _MARK_DISPATCHED = (
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .values(status="dispatched", updated_at=bindparam("now"))
 )
-# INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
-# One per store dialect; RETURNING says which rows were new.
-_INSERT_DELIVERIES = {
-    dialect: insert_for(dialect, _D)
-    .on_conflict_do_nothing()
-    .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
-    for dialect in ("postgresql", "sqlite")
-}
 _MARK_FINISHED = (
     update(_M)
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
-_S = table_of(Subscription)
-_TOPIC_MEMBERS = select(_S.c.app_id, _S.c.topic_key, _S.c.user_id)
-_PENDING = (
+# What a message still has to publish, a page at a time in delivery id order.
+_PENDING_PAGE = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     .where(
-        _D.c.message_id.in_(bindparam("ids", expanding=True)),
+        _D.c.message_id == bindparam("message"),
         _D.c.status.in_(("pending", "queued")),
+        _D.c.id > bindparam("after"),
     )
     .order_by(_D.c.id)
+    .limit(bindparam("limit"))
 )
-
-
-def topic_members(
-    connection: Connection, topics: set[tuple[str, str]]
-) -> dict[tuple[str, str], list[str]]:
-    """(app_id, topic key) -> its subscribers' user ids, now, for every topic named."""
-    members: dict[tuple[str, str], list[str]] = defaultdict(list)
-    if topics:
-        for app_id, key, user_id in connection.execute(
-            _TOPIC_MEMBERS.where(tuple_(_S.c.app_id, _S.c.topic_key).in_(list(topics)))
-        ):
-            members[(app_id, key)].append(user_id)
-    return members
 
 
 def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic: str) -> list[str]:
     return members.get((app_id, topic), [])
+
+
+@dataclass
+class Plan:
+    """What a batch's transaction leaves to do: deliveries it wrote that are to be published,
+    messages whose unsent deliveries are to be read back and published, and messages to
+    expand page by page first (with where each stopped, if it had begun)."""
+
+    ready: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+    paged: dict[str, tuple[int, str] | None] = field(default_factory=dict)
 
 
 class DispatchConsumer(BatchConsumer):
@@ -96,9 +99,11 @@ class DispatchConsumer(BatchConsumer):
     def __init__(self, runtime: Runtime, link: AmqpLink) -> None:
         super().__init__(link)
         self.runtime = runtime
+        self.page_size = runtime.settings.dispatch_page_size
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
         self._reaches = {name: cls.reaches for name, cls in channel_classes().items()}
+        self._paged = PagedExpansion(self.page_size, self._reaches)
 
     def handle_batch(self, batch: list[Inbound]) -> None:
         wanted: dict[str, list[Inbound]] = defaultdict(list)
@@ -113,33 +118,77 @@ class DispatchConsumer(BatchConsumer):
         if not wanted:
             return
         with self.runtime.engine.begin() as connection:
-            to_publish = self._expand(connection, list(wanted))
-        ordered = [(mid, d) for mid in wanted for d in to_publish.get(mid, [])]
-        futures = self.link.publish_batch(
-            [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for _mid, d in ordered]
-        )
+            plan = self._expand(connection, list(wanted))
+        ordered = [(mid, d) for mid in wanted for d in plan.ready.get(mid, [])]
+        futures = self._publish([d for _mid, d in ordered])
         per_message: dict[str, list[Future[None]]] = {mid: [] for mid in wanted}
         for (mid, _delivery), future in zip(ordered, futures, strict=True):
             per_message[mid].append(future)
+        for message_id, progress in plan.paged.items():
+            self._expand_in_pages(message_id, progress)
         wait([f for fs in per_message.values() for f in fs], timeout=CONFIRM_TIMEOUT_SECONDS)
+        confirmed = {
+            mid: all(f.done() and f.exception() is None for f in fs)
+            for mid, fs in per_message.items()
+        }
+        for message_id in [*plan.pending, *plan.paged]:
+            confirmed[message_id] = self._publish_pending(message_id)
         for message_id, sources in wanted.items():
-            confirmed = all(f.done() and f.exception() is None for f in per_message[message_id])
             for source in sources:
-                if confirmed:
+                if confirmed[message_id]:
                     self.link.ack(source)
                 else:
                     self.link.nack(source, requeue=True)
         log.info("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
-    def _expand(
-        self, connection: Connection, message_ids: list[str]
-    ) -> dict[str, list[dict[str, str]]]:
-        """Write missing deliveries; return, per message, the deliveries still to be sent."""
+    def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
+        return self.link.publish_batch(
+            [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for d in deliveries]
+        )
+
+    def _expand_in_pages(self, message_id: str, progress: tuple[int, str] | None) -> None:
+        """Expand a large message step after step, each step committed on its own."""
+        if progress is not None:
+            log.info("dispatch.resumed", message_id=message_id, step=progress[0], after=progress[1])
+        steps = 0
+        done = False
+        while not done:
+            with self.runtime.engine.begin() as connection:
+                done = self._paged.expand_step(connection, message_id)
+            steps += 1
+        log.info("dispatch.expanded", message_id=message_id, steps=steps)
+
+    def _publish_pending(self, message_id: str) -> bool:
+        """Publish a message's unsent deliveries a page at a time; False unless all of them
+        were confirmed."""
+        after = ""
+        while True:
+            with self.runtime.engine.connect() as connection:
+                page = connection.execute(
+                    _PENDING_PAGE, {"message": message_id, "after": after, "limit": self.page_size}
+                ).all()
+            if not page:
+                return True
+            futures = self._publish([Written(*row).payload() for row in page])
+            wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
+            if not all(f.done() and f.exception() is None for f in futures):
+                return False
+            after = page[-1].id
+
+    def _expand(self, connection: Connection, message_ids: list[str]) -> Plan:
+        """Write the deliveries of every message that fits in this transaction, and say what is
+        left to do for each message (see `Plan`)."""
+        plan = Plan()
+        # A message expanding page by page (since an earlier delivery of it) goes on doing so,
+        # whatever its status now: that step also ends it if it was canceled meanwhile.
+        progress = progress_of(connection, message_ids)
+        plan.paged.update(progress)
         # On PostgreSQL the rows stay locked until commit, so a cancel either lands before this
         # batch reads them (and they are skipped) or waits and finds them dispatched.
         postgres = connection.dialect.name == "postgresql"
         dispatchable = _DISPATCHABLE.with_for_update() if postgres else _DISPATCHABLE
-        messages = connection.execute(dispatchable, {"ids": message_ids}).all()
+        remaining = [mid for mid in message_ids if mid not in progress]
+        messages = connection.execute(dispatchable, {"ids": remaining}).all() if remaining else []
         now = utcnow()
         rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
@@ -147,11 +196,20 @@ class DispatchConsumer(BatchConsumer):
         # A message whose expiry passed while it waited (scheduled, or queued behind others)
         # is not sent at all.
         expired = [m.id for m in undispatched if m.expires_at is not None and m.expires_at <= now]
-        fresh = [m for m in undispatched if m.id not in expired]
-        members = topic_members(
+        due = [m for m in undispatched if m.id not in expired]
+        # One more subscriber than a page says that a topic does not fit in one.
+        members = first_pages(
             connection,
-            {(m.app_id, r["topic"]) for m in fresh for r in m.recipients if "topic" in r},
+            {(m.app_id, t) for m in due for t in topics_of(m.recipients)},
+            self.page_size + 1,
         )
+        fresh = []
+        for message in due:
+            topical = sum(len(members[(message.app_id, t)]) for t in topics_of(message.recipients))
+            if topical > self.page_size:
+                plan.paged[message.id] = None
+            else:
+                fresh.append(message)
         for message in fresh:
             targets = delivery_targets(
                 message.recipients,
@@ -159,25 +217,9 @@ class DispatchConsumer(BatchConsumer):
                 functools.partial(subscribers_of, members, message.app_id),
                 self._reaches,
             )
-            rows.extend(
-                {
-                    "id": new_id("dlv"),
-                    "message_id": message.id,
-                    "app_id": message.app_id,
-                    "recipient": target.recipient,
-                    "user_id": target.user_id,
-                    "address": target.address,
-                    "channel": target.channel,
-                    "status": "queued",
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for target in targets
-            )
+            rows.extend(delivery_rows(message.id, message.app_id, targets, now))
             events.append(event_row(message.id, "dispatched", deliveries=len(targets)))
-        insert_rows = _INSERT_DELIVERIES[connection.dialect.name]
-        inserted = connection.execute(insert_rows, rows).all() if rows else []
+        inserted = insert_deliveries(connection, rows)
         record_events(connection, events)
         if fresh:
             connection.execute(_MARK_DISPATCHED, {"ids": [m.id for m in fresh], "now": now})
@@ -192,21 +234,13 @@ class DispatchConsumer(BatchConsumer):
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
         expected = Counter(row["message_id"] for row in rows)
         written = Counter(row.message_id for row in inserted)
-        recheck = {
-            m.id for m in messages if m.status == "dispatched" or written[m.id] != expected[m.id]
-        }
-        pending = [row for row in inserted if row.message_id not in recheck]
-        if recheck:
-            pending += connection.execute(_PENDING, {"ids": list(recheck)}).all()
-        pending.sort(key=lambda row: row.id)
-        result: dict[str, list[dict[str, str]]] = defaultdict(list)
-        for delivery_id, message_id, app_id, channel in pending:
-            result[message_id].append(
-                {
-                    "delivery_id": delivery_id,
-                    "message_id": message_id,
-                    "app_id": app_id,
-                    "channel": channel,
-                }
-            )
-        return result
+        plan.pending = [
+            m.id
+            for m in messages
+            if m.status == "dispatched"
+            or (m.id not in plan.paged and written[m.id] != expected[m.id])
+        ]
+        for row in sorted(inserted, key=lambda row: row.id):
+            if row.message_id not in plan.pending:
+                plan.ready.setdefault(row.message_id, []).append(row.payload())
+        return plan

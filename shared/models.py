@@ -224,6 +224,20 @@ class Delivery(Base):
     read_at: Mapped[datetime | None] = mapped_column()
 
 
+class MessageExpansion(Base):
+    """How far the dispatcher has expanded a message too large for one transaction: `step` 0
+    is its direct recipients, step n its n-th topic, read in user id order after `after`."""
+
+    __tablename__ = "message_expansions"
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    after: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     """One step in the life of a message or one of its deliveries: the trace."""
 

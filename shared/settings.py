@@ -66,6 +66,8 @@ class Settings:
     max_recipients_per_request: int = 100_000
     max_recipients_per_minute: int = 1_000_000
     max_topic_subscribers: int = 100_000
+    # Topic subscribers the dispatcher expands per transaction.
+    dispatch_page_size: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +97,9 @@ class Settings:
             ),
             max_topic_subscribers=_positive(
                 env, "OMNIPUSH_MAX_TOPIC_SUBSCRIBERS", int, cls.max_topic_subscribers
+            ),
+            dispatch_page_size=_positive(
+                env, "OMNIPUSH_DISPATCH_PAGE_SIZE", int, cls.dispatch_page_size
             ),
             # Last: it may write var/secret_key, which a bad setting above should not leave.
             secret_key=_secret_key(env, production),

@@ -1,0 +1,275 @@
+"""Writing a message's deliveries: at once for most messages, page by page for large ones.
+
+A message whose topics hold more subscribers than a page (`OMNIPUSH_DISPATCH_PAGE_SIZE`) is
+expanded in steps, one transaction each: step 0 writes its direct recipients (users, addresses),
+then each topic is read in user id order a page at a time. Each step's deliveries and the
+position reached (`message_expansions`: step, last user id) commit together, so a dispatcher
+killed mid-way resumes where it stopped, and `ON CONFLICT DO NOTHING` on (message, recipient,
+channel) means that nobody is written twice, across topics or across a retried step.
+
+The message stays undispatched while it expands, and its deliveries are published only once it
+is `dispatched`: a channel worker never settles a message whose deliveries are still being
+written. A message canceled or expired meanwhile stops expanding, and the deliveries already
+written end with its status. A topic is read as it is while it is expanded: a user subscribed
+behind the position reached is not reached by this message.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
+
+from dispatcher.targets import Target, delivery_targets
+from shared.db import insert_for
+from shared.ids import new_id, utcnow
+from shared.models import Delivery, Message, MessageExpansion, Subscription, table_of
+from shared.trace import event_row, record_events
+
+#: Statuses of a message that is due and not yet dispatched.
+UNDISPATCHED = ("accepted", "scheduled", "queued")
+
+_D = table_of(Delivery)
+_M = table_of(Message)
+_S = table_of(Subscription)
+_X = table_of(MessageExpansion)
+# INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
+# One per store dialect; RETURNING says which rows were new.
+_INSERT_DELIVERIES = {
+    dialect: insert_for(dialect, _D)
+    .on_conflict_do_nothing()
+    .returning(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
+    for dialect in ("postgresql", "sqlite")
+}
+
+
+def _save_progress(dialect: str) -> Any:
+    insert = insert_for(dialect, _X)
+    return insert.on_conflict_do_update(
+        index_elements=["message_id"],
+        set_={
+            "step": insert.excluded.step,
+            "after": insert.excluded.after,
+            "updated_at": insert.excluded.updated_at,
+        },
+    )
+
+
+_SAVE_PROGRESS = {dialect: _save_progress(dialect) for dialect in ("postgresql", "sqlite")}
+_MESSAGE = select(
+    _M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels, _M.c.expires_at
+).where(_M.c.id == bindparam("message"))
+_PROGRESS = select(_X.c.step, _X.c.after).where(_X.c.message_id == bindparam("message"))
+_DONE = delete(_X).where(_X.c.message_id == bindparam("message"))
+_SET_STATUS = (
+    update(_M)
+    .where(_M.c.id == bindparam("message"))
+    .values(status=bindparam("status"), updated_at=bindparam("now"))
+)
+_END_WRITTEN = (
+    update(_D)
+    .where(_D.c.message_id == bindparam("message"), _D.c.status.in_(("pending", "queued")))
+    .values(status=bindparam("status"), updated_at=bindparam("now"))
+)
+_COUNT = select(func.count()).where(_D.c.message_id == bindparam("message"))
+_TOPIC_PAGE = (
+    select(_S.c.user_id)
+    .where(
+        _S.c.app_id == bindparam("app"),
+        _S.c.topic_key == bindparam("topic"),
+        _S.c.user_id > bindparam("after"),
+    )
+    .order_by(_S.c.user_id)
+    .limit(bindparam("limit"))
+)
+
+
+def delivery_rows(
+    message_id: str, app_id: str, targets: Sequence[Target], now: datetime
+) -> list[dict[str, Any]]:
+    """The delivery rows of some of a message's targets, queued."""
+    return [
+        {
+            "id": new_id("dlv"),
+            "message_id": message_id,
+            "app_id": app_id,
+            "recipient": target.recipient,
+            "user_id": target.user_id,
+            "address": target.address,
+            "channel": target.channel,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for target in targets
+    ]
+
+
+class Written(NamedTuple):
+    """A delivery row as the channel workers need it named."""
+
+    id: str
+    message_id: str
+    app_id: str
+    channel: str
+
+    def payload(self) -> dict[str, str]:
+        """Its AMQP message to `channel.<name>`."""
+        return {
+            "delivery_id": self.id,
+            "message_id": self.message_id,
+            "app_id": self.app_id,
+            "channel": self.channel,
+        }
+
+
+def insert_deliveries(connection: Connection, rows: list[dict[str, Any]]) -> list[Written]:
+    """Insert what is not there yet; the rows that were new."""
+    if not rows:
+        return []
+    inserted = connection.execute(_INSERT_DELIVERIES[connection.dialect.name], rows)
+    return [Written(*row) for row in inserted]
+
+
+def first_pages(
+    connection: Connection, topics: set[tuple[str, str]], limit: int
+) -> dict[tuple[str, str], list[str]]:
+    """(app_id, topic key) -> its first `limit` subscribers in user id order, now."""
+    members: dict[tuple[str, str], list[str]] = defaultdict(list)
+    if not topics:
+        return members
+    ranked = (
+        select(
+            _S.c.app_id,
+            _S.c.topic_key,
+            _S.c.user_id,
+            func.row_number()
+            .over(partition_by=(_S.c.app_id, _S.c.topic_key), order_by=_S.c.user_id)
+            .label("n"),
+        )
+        .where(tuple_(_S.c.app_id, _S.c.topic_key).in_(list(topics)))
+        .subquery()
+    )
+    rows = connection.execute(
+        select(ranked.c.app_id, ranked.c.topic_key, ranked.c.user_id)
+        .where(ranked.c.n <= limit)
+        .order_by(ranked.c.app_id, ranked.c.topic_key, ranked.c.user_id)
+    )
+    for app_id, key, user_id in rows:
+        members[(app_id, key)].append(user_id)
+    return members
+
+
+def topics_of(recipients: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A message's topics, each once, in the order of its `to` entries."""
+    return list(dict.fromkeys(r["topic"] for r in recipients if "topic" in r))
+
+
+def progress_of(connection: Connection, message_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """message id -> (step, last user id) of the messages being expanded in pages."""
+    if not message_ids:
+        return {}
+    rows = connection.execute(
+        select(_X.c.message_id, _X.c.step, _X.c.after).where(_X.c.message_id.in_(message_ids))
+    )
+    return {message_id: (step, after or "") for message_id, step, after in rows}
+
+
+def _no_subscribers(_topic: str) -> list[str]:
+    return []
+
+
+def _page_members(page: list[str], _topic: str) -> list[str]:
+    return page
+
+
+class PagedExpansion:
+    """Expands one large message a step per call; see the module docstring."""
+
+    def __init__(self, page_size: int, reaches: Mapping[str, frozenset[str]]) -> None:
+        self.page_size = page_size
+        self.reaches = reaches
+
+    def expand_step(self, connection: Connection, message_id: str) -> bool:
+        """Write the next step's deliveries in the caller's transaction; True once the message
+        needs no more steps (dispatched, or ended without being sent)."""
+        postgres = connection.dialect.name == "postgresql"
+        # Locked until commit: a cancel waits for this step, and two dispatchers holding the
+        # same message (a redelivery) take turns, each step once.
+        message = connection.execute(
+            _MESSAGE.with_for_update() if postgres else _MESSAGE, {"message": message_id}
+        ).first()
+        if message is None:
+            return True
+        now = utcnow()
+        if message.status not in UNDISPATCHED:
+            if message.status == "canceled":
+                self._end(connection, message_id, "canceled", now, event=False)
+            else:
+                connection.execute(_DONE, {"message": message_id})
+            return True
+        if message.expires_at is not None and message.expires_at <= now:
+            self._end(connection, message_id, "expired", now, event=True)
+            return True
+        progress = connection.execute(_PROGRESS, {"message": message_id}).first()
+        step, after = (progress.step, progress.after or "") if progress is not None else (0, "")
+        topics = topics_of(message.recipients)
+        if step == 0:
+            direct = [r for r in message.recipients if "topic" not in r]
+            targets = delivery_targets(direct, message.channels, _no_subscribers, self.reaches)
+            step, after = 1, ""
+        else:
+            topic = topics[step - 1]
+            page = list(
+                connection.scalars(
+                    _TOPIC_PAGE,
+                    {
+                        "app": message.app_id,
+                        "topic": topic,
+                        "after": after,
+                        "limit": self.page_size,
+                    },
+                )
+            )
+            targets = delivery_targets(
+                [{"topic": topic}],
+                message.channels,
+                functools.partial(_page_members, page),
+                self.reaches,
+            )
+            step, after = (step, page[-1]) if len(page) == self.page_size else (step + 1, "")
+        insert_deliveries(connection, delivery_rows(message_id, message.app_id, targets, now))
+        if step > len(topics):
+            self._finish(connection, message_id, now)
+            return True
+        connection.execute(
+            _SAVE_PROGRESS[connection.dialect.name],
+            {"message_id": message_id, "step": step, "after": after, "updated_at": now},
+        )
+        return False
+
+    def _finish(self, connection: Connection, message_id: str, now: datetime) -> None:
+        deliveries = int(connection.scalar(_COUNT, {"message": message_id}) or 0)
+        # A message whose topics turned out empty has nothing to wait for.
+        status = "dispatched" if deliveries else "completed"
+        connection.execute(_SET_STATUS, {"message": message_id, "status": status, "now": now})
+        events = [event_row(message_id, "dispatched", deliveries=deliveries)]
+        if not deliveries:
+            events.append(event_row(message_id, "completed", deliveries=0))
+        record_events(connection, events)
+        connection.execute(_DONE, {"message": message_id})
+
+    def _end(
+        self, connection: Connection, message_id: str, status: str, now: datetime, event: bool
+    ) -> None:
+        """The message ends unsent (canceled, expired), and so do the deliveries written."""
+        connection.execute(_END_WRITTEN, {"message": message_id, "status": status, "now": now})
+        if event:
+            connection.execute(_SET_STATUS, {"message": message_id, "status": status, "now": now})
+            record_events(connection, [event_row(message_id, status, deliveries=0)])
+        connection.execute(_DONE, {"message": message_id})
