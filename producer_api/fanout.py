@@ -28,6 +28,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer_api.api_keys import KNOWN_KEY_SECONDS
 from producer_api.blueprint import fail
 from shared.models import App
 from shared.runtime import Runtime
@@ -147,10 +148,10 @@ class FanoutGuard:
     """Holds each request to its app's fan-out limits; see the module docstring.
 
     An app's own limits are read from the store at most every `ttl_seconds`, so a change made
-    with `omnipush apps limit` reaches running APIs within that time.
+    with `omnipush apps limit` reaches running APIs as soon as a changed rate limit does.
     """
 
-    def __init__(self, runtime: Runtime, ttl_seconds: float = 30.0) -> None:
+    def __init__(self, runtime: Runtime, ttl_seconds: float = KNOWN_KEY_SECONDS) -> None:
         self.sessions: sessionmaker[Session] = runtime.sessions
         self.defaults = FanoutLimits.defaults(runtime.settings)
         self.allowance = MinuteAllowance(runtime.redis, runtime.settings.queue_prefix)

@@ -162,6 +162,8 @@ def check_secret_key(secret: str, source: str) -> None:
             "short or placeholder value; make one with: "
             "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
+
+
 def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
     """A comma-separated list of CIDRs (`10.0.0.0/8,::1/128`; a bare address is one host)."""
     networks = []
