@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from tests.offline_dns import offline_resolver
 
 POLICY = OutboundPolicy(resolver=offline_resolver())
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+SECRET_KEY = secrets.token_urlsafe(32)
 
 
 @pytest.mark.parametrize(
@@ -75,17 +78,17 @@ def test_the_allow_list_opens_the_networks_it_names_and_no_others() -> None:
 
 def test_the_allow_list_is_read_from_the_environment() -> None:
     settings = Settings.from_env(
-        {"OMNIPUSH_SECRET_KEY": "k" * 40, "OMNIPUSH_OUTBOUND_ALLOW": "10.0.0.0/8, ::1"}
+        {"OMNIPUSH_SECRET_KEY": SECRET_KEY, "OMNIPUSH_OUTBOUND_ALLOW": "10.0.0.0/8, ::1"}
     )
     assert settings.outbound_allow == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     )
-    assert Settings.from_env({"OMNIPUSH_SECRET_KEY": "k" * 40}).outbound_allow == ()
+    assert Settings.from_env({"OMNIPUSH_SECRET_KEY": SECRET_KEY}).outbound_allow == ()
 
 
 def test_a_bad_allow_list_names_the_setting() -> None:
-    environ = {"OMNIPUSH_SECRET_KEY": "k" * 40, "OMNIPUSH_OUTBOUND_ALLOW": "10.0.0.0/33"}
+    environ = {"OMNIPUSH_SECRET_KEY": SECRET_KEY, "OMNIPUSH_OUTBOUND_ALLOW": "10.0.0.0/33"}
     with pytest.raises(RuntimeError, match=r"OMNIPUSH_OUTBOUND_ALLOW: '10\.0\.0\.0/33'"):
         Settings.from_env(environ)
 
