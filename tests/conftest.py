@@ -1,6 +1,10 @@
 """Fixtures: private PostgreSQL databases and queue prefixes, apps, and running stacks.
 
-Each stack gets its own database and queue prefix, so stacks never take each other's work.
+Each stack gets its own database and queue prefix, so stacks never take each other's work. The
+in-process tests (the API as a Flask app, consumers on threads) have a store and queues of their
+own too: no running service relays, dispatches or sends what they write, so what they see does
+not depend on which tests ran before. `settings`, `runtime` and `tenant` name the store a test
+works on: the session stack's when the test uses `stack`, the in-process one otherwise.
 """
 
 from __future__ import annotations
@@ -96,23 +100,61 @@ def isolated_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Iterator[Settings]:
+def inprocess_settings() -> Iterator[Settings]:
+    """The settings of the in-process tests' store and queues, which no running service uses."""
     with isolated_settings() as built:
         yield built
 
 
 @pytest.fixture(scope="session")
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    built = Runtime.build(settings)
+def inprocess_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
+    built = Runtime.build(inprocess_settings)
     yield built
     built.close()
 
 
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[Settings]:
+    """The settings of the session `stack`: a store and queue prefix of its own."""
+    with isolated_settings() as built:
+        yield built
+
+
+@pytest.fixture(scope="session")
+def stack_runtime(stack_settings: Settings) -> Iterator[Runtime]:
+    built = Runtime.build(stack_settings)
+    yield built
+    built.close()
+
+
+def _uses_stack(request: pytest.FixtureRequest) -> bool:
+    return "stack" in request.fixturenames
+
+
 @pytest.fixture
-def isolated_runtime(settings: Settings) -> Iterator[Runtime]:
-    """The session's store with queues of its own: no running stack takes this test's work."""
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """The settings of this test's store: the session stack's if it uses `stack`, else the
+    in-process tests' (a module- or session-scoped fixture asks for `inprocess_settings`)."""
+    chosen: Settings = request.getfixturevalue(
+        "stack_settings" if _uses_stack(request) else "inprocess_settings"
+    )
+    return chosen
+
+
+@pytest.fixture
+def runtime(request: pytest.FixtureRequest) -> Runtime:
+    """This test's store and Redis, chosen as `settings` is (or `inprocess_runtime`)."""
+    chosen: Runtime = request.getfixturevalue(
+        "stack_runtime" if _uses_stack(request) else "inprocess_runtime"
+    )
+    return chosen
+
+
+@pytest.fixture
+def isolated_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
+    """The in-process store with queues of this test's own, for consumers the test runs."""
     with queue_prefix() as prefix:
-        built = Runtime.build(settings.with_overrides(queue_prefix=prefix))
+        built = Runtime.build(inprocess_settings.with_overrides(queue_prefix=prefix))
         yield built
         built.close()
 
@@ -140,9 +182,10 @@ def tenant(runtime: Runtime) -> NewApp:
 
 
 @pytest.fixture(scope="module")
-def api_app(settings: Settings, runtime: Runtime) -> Flask:
-    """The producer API in-process, on the session's store, resolving no name over the network."""
-    return create_app(settings, runtime=runtime, resolver=offline_resolver())
+def api_app(inprocess_settings: Settings, inprocess_runtime: Runtime) -> Flask:
+    """The producer API in-process, on the in-process tests' store (a test that uses `stack`
+    talks to the stack's API over HTTP instead), resolving no name over the network."""
+    return create_app(inprocess_settings, runtime=inprocess_runtime, resolver=offline_resolver())
 
 
 @pytest.fixture
@@ -173,9 +216,9 @@ def service_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Iterator[Stack]:
+def stack(stack_settings: Settings) -> Iterator[Stack]:
     """The whole pipeline (api, relay, dispatcher, web worker, gateway) for the session."""
-    running = Stack(settings=settings, env=service_env(settings))
+    running = Stack(settings=stack_settings, env=service_env(stack_settings))
     try:
         running.start_all()
         yield running

@@ -34,8 +34,6 @@ def count(runtime: Runtime, model: Any, app_id: str) -> int:
             query = query.join(Message, Message.id == model.message_id).where(
                 Message.app_id == app_id
             )
-        if model is Event:  # a running stack may already have relayed them
-            query = query.where(Event.stage == "accepted")
         return int(connection.scalar(query) or 0)
 
 

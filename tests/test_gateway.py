@@ -47,9 +47,9 @@ from tests.stack import wait_until
 
 
 @pytest.fixture(scope="module")
-def gateway(settings: Settings) -> Iterator[Gateway]:
-    """A gateway process of this module's (the session `stack` may hold another)."""
-    with running_gateway(settings) as running:
+def gateway(inprocess_settings: Settings) -> Iterator[Gateway]:
+    """A gateway process on the in-process tests' store (the session `stack` may hold another)."""
+    with running_gateway(inprocess_settings) as running:
         yield running
 
 

@@ -16,25 +16,26 @@ from tests.test_api import assert_problem
 SEND = {"to": [{"user_id": "u"}], "channels": ["web"], "content": {"title": "t"}}
 
 
-@pytest.fixture(scope="module")
-def owners(api_app: Any, runtime: Runtime) -> dict[str, Any]:
-    """App B with one of everything, and app A that will try to reach it."""
+@pytest.fixture
+def owners(client: FlaskClient, runtime: Runtime) -> dict[str, Any]:
+    """App B with one of everything, and app A that will try to reach it.
+
+    New ones for every test: what A does in one test (even making a user, topic or template of
+    B's names in its own app, as one test does) cannot change what another test sees.
+    """
     b, a = new_tenant(runtime), new_tenant(runtime)
-    with api_app.test_client() as client:
-        made = [
-            client.put("/v1/users/bea", json={"email": "bea@example.com"}, headers=bearer(b)),
-            client.put("/v1/topics/b-news", json={"name": "B news"}, headers=bearer(b)),
-            client.post(
-                "/v1/topics/b-news/subscribers", json={"user_ids": ["bea"]}, headers=bearer(b)
-            ),
-            client.put(
-                "/v1/templates/b-hello",
-                json={"parts": {"web": {"title": "Hello {{ name }}"}}},
-                headers=bearer(b),
-            ),
-            client.post("/v1/messages", json=SEND, headers=bearer(b)),
-        ]
-        assert all(r.status_code < 300 for r in made), [r.get_json() for r in made]
+    made = [
+        client.put("/v1/users/bea", json={"email": "bea@example.com"}, headers=bearer(b)),
+        client.put("/v1/topics/b-news", json={"name": "B news"}, headers=bearer(b)),
+        client.post("/v1/topics/b-news/subscribers", json={"user_ids": ["bea"]}, headers=bearer(b)),
+        client.put(
+            "/v1/templates/b-hello",
+            json={"parts": {"web": {"title": "Hello {{ name }}"}}},
+            headers=bearer(b),
+        ),
+        client.post("/v1/messages", json=SEND, headers=bearer(b)),
+    ]
+    assert all(r.status_code < 300 for r in made), [r.get_json() for r in made]
     return {"a": a, "b": b, "message": made[-1].get_json()["id"]}
 
 
