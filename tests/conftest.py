@@ -28,12 +28,14 @@ from shared.amqp.topology import Topology
 from shared.migrate import upgrade
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.holding_proxy import HoldingProxy, amqp_frames
 from tests.offline_dns import offline_resolver
 from tests.stack import Stack, free_port
 
 PG_ADMIN_DSN = os.environ.get("OMNIPUSH_TEST_PG", "host=127.0.0.1 user=postgres dbname=test")
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+AMQP_PORT, REDIS_PORT = 5672, 6379
+AMQP_URL = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2F"
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 
 
 def queue_depth(queue: str) -> int:
@@ -157,6 +159,30 @@ def isolated_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
         built = Runtime.build(inprocess_settings.with_overrides(queue_prefix=prefix))
         yield built
         built.close()
+
+
+@pytest.fixture
+def broker_proxy() -> Iterator[HoldingProxy]:
+    """A proxy in front of RabbitMQ that can withhold the broker's publisher confirms."""
+    proxy = HoldingProxy(AMQP_PORT, framing=amqp_frames)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def redis_proxy() -> Iterator[HoldingProxy]:
+    """A proxy in front of Redis that can withhold its replies."""
+    proxy = HoldingProxy(REDIS_PORT)
+    yield proxy
+    proxy.close()
+
+
+def amqp_url_via(proxy: HoldingProxy) -> str:
+    return f"amqp://guest:guest@{proxy.address}/%2F"
+
+
+def redis_url_via(proxy: HoldingProxy) -> str:
+    return f"redis://{proxy.address}/0"
 
 
 def publish(runtime: Runtime, routing_key: str, body: bytes) -> None:
