@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 
 import pika
@@ -253,15 +253,16 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def isolated_stack() -> Iterator[Callable[[], Stack]]:
-    """Builds stacks with their own store and queues (for tests that kill services)."""
+def isolated_stack() -> Iterator[Callable[..., Stack]]:
+    """Builds stacks with their own store and queues (for tests that kill services); `build`
+    takes `Stack.start_all`'s per-service environment."""
     with ExitStack() as cleanup:
 
-        def build() -> Stack:
+        def build(env_of: Mapping[str, Mapping[str, str]] | None = None) -> Stack:
             built_settings = cleanup.enter_context(isolated_settings())
             running = Stack(settings=built_settings, env=service_env(built_settings))
             cleanup.callback(running.stop_all)
-            running.start_all()
+            running.start_all(env_of)
             return running
 
         yield build

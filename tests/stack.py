@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,22 +96,38 @@ class Service:
     def _died(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
+    def freeze(self) -> None:
+        """SIGSTOP the whole process group: it does nothing more until killed, so a test can
+        look at the state it left as it was at the kill."""
+        assert self.process is not None and self.process.poll() is None, f"{self.args} exited"
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL the whole process group (gunicorn workers included)."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM the process group (and SIGCONT, should it be frozen); `stop` waits for it."""
+        if self.process is not None and self.process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+                os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; SIGKILL whatever is left after `timeout`."""
+        self.terminate()
+        return self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 20.0) -> int | None:
+        """Wait for the process to end after `terminate`; SIGKILL it after `timeout`."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
@@ -126,6 +142,9 @@ def wait_http_ok(url: str, timeout: float = 30.0) -> None:
 
     wait_until(ok, timeout, f"{url} to answer 200", interval=0.1)
 
+
+#: How long a service of a stack may take to be ready: they start together on a shared machine.
+READY_SECONDS = 60.0
 
 SERVICE_ARGS = {
     "api": ["serve", "api"],
@@ -153,28 +172,42 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://{self.settings.gateway_bind}"
 
-    def start_all(self) -> None:
+    def start_all(self, env_of: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Start every service, all at once, and wait until each is ready; `env_of` gives some
+        of them variables of their own (by name)."""
         for name in SERVICE_ARGS:
-            self.start(name)
+            self._launch(name, (env_of or {}).get(name))
+        for name in SERVICE_ARGS:
+            self._wait_ready(name)
 
-    def start(self, name: str) -> Service:
+    def start(self, name: str, env: Mapping[str, str] | None = None) -> Service:
+        """Start one service, with `env` over the stack's environment (e.g. a proxy's URL)."""
+        service = self._launch(name, env)
+        self._wait_ready(name)
+        return service
+
+    def _launch(self, name: str, env: Mapping[str, str] | None) -> Service:
         args = list(SERVICE_ARGS[name])
         if name == "api":
             args += ["--workers", str(self.api_workers)]
-        service = Service(args=args, env=self.env)
+        service = Service(args=args, env={**self.env, **(env or {})})
         self.services[name] = service
-        service.start()
+        return service.start()
+
+    def _wait_ready(self, name: str) -> None:
         if name == "api":
-            wait_http_ok(f"{self.api_url}/healthz")
+            wait_http_ok(f"{self.api_url}/healthz", READY_SECONDS)
         elif name == "gateway":
-            wait_http_ok(f"{self.gateway_url}/healthz")
+            wait_http_ok(f"{self.gateway_url}/healthz", READY_SECONDS)
         else:
-            service.wait_for_log("amqp.ready")
-        return service
+            self.services[name].wait_for_log("amqp.ready", READY_SECONDS)
 
     def kill(self, name: str) -> None:
         self.services[name].kill()
 
     def stop_all(self) -> None:
+        # All at once, then wait for each: shutting down is mostly waiting.
         for service in self.services.values():
-            service.stop()
+            service.terminate()
+        for service in self.services.values():
+            service.wait_stopped()

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
-from dispatcher.worker import ChannelWorker
+from dispatcher.worker import CLAIM_SECONDS, ChannelWorker
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
@@ -45,7 +45,11 @@ class ScriptedChannel(Channel):
         return Result(outcome, f"scripted {outcome.value}")
 
 
-def queued_delivery(runtime: Runtime, expires_at: datetime | None = None) -> tuple[str, str]:
+def queued_delivery(
+    runtime: Runtime, expires_at: datetime | None = None, claimed_at: datetime | None = None
+) -> tuple[str, str]:
+    """A dispatched message's delivery and its AMQP message; `claimed_at` makes it one a worker
+    claimed then (its first attempt) and never recorded the outcome of."""
     tenant = new_tenant(runtime)
     now = utcnow()
     message_id, delivery_id = new_id("msg"), new_id("dlv")
@@ -75,10 +79,10 @@ def queued_delivery(runtime: Runtime, expires_at: datetime | None = None) -> tup
                 "recipient": "user:gina",
                 "user_id": "gina",
                 "channel": "web",
-                "status": "queued",
-                "attempts": 0,
+                "status": "queued" if claimed_at is None else "sending",
+                "attempts": 0 if claimed_at is None else 1,
                 "created_at": now,
-                "updated_at": now,
+                "updated_at": claimed_at or now,
             },
         )
     payload = {
@@ -92,9 +96,11 @@ def queued_delivery(runtime: Runtime, expires_at: datetime | None = None) -> tup
 
 
 @contextmanager
-def running_worker(runtime: Runtime, channel: Channel) -> Iterator[None]:
+def running_worker(
+    runtime: Runtime, channel: Channel, claim_seconds: float = CLAIM_SECONDS
+) -> Iterator[None]:
     link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("web"))
-    worker = ChannelWorker(runtime, link, channel)
+    worker = ChannelWorker(runtime, link, channel, claim_seconds=claim_seconds)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
@@ -192,6 +198,33 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         web_queue = runtime.topology.channel_queue("web")
         wait_until(lambda: queue_depth(web_queue) == 0, 10, "the duplicate to be consumed")
     assert channel.attempts == [delivery_id]
+
+
+def test_a_claim_left_by_a_worker_that_died_is_respected_until_stale_then_sent_once(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    claim_seconds = 2.0
+    claimed_at = utcnow()
+    with running_worker(runtime, channel, claim_seconds=claim_seconds):
+        message_id, delivery_id = queued_delivery(runtime, claimed_at=claimed_at)
+        wait_until(
+            lambda: state(runtime, message_id, delivery_id)[1] == "completed",
+            30,
+            "the stale claim to be taken over and sent",
+        )
+    assert channel.attempts == [delivery_id]
+    with runtime.engine.connect() as connection:
+        attempts, sent_at = connection.execute(
+            select(Delivery.attempts, Delivery.sent_at).where(Delivery.id == delivery_id)
+        ).one()
+        (sent,) = connection.scalars(
+            select(Event.detail).where(Event.delivery_id == delivery_id, Event.stage == "sent")
+        )
+    # Left alone while the claim could still be a live worker's; the second attempt after.
+    assert sent_at is not None and sent_at >= claimed_at + timedelta(seconds=claim_seconds)
+    assert attempts == 2 and sent["attempt"] == 2
 
 
 @pytest.mark.parametrize(
