@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import pika
@@ -169,14 +169,6 @@ def broker_proxy() -> Iterator[HoldingProxy]:
     proxy.close()
 
 
-@pytest.fixture
-def redis_proxy() -> Iterator[HoldingProxy]:
-    """A proxy in front of Redis that can withhold its replies."""
-    proxy = HoldingProxy(REDIS_PORT)
-    yield proxy
-    proxy.close()
-
-
 def amqp_url_via(proxy: HoldingProxy) -> str:
     return f"amqp://guest:guest@{proxy.address}/%2F"
 
@@ -253,16 +245,15 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def isolated_stack() -> Iterator[Callable[..., Stack]]:
-    """Builds stacks with their own store and queues (for tests that kill services); `build`
-    takes `Stack.start_all`'s per-service environment."""
+def isolated_stack() -> Iterator[Callable[[], Stack]]:
+    """Builds stacks with their own store and queues (for tests that kill services)."""
     with ExitStack() as cleanup:
 
-        def build(env_of: Mapping[str, Mapping[str, str]] | None = None) -> Stack:
+        def build() -> Stack:
             built_settings = cleanup.enter_context(isolated_settings())
             running = Stack(settings=built_settings, env=service_env(built_settings))
             cleanup.callback(running.stop_all)
-            running.start_all(env_of)
+            running.start_all()
             return running
 
         yield build

@@ -65,6 +65,7 @@ class Service:
     env: dict[str, str]
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    frozen: bool = False
 
     def start(self) -> Service:
         self.lines = []
@@ -101,6 +102,11 @@ class Service:
         look at the state it left as it was at the kill."""
         assert self.process is not None and self.process.poll() is None, f"{self.args} exited"
         os.killpg(self.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def working(self) -> bool:
+        """Running, and not frozen."""
+        return not self.frozen and self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         """SIGKILL the whole process group (gunicorn workers included)."""

@@ -1,17 +1,18 @@
 """Crash tests: a service SIGKILLed at a known point loses nothing and shows nothing twice.
 
-Each test stops its victim exactly where work is in flight: a proxy in front of the victim's
-RabbitMQ or Redis withholds the answer it waits for, the test freezes it there (SIGSTOP),
-checks in the store and the broker that the in-flight state exists, then kills it (SIGKILL) and
-starts a new one. A browser connected throughout must then have every notification once.
+The module's stack runs its relay and dispatcher against RabbitMQ, and its web worker against
+Redis, each through a proxy of its own. A test makes its victim's proxy withhold the answer the
+victim waits for, freezes the victim there (SIGSTOP), checks in the store and the broker that
+the work in flight is what it should be, kills it (SIGKILL), and starts a new one behind a new
+proxy that holds nothing. A browser connected throughout must then have every notification once.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
@@ -23,8 +24,23 @@ from producer_api.api_keys import NewApp
 from shared.models import Delivery, Event, Message, OutboxEntry
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
-from tests.conftest import amqp_url_via, new_tenant, queue_depth, redis_url_via
-from tests.holding_proxy import HoldingProxy, is_publisher_confirm
+from tests.conftest import (
+    AMQP_PORT,
+    REDIS_PORT,
+    amqp_url_via,
+    isolated_settings,
+    new_tenant,
+    queue_depth,
+    redis_url_via,
+    service_env,
+)
+from tests.holding_proxy import (
+    Framing,
+    HoldingProxy,
+    amqp_frames,
+    is_publisher_confirm,
+    whole_chunks,
+)
 from tests.inbox_client import InboxClient
 from tests.stack import Stack, wait_until
 
@@ -105,24 +121,67 @@ class Scene:
         assert sorted(dispatches) == sorted(everything), "a message was dispatched twice"
 
 
+#: Each victim: the port its proxy stands in front of, how the proxy splits what comes back,
+#: and the variable that sends the victim through the proxy.
+VICTIMS: dict[str, tuple[int, Framing, str, Callable[[HoldingProxy], str]]] = {
+    "relay": (AMQP_PORT, amqp_frames, "OMNIPUSH_AMQP_URL", amqp_url_via),
+    "dispatcher": (AMQP_PORT, amqp_frames, "OMNIPUSH_AMQP_URL", amqp_url_via),
+    "worker-web": (REDIS_PORT, whole_chunks, "OMNIPUSH_REDIS_URL", redis_url_via),
+}
+
+
+@dataclass
+class CrashStack:
+    """A stack whose victims each talk to RabbitMQ or Redis through the proxy of its name."""
+
+    stack: Stack
+    runtime: Runtime
+    proxies: dict[str, HoldingProxy] = field(default_factory=dict)
+
+    def through_new_proxy(self, victim: str) -> dict[str, str]:
+        """The environment that sends `victim` through a new proxy (which replaces its last)."""
+        port, framing, variable, url_via = VICTIMS[victim]
+        if victim in self.proxies:
+            self.proxies[victim].close()
+        self.proxies[victim] = HoldingProxy(port, framing=framing)
+        return {variable: url_via(self.proxies[victim])}
+
+    def start_again(self, name: str) -> None:
+        """Kill `name` if it still runs and start a new one (a victim behind a new proxy)."""
+        self.stack.kill(name)
+        self.stack.start(name, self.through_new_proxy(name) if name in VICTIMS else None)
+
+
+@pytest.fixture(scope="module")
+def crash_stack() -> Iterator[CrashStack]:
+    with isolated_settings() as settings:
+        crash = CrashStack(
+            Stack(settings=settings, env=service_env(settings)), Runtime.build(settings)
+        )
+        try:
+            crash.stack.start_all({name: crash.through_new_proxy(name) for name in VICTIMS})
+            yield crash
+        finally:
+            crash.runtime.close()
+            crash.stack.stop_all()
+            for proxy in crash.proxies.values():
+                proxy.close()
+
+
 @pytest.fixture
-def scene_of(isolated_stack: Callable[..., Stack]) -> Iterator[Callable[..., Scene]]:
-    """Builds the scene; takes `Stack.start_all`'s per-service environment."""
-    built: list[Scene] = []
-
-    def build(env_of: Mapping[str, Mapping[str, str]]) -> Scene:
-        stack = isolated_stack(env_of)
-        runtime = Runtime.build(stack.settings)
-        tenant = new_tenant(runtime)
-        token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
-        scene = Scene(stack, runtime, tenant, InboxClient(stack.gateway_url, token).connect())
-        built.append(scene)
-        return scene
-
-    yield build
-    for scene in built:
-        scene.browser.close()
-        scene.runtime.close()
+def scene(crash_stack: CrashStack) -> Iterator[Scene]:
+    """A new app and its user's browser on the module's stack. A service the test left frozen
+    or dead (a test that failed half-way) is started again, behind a new proxy if it is a
+    victim, so the next test finds the stack as the first one did."""
+    stack, runtime = crash_stack.stack, crash_stack.runtime
+    tenant = new_tenant(runtime)
+    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
+    browser = InboxClient(stack.gateway_url, token).connect()
+    yield Scene(stack, runtime, tenant, browser)
+    browser.close()
+    for name, service in list(stack.services.items()):
+        if not service.working():
+            crash_stack.start_again(name)
 
 
 def outbox_rows(runtime: Runtime, message_ids: list[str]) -> dict[int, datetime | None]:
@@ -149,10 +208,9 @@ def locked_rows(runtime: Runtime, row_ids: set[int]) -> set[int]:
 
 
 def test_a_relay_killed_before_the_broker_confirmed_its_rows_leaves_them_to_the_next_relay(
-    broker_proxy: HoldingProxy, scene_of: Callable[..., Scene]
+    crash_stack: CrashStack, scene: Scene
 ) -> None:
-    scene = scene_of({"relay": {"OMNIPUSH_AMQP_URL": amqp_url_via(broker_proxy)}})
-    broker_proxy.hold(from_piece=is_publisher_confirm)
+    crash_stack.proxies["relay"].hold(from_piece=is_publisher_confirm)
     message_ids = scene.post(MESSAGES, "relayed")
     # Published (the dispatcher and worker passed them on), but never confirmed to the relay.
     scene.browser.wait_for(MESSAGES)
@@ -163,7 +221,7 @@ def test_a_relay_killed_before_the_broker_confirmed_its_rows_leaves_them_to_the_
     assert locked_rows(scene.runtime, set(rows)) == set(rows), "the relay did not hold its rows"
     scene.stack.kill("relay")
 
-    scene.stack.start("relay")
+    crash_stack.start_again("relay")
     wait_until(
         lambda: None not in outbox_rows(scene.runtime, message_ids).values(),
         30,
@@ -173,10 +231,9 @@ def test_a_relay_killed_before_the_broker_confirmed_its_rows_leaves_them_to_the_
 
 
 def test_a_dispatcher_killed_before_acking_a_dispatched_batch_adds_nothing_the_second_time(
-    broker_proxy: HoldingProxy, scene_of: Callable[..., Scene]
+    crash_stack: CrashStack, scene: Scene
 ) -> None:
-    scene = scene_of({"dispatcher": {"OMNIPUSH_AMQP_URL": amqp_url_via(broker_proxy)}})
-    broker_proxy.hold(from_piece=is_publisher_confirm)
+    crash_stack.proxies["dispatcher"].hold(from_piece=is_publisher_confirm)
     message_ids = scene.post(MESSAGES, "dispatched")
     # A first batch is written and published (the browser has some of it), never confirmed.
     scene.browser.wait_for(1)
@@ -188,15 +245,14 @@ def test_a_dispatcher_killed_before_acking_a_dispatched_batch_adds_nothing_the_s
     dispatch_queue = scene.runtime.topology.dispatch_queue
     wait_until(lambda: queue_depth(dispatch_queue) == MESSAGES, 30, "every source message requeued")
 
-    scene.stack.start("dispatcher")
+    crash_stack.start_again("dispatcher")
     scene.shows_everything_once(message_ids)
 
 
 def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_worker_sends(
-    redis_proxy: HoldingProxy, scene_of: Callable[..., Scene]
+    crash_stack: CrashStack, scene: Scene
 ) -> None:
-    scene = scene_of({"worker-web": {"OMNIPUSH_REDIS_URL": redis_url_via(redis_proxy)}})
-    redis_proxy.hold()  # the web channel's emit never gets its answer
+    crash_stack.proxies["worker-web"].hold()  # the web channel's emit never gets its answer
     message_ids = scene.post(MESSAGES, "claimed")
     wait_until(lambda: scene.statuses()["sending"], 15, "the worker to claim deliveries")
     scene.stack.services["worker-web"].freeze()
@@ -212,7 +268,7 @@ def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_work
         lambda: queue_depth(web_queue) == MESSAGES, 30, "every delivery requeued, none acked"
     )
 
-    scene.stack.start("worker-web")
+    crash_stack.start_again("worker-web")
     scene.shows_everything_once(message_ids)
     after = scene.deliveries()
     for delivery_id, claimed_at in claimed.items():
