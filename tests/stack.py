@@ -115,7 +115,7 @@ class Service:
             self.process.wait(10)
 
     def terminate(self) -> None:
-        """SIGTERM the process group (and SIGCONT, should it be frozen); `stop` waits for it."""
+        """SIGTERM the process group (and SIGCONT, should it be frozen); see `wait_stopped`."""
         if self.process is not None and self.process.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
