@@ -22,16 +22,17 @@ from tests.gateway_support import Browser, Gateway, add_items, new_user, running
 
 
 @pytest.fixture(scope="module")
-def store_proxy(settings: Settings) -> Iterator[FaultProxy]:
-    url = make_url(settings.database_url)
+def store_proxy(inprocess_settings: Settings) -> Iterator[FaultProxy]:
+    url = make_url(inprocess_settings.database_url)
     with FaultProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
-def gateway(settings: Settings, store_proxy: FaultProxy) -> Iterator[Gateway]:
+def gateway(inprocess_settings: Settings, store_proxy: FaultProxy) -> Iterator[Gateway]:
     """A gateway whose store is reached through `store_proxy` (its pool is warm once ready:
     the readiness probe's connect replayed)."""
+    settings = inprocess_settings
     proxied = make_url(settings.database_url).set(host="127.0.0.1", port=store_proxy.port)
     own = settings.with_overrides(database_url=proxied.render_as_string(hide_password=False))
     with running_gateway(own) as running:

@@ -75,14 +75,15 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES, database="none")
 
 
 @pytest.fixture(scope="module")
-def gateway_app(runtime: Runtime) -> Flask:
-    """The gateway in process, on the session's store."""
-    return create_app(runtime=runtime)
+def gateway_app(inprocess_runtime: Runtime) -> Flask:
+    """The gateway in process, on the in-process tests' store."""
+    return create_app(runtime=inprocess_runtime)
 
 
 @pytest.fixture(scope="module")
-def browser_headers(runtime: Runtime) -> dict[str, str]:
+def browser_headers(inprocess_runtime: Runtime) -> dict[str, str]:
     """The browser token of a user with unread and read items in their inbox."""
+    runtime = inprocess_runtime
     app_id, user = new_tenant(runtime).app_id, new_user()
     add_items(runtime, app_id, user, 3)
     add_items(runtime, app_id, user, 2, status="read")

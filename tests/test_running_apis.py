@@ -36,11 +36,11 @@ class RunningApis:
 
 
 @pytest.fixture(scope="module")
-def apis(settings: Settings) -> Iterator[RunningApis]:
+def apis(inprocess_settings: Settings) -> Iterator[RunningApis]:
     # A prefix of its own: the bad keys these tests send from 127.0.0.1 count against no one
     # else's allowance.
     with queue_prefix() as prefix:
-        env = service_env(settings.with_overrides(queue_prefix=prefix))
+        env = service_env(inprocess_settings.with_overrides(queue_prefix=prefix))
         binds = [f"127.0.0.1:{free_port()}" for _ in range(2)]
         services = [
             Service(["serve", "api", "--workers", "1"], {**env, "OMNIPUSH_API_BIND": bind})
