@@ -9,6 +9,7 @@ from flask_smorest import Api
 
 from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import ApiKeyGate, install_api_key_auth
+from producer_api.chunked_body import ChunkedBody
 from producer_api.fanout import FanoutGuard, install_fanout_guard
 from producer_api.fast_accept import FastAccept
 from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
@@ -63,7 +64,9 @@ def create_app(
     install_api_key_auth(app, gate)
     fanout = FanoutGuard(runtime)
     install_fanout_guard(app, fanout)
-    app.wsgi_app = FastAccept(app.wsgi_app, app.json, runtime, gate, fanout, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    # Chunked bodies (no Content-Length) go to the Flask app, whose limits then apply to them.
+    flask_app = ChunkedBody(app.wsgi_app, messages.BATCH_MAX_BYTES)
+    app.wsgi_app = FastAccept(flask_app, app.json, runtime, gate, fanout, MAX_BODY_BYTES)  # type: ignore[method-assign]
     api = ProblemApi(app, spec_kwargs={"extra_plugins": [ProblemResponses()]})
     api.spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(messages.blp)

@@ -20,6 +20,8 @@ from marshmallow import ValidationError
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
+from shared import json_body
+
 UNSTORABLE_TEXT = "Must not contain NUL characters or unpaired surrogates."
 UNSTORABLE_NUMBER = "Must be a finite number."
 
@@ -87,7 +89,10 @@ class JsonBodyParser(FlaskParser):
         data = req.get_data(cache=True)
         if not data:
             return core.missing
-        return core.parse_json(data)
+        try:
+            return json_body.loads(data)
+        except json_body.UnreadableJson as error:
+            fail(400, str(error), errors={"_body": [str(error)]})
 
     def load_json(self, req: Any, schema: Any) -> Any:
         data = super().load_json(req, schema)

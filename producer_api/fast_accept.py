@@ -14,7 +14,6 @@ the API behaves the same either way; the tests run through this middleware.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -30,6 +29,7 @@ from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.fanout import FanoutGuard
 from producer_api.group_commit import GroupCommitter
 from producer_api.quick_check import quick_load
+from shared import json_body
 from shared.problems import http_exception_to_problem
 from shared.runtime import Runtime
 
@@ -98,8 +98,8 @@ class FastAccept:
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)
         try:
-            parsed = json.loads(raw)
-        except ValueError:
+            parsed = json_body.loads(raw)
+        except ValueError:  # not JSON, or JSON beyond the limits: the Flask app words the 400
             return None
         if may_hold_unstorable(raw) and next(unstorable(parsed), None) is not None:
             return None

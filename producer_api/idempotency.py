@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from producer_api.auth import current_app_id
 from producer_api.blueprint import fail
+from shared import json_body
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import IdempotencyKey, table_of
@@ -70,7 +71,7 @@ def _fingerprint() -> str:
     """The endpoint and the body, canonically: key order and whitespace do not matter."""
     raw = request.get_data(cache=True)
     try:
-        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        canonical = json.dumps(json_body.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = raw
     digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
