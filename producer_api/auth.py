@@ -37,7 +37,7 @@ class ApiKeyGate:
         self.runtime = runtime
         self.keys = keys or ApiKeyCache()
         self.failures = failures or FailedAuthLimiter(runtime.redis, runtime.settings.queue_prefix)
-        self.limiter = RateLimiter(runtime.redis, runtime.settings.queue_prefix)
+        self.limiter = RateLimiter(runtime.best_effort_redis, runtime.settings.queue_prefix)
         self.defaults = Limit(runtime.settings.api_rate_limit, runtime.settings.api_rate_burst)
 
     def admit(self, environ: dict[str, Any]) -> KeyOwner:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-import redis
 import structlog
 from flask import Response, g, request
 from sqlalchemy import Connection, delete, insert, select
@@ -28,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from producer_api.auth import current_app_id
 from producer_api.blueprint import fail
 from shared import json_body
+from shared.best_effort_redis import BestEffortRedis
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import IdempotencyKey, table_of
@@ -110,26 +110,21 @@ def _replay(stored: IdempotencyKey, claim: Claim) -> Response:
 
 
 class _InFlightLock:
-    """redis-py's lock on one key while its first request runs, never waited for; when Redis
-    is down it is taken (the store's primary key still stops a second message)."""
+    """redis-py's lock on one key while its first request runs, never waited for. Its Redis
+    calls are best effort: when Redis fails it is taken (the store's primary key still stops
+    a second message), and one never released lapses after `IN_FLIGHT_SECONDS`."""
 
-    def __init__(self, client: redis.Redis, name: str) -> None:
-        self._lock = client.lock(
+    def __init__(self, redis: BestEffortRedis, name: str) -> None:
+        self._redis = redis
+        self._lock = redis.client.lock(
             name, timeout=IN_FLIGHT_SECONDS, blocking=False, raise_on_release_error=False
         )
 
     def acquire(self) -> bool:
-        try:
-            return bool(self._lock.acquire())
-        except redis.RedisError as error:
-            log.warning("idempotency.lock_unavailable", detail=str(error))
-            return True
+        return self._redis.call("idempotency locks", lambda _client: self._lock.acquire(), True)
 
     def release(self) -> None:
-        try:
-            self._lock.release()
-        except redis.RedisError as error:
-            log.warning("idempotency.lock_unavailable", detail=str(error))
+        self._redis.call("idempotency locks", lambda _client: self._lock.release(), None)
 
 
 def idempotent(view: View) -> View:
@@ -152,7 +147,8 @@ def idempotent(view: View) -> View:
             return _replay(stored, claim)
         runtime = runtime_of()
         lock = _InFlightLock(
-            runtime.redis, f"{runtime.settings.queue_prefix}:idempotency:{claim.app_id}:{key}"
+            runtime.best_effort_redis,
+            f"{runtime.settings.queue_prefix}:idempotency:{claim.app_id}:{key}",
         )
         if not lock.acquire():
             fail(
@@ -197,7 +193,7 @@ def remember(
     if claim is None:
         return
     runtime = runtime_of()
-    if _purge_now(runtime.redis, runtime.settings.queue_prefix):
+    if _purge_now(runtime.best_effort_redis, runtime.settings.queue_prefix):
         log.info("idempotency.purged", keys=purge_expired(connection))
     # An expired key of the same name is free again.
     connection.execute(
@@ -226,9 +222,12 @@ def purge_expired(connection: Connection) -> int:
     return result.rowcount
 
 
-def _purge_now(client: redis.Redis, prefix: str) -> bool:
+def _purge_now(redis: BestEffortRedis, prefix: str) -> bool:
     """Whether this request should purge: one API process in the cluster per interval."""
-    try:
-        return bool(client.set(f"{prefix}:idempotency:purge", "1", nx=True, ex=PURGE_SECONDS))
-    except redis.RedisError:
-        return False
+    return redis.call(
+        "idempotency purges",
+        lambda client: bool(
+            client.set(f"{prefix}:idempotency:purge", "1", nx=True, ex=PURGE_SECONDS)
+        ),
+        False,
+    )

@@ -10,8 +10,10 @@ second's worth of the rate) and spends them locally for up to `LEASE_SECONDS`. L
 were taken from the bucket, so the limit is never exceeded; a lease that runs out of time
 unspent makes the limit slightly stricter, never looser.
 
-The limiter is protection, not bookkeeping: when Redis cannot be reached, requests pass (and
-the outage is logged) rather than every business system being refused.
+The limiter is protection, not bookkeeping: its Redis calls are best effort (a short timeout,
+then a breaker that leaves Redis alone for a while, `shared.best_effort_redis`), and when Redis
+cannot answer, requests pass rather than every business system being refused or held up. No
+lock is held across a Redis call, so one slow call holds up no other request.
 """
 
 from __future__ import annotations
@@ -21,10 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
-import structlog
-
-log = structlog.get_logger(__name__)
+from shared.best_effort_redis import BestEffortRedis
 
 # KEYS[1] bucket; ARGV rate (tokens/s), burst, wanted. Takes up to `wanted` whole tokens and
 # returns {taken, seconds until one token is there}.
@@ -51,8 +50,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {taken, tostring(wait)}
 """
 
-#: How often a Redis outage is logged while it lasts.
-_OUTAGE_LOG_SECONDS = 10.0
 #: The most tokens one process takes from a bucket at once, and how long it may keep them.
 LEASE_MAX = 20
 LEASE_SECONDS = 1.0
@@ -80,33 +77,46 @@ class _Lease:
 class RateLimiter:
     """Takes tokens from per-app buckets; see the module docstring."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
+    def __init__(self, redis: BestEffortRedis, prefix: str) -> None:
+        self.redis = redis
         self.prefix = prefix
-        self._script = client.register_script(_TOKEN_BUCKET)
-        self._last_outage_log = 0.0
+        self._script = redis.client.register_script(_TOKEN_BUCKET)
         self._leases: dict[str, _Lease] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `_leases`, never held across a Redis call
 
     def retry_after(self, app_id: str, limit: Limit) -> int | None:
         """None when the request may go ahead, else whole seconds until it may."""
+        if self._spend_leased(app_id):
+            return None
+        taken_and_wait = self.redis.call(
+            "rate limits",
+            lambda _client: self._script(
+                keys=[f"{self.prefix}:ratelimit:{app_id}"],
+                args=[limit.rate, limit.burst, limit.lease],
+            ),
+            fallback=None,
+        )
+        if taken_and_wait is None:
+            return None
+        taken, wait = int(taken_and_wait[0]), float(taken_and_wait[1])
+        if taken >= 1:
+            self._lease(app_id, taken - 1)
+            return None
+        return max(1, math.ceil(wait))
+
+    def _spend_leased(self, app_id: str) -> bool:
+        with self._lock:
+            lease = self._leases.get(app_id)
+            if lease is not None and lease.tokens > 0 and lease.until > time.monotonic():
+                lease.tokens -= 1
+                return True
+            return False
+
+    def _lease(self, app_id: str, tokens: int) -> None:
+        """Keep `tokens` taken from the bucket; concurrent requests may each have taken some."""
         with self._lock:
             now = time.monotonic()
             lease = self._leases.get(app_id)
-            if lease is not None and lease.tokens > 0 and lease.until > now:
-                lease.tokens -= 1
-                return None
-            try:
-                taken, wait = self._script(
-                    keys=[f"{self.prefix}:ratelimit:{app_id}"],
-                    args=[limit.rate, limit.burst, limit.lease],
-                )
-            except redis.RedisError as error:
-                if now - self._last_outage_log > _OUTAGE_LOG_SECONDS:
-                    self._last_outage_log = now
-                    log.warning("rate_limit.unavailable", detail=str(error))
-                return None
-            if int(taken) >= 1:
-                self._leases[app_id] = _Lease(int(taken) - 1, now + LEASE_SECONDS)
-                return None
-            return max(1, math.ceil(float(wait)))
+            if lease is not None and lease.until > now:
+                tokens += lease.tokens
+            self._leases[app_id] = _Lease(tokens, now + LEASE_SECONDS)

@@ -12,18 +12,24 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.amqp.topology import Topology
+from shared.best_effort_redis import BestEffortRedis
 from shared.db import make_engine, make_session_factory
 from shared.settings import Settings
 
 
 @dataclass
 class Runtime:
-    """Settings plus the store engine, a session factory, a Redis client and the topology."""
+    """Settings plus the store engine, a session factory, Redis clients and the topology.
+
+    `redis` is for what the process cannot do without; `best_effort_redis` for what it goes on
+    without when Redis fails (rate limits, in-flight locks): it gives up fast and backs off.
+    """
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     redis: redis.Redis
+    best_effort_redis: BestEffortRedis
     topology: Topology = field(default_factory=Topology)
 
     @classmethod
@@ -40,9 +46,11 @@ class Runtime:
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=5
             ),
+            best_effort_redis=BestEffortRedis(settings.redis_url),
             topology=Topology(prefix=settings.queue_prefix, channels=channels),
         )
 
     def close(self) -> None:
         self.redis.close()
+        self.best_effort_redis.close()
         self.engine.dispose()

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from flask.testing import FlaskClient
 
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import create_app
 from producer_api.rate_limit import Limit, RateLimiter
+from shared.best_effort_redis import Breaker
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.api_process import api_process
 from tests.conftest import bearer, new_tenant, service_env
+from tests.fault_proxy import FaultProxy
 from tests.stack import run_omnipush, wait_until
 from tests.test_api import assert_problem
 
@@ -44,7 +49,7 @@ def test_a_key_over_its_limit_gets_429_with_retry_after(
 
 
 def test_the_bucket_refills_at_its_rate(runtime: Runtime) -> None:
-    limiter = RateLimiter(runtime.redis, runtime.settings.queue_prefix)
+    limiter = RateLimiter(runtime.best_effort_redis, runtime.settings.queue_prefix)
     fast, slow = new_tenant(runtime).app_id, new_tenant(runtime).app_id
     # One token every 2 s: the second request is told to come back in 2 s.
     assert [limiter.retry_after(slow, Limit(rate=0.5, burst=1)) for _ in range(2)] == [None, 2]
@@ -59,7 +64,9 @@ def test_processes_leasing_tokens_never_exceed_the_bucket(runtime: Runtime) -> N
     limit = Limit(rate=1.0, burst=100)  # a lease of 1 a second's worth at most: 1
     generous = Limit(rate=200.0, burst=100)  # leases of 5
     assert (limit.lease, generous.lease) == (1, 5)
-    processes = [RateLimiter(runtime.redis, runtime.settings.queue_prefix) for _ in range(3)]
+    processes = [
+        RateLimiter(runtime.best_effort_redis, runtime.settings.queue_prefix) for _ in range(3)
+    ]
     started = time.monotonic()
     allowed = sum(processes[n % 3].retry_after(app_id, generous) is None for n in range(400))
     refilled = math.ceil((time.monotonic() - started) * generous.rate)
@@ -83,6 +90,63 @@ def test_without_redis_requests_are_not_refused(settings: Settings, runtime: Run
     with app.test_client() as client:
         for _ in range(3):
             assert client.post("/v1/messages", json=BODY, headers=bearer(tenant)).status_code == 202
+
+
+def test_a_hung_redis_holds_up_no_request_and_limits_return_when_it_answers(
+    settings: Settings, runtime: Runtime
+) -> None:
+    tenant = limited_tenant(runtime, rate=0.01, burst=1)
+    with (
+        FaultProxy("127.0.0.1", 6379) as proxy,
+        api_process(settings, OMNIPUSH_REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0") as api,
+    ):
+        # A first request, so that the process has connected to Redis before it hangs.
+        warm = httpx.post(f"{api.url}/v1/messages", json=BODY, headers=bearer(new_tenant(runtime)))
+        assert warm.status_code == 202, warm.text
+        proxy.hang()
+
+        def send(n: int) -> int:
+            # Every other one with an Idempotency-Key: its in-flight lock is in Redis too.
+            headers = bearer(tenant) | ({"Idempotency-Key": f"hung-{n}"} if n % 2 else {})
+            response = httpx.post(f"{api.url}/v1/messages", json=BODY, headers=headers, timeout=30)
+            return response.status_code
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(send, range(8)))
+        took = time.monotonic() - started
+        # Fail-open: no limit applies, and no request waits for Redis's timeouts (the client
+        # the API used before waited 5 s per try, one request at a time).
+        assert statuses == [202] * 8
+        assert took < 3, f"8 requests took {took:.1f} s with Redis hung"
+        assert "redis.skipped" in api.service.output()
+
+        proxy.resume()
+
+        def limited() -> bool:
+            return send(0) == 429
+
+        wait_until(limited, 30, "the rate limit to apply again once Redis answers")
+
+
+def test_the_breaker_leaves_redis_alone_for_its_cool_down_then_lets_one_probe_through() -> None:
+    now = [100.0]
+    breaker = Breaker(cool_down=3.0, clock=lambda: now[0])
+    assert breaker.allows()
+    assert breaker.failed() is True
+    assert breaker.failed() is False, "already open: only the first failure opens it"
+    now[0] += 2.9
+    assert not breaker.allows()
+    now[0] += 0.2
+    assert breaker.allows(), "the cool-down is over: one call probes"
+    assert not breaker.allows(), "only one probe at a time"
+    breaker.failed()
+    assert not breaker.allows(), "a failed probe opens it for another cool-down"
+    now[0] += 3.1
+    assert breaker.allows()
+    assert breaker.succeeded() is True
+    assert breaker.allows() and breaker.allows(), "closed again: every call goes through"
+    assert breaker.succeeded() is False
 
 
 def test_apps_get_their_own_limits_from_the_cli(settings: Settings) -> None:
