@@ -8,7 +8,8 @@ the same pieces the Flask view uses: the API-key gate, the schema's quick check,
 it stores concurrent requests' messages together (`producer_api.group_commit`).
 Anything else, and anything it is unsure of (a body it cannot read, an error of any kind before
 the message is stored), goes to the Flask app unchanged, which then answers as it always does:
-the API behaves the same either way; the tests run through this middleware.
+the API behaves the same either way; the tests run through this middleware. A store that cannot
+be reached is answered here as the Flask app would answer it, with a 503.
 """
 
 from __future__ import annotations
@@ -27,16 +28,32 @@ from producer_api import intake
 from producer_api.auth import ApiKeyGate
 from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.fanout import FanoutGuard
-from producer_api.group_commit import GroupCommitter
+from producer_api.group_commit import GroupCommitter, StoreTimeout
 from producer_api.quick_check import quick_load
 from shared import json_body
-from shared.problems import http_exception_to_problem
+from shared.problems import http_exception_to_problem, store_unavailable
 from shared.runtime import Runtime
+from shared.store_outage import RETRY_AFTER_SECONDS, is_store_outage
 
 log = structlog.get_logger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _PATH = "/v1/messages"
+_NOT_ACCEPTED = (
+    "The store could not be reached in time, so the message was not accepted: send it again "
+    f"in {RETRY_AFTER_SECONDS} s."
+)
+
+
+def _maybe_accepted(message_id: str) -> Response:
+    """The 503 of a message whose statement the store may yet have committed."""
+    return store_unavailable(
+        f"The store did not confirm the message in time: it may have been accepted as "
+        f"{message_id} (GET {_PATH}/{message_id} answers 404 if it was not), so sending it "
+        "again may send it twice. A message sent with an Idempotency-Key is safe to retry "
+        "with the same key.",
+        message_id=message_id,
+    )
 
 
 class FastAccept:
@@ -66,19 +83,41 @@ class FastAccept:
             owner = self.gate.admit(environ)
         except HTTPException:
             return self.app(environ, start_response)  # it words the 401 or 429 itself
+        except Exception as error:
+            if not is_store_outage(error):
+                return self.app(environ, start_response)  # its error handlers word a 500
+            log.warning("api.store_unavailable", detail=type(error).__name__)
+            return store_unavailable(_NOT_ACCEPTED)(environ, start_response)
+        return self._accept(owner.app_id, body, environ)(environ, start_response)
+
+    def _accept(self, app_id: str, body: dict[str, Any], environ: dict[str, Any]) -> Response:
+        """202 once the message is stored; else a problem that says whether it may be."""
         try:
-            accepted = intake.accept_plain(owner.app_id, body)
-            self.fanout.admit(owner.app_id, accepted.recipients)
-            self.committer.store(accepted)
+            accepted = intake.accept_plain(app_id, body)
+            self.fanout.admit(app_id, accepted.recipients)
         except HTTPException as refused:
-            return http_exception_to_problem(refused)(environ, start_response)
-        except Exception:
+            return http_exception_to_problem(refused)
+        try:
+            self.committer.store(accepted)
+        except StoreTimeout as timeout:
+            log.warning(
+                "api.store_timeout", message_id=accepted.id, may_be_stored=timeout.may_be_stored
+            )
+            if timeout.may_be_stored:
+                return _maybe_accepted(accepted.id)
+            return store_unavailable(_NOT_ACCEPTED)
+        except Exception as error:
+            if is_store_outage(error):
+                log.warning(
+                    "api.store_unavailable", message_id=accepted.id, detail=type(error).__name__
+                )
+                return _maybe_accepted(accepted.id)
             log.exception("api.accept_failed")
-            return http_exception_to_problem(InternalServerError())(environ, start_response)
+            return http_exception_to_problem(InternalServerError())
         response = cast(Response, self.json.response(accepted.json_answer()))
         response.status_code = 202
         response.headers["Location"] = f"{environ.get('SCRIPT_NAME', '')}{_PATH}/{accepted.id}"
-        return response(environ, start_response)
+        return response
 
     def _plain_message(self, environ: dict[str, Any]) -> dict[str, Any] | None:
         """The loaded message if this request is a plain single one, else None. The body it

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from shared.store_outage import RETRY_AFTER_SECONDS, is_store_outage
 
 PROBLEM_TYPE_BASE = "https://omnipush.dev/problems/"
 WEBARGS_LOCATIONS = {"json", "query", "querystring", "form", "headers", "cookies", "files", "path"}
@@ -95,11 +98,52 @@ def http_exception_to_problem(error: HTTPException) -> Response:
     return problem(status, title, detail, errors=errors, headers=headers)
 
 
+def store_unavailable(detail: str, **extra: Any) -> Response:
+    """The 503 of a request caught by a store outage (`shared.store_outage`)."""
+    return problem(
+        503,
+        "Service Unavailable",
+        detail,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        **extra,
+    )
+
+
+#: Methods that change nothing, so a failed one has certainly taken no effect.
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def _store_unavailable_now() -> Response:
+    if request.method in _SAFE_METHODS:
+        return store_unavailable(
+            f"The store cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s."
+        )
+    return store_unavailable(
+        "The store could not be reached, so this request may or may not have taken effect. "
+        f"Retry in {RETRY_AFTER_SECONDS} s: a request with an Idempotency-Key is safe to retry "
+        "with the same key."
+    )
+
+
 def install_problem_handlers(app: Flask) -> None:
     """Make every error, including unexpected ones, a problem+json response."""
     app.register_error_handler(HTTPException, http_exception_to_problem)
+
+    @app.errorhandler(SQLAlchemyError)
+    def store_error(error: SQLAlchemyError) -> Response:
+        if not is_store_outage(error):
+            return unexpected(error)
+        # No traceback: the store is away, not the code wrong; the cause alone says why.
+        app.logger.warning("store unavailable: %s", _cause(error))
+        return _store_unavailable_now()
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         app.logger.exception("unhandled error")
         return http_exception_to_problem(InternalServerError())
+
+
+def _cause(error: SQLAlchemyError) -> str:
+    """The driver's message without the statement and its parameters (which hold content)."""
+    original = getattr(error, "orig", None)
+    return f"{type(error).__name__}: {original if original is not None else error}".strip()

@@ -15,6 +15,7 @@ from shared.amqp.topology import Topology
 from shared.best_effort_redis import BestEffortRedis
 from shared.db import make_engine, make_session_factory
 from shared.settings import Settings
+from shared.store_outage import bound_connect_time
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Runtime:
         """Connect to what `settings` name; `pool_size` should cover the process's threads, or
         connections beyond it are opened and closed again on every use."""
         engine = make_engine(settings.database_url, pool_size=pool_size)
+        bound_connect_time(engine)
         return cls(
             settings=settings,
             engine=engine,
