@@ -1,8 +1,8 @@
 """`omnipush dev prepare`: everything `make run` does before it starts the services.
 
-It checks that RabbitMQ and Redis answer (and says how to start them when they do not),
-migrates the store, makes sure a demo app exists, writes the Procfile honcho runs, and prints
-where everything is with a demo API key and a demo page link.
+It checks that the store, RabbitMQ and Redis answer within seconds (and says, one line for each
+that does not, how to start it), migrates the store, makes sure a demo app exists, writes the
+Procfile honcho runs, and prints where everything is with a demo API key and a demo page link.
 """
 
 from __future__ import annotations
@@ -64,10 +64,12 @@ def prepare(settings: Settings) -> None:
     runtime = Runtime.build(settings)
     try:
         checks = check_dependencies(runtime)
-        missing = [name for name in ("broker", "redis") if checks[name] != "ok"]
+        missing = [name for name, state in checks.items() if state != "ok"]
         if missing:
-            lines = [f"  - {HOW_TO_START[name]} ({checks[name]})" for name in missing]
-            raise click.ClickException("cannot reach what omnipush needs:\n" + "\n".join(lines))
+            # One line per service that cannot be reached, saying how to start it.
+            raise click.ClickException(
+                "\n".join(f"cannot reach {HOW_TO_START[name]} ({checks[name]})" for name in missing)
+            )
         upgrade(settings.database_url)
         app_id, api_key = demo_app(runtime)
     finally:
