@@ -16,6 +16,7 @@ from producer_api.openapi import ProblemResponses, ProblemSchema, document_healt
 from producer_api.outbound_urls import install_outbound_policy
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
+from shared.http_metrics import install_request_metrics
 from shared.outbound import OutboundPolicy, Resolver, system_resolver
 from shared.problems import http_exception_to_problem, install_problem_handlers
 from shared.runtime import Runtime
@@ -60,6 +61,7 @@ def create_app(
     app.extensions[EXTENSION] = runtime
     install_outbound_policy(app, OutboundPolicy(runtime.settings.outbound_allow, resolver))
     install_problem_handlers(app)
+    install_request_metrics(app)  # first, so that requests refused by the gate are timed too
     gate = ApiKeyGate(runtime)
     install_api_key_auth(app, gate)
     fanout = FanoutGuard(runtime)

@@ -15,6 +15,7 @@ be reached is answered here as the Flask app would answer it, with a 503.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -29,8 +30,10 @@ from producer_api.auth import ApiKeyGate
 from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.fanout import FanoutGuard
 from producer_api.group_commit import GroupCommitter, StoreTimeout
+from producer_api.metrics import ACCEPTED
 from producer_api.quick_check import quick_load
 from shared import json_body
+from shared.http_metrics import observe
 from shared.problems import http_exception_to_problem, store_unavailable
 from shared.runtime import Runtime
 from shared.store_outage import RETRY_AFTER_SECONDS, is_store_outage
@@ -76,6 +79,7 @@ class FastAccept:
         self.committer = GroupCommitter(runtime.engine)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        started = time.perf_counter()
         body = self._plain_message(environ)
         if body is None:
             return self.app(environ, start_response)
@@ -87,8 +91,12 @@ class FastAccept:
             if not is_store_outage(error):
                 return self.app(environ, start_response)  # its error handlers word a 500
             log.warning("api.store_unavailable", detail=type(error).__name__)
-            return store_unavailable(_NOT_ACCEPTED)(environ, start_response)
-        return self._accept(owner.app_id, body, environ)(environ, start_response)
+            response: Response = store_unavailable(_NOT_ACCEPTED)
+        else:
+            response = self._accept(owner.app_id, body, environ)
+        # The Flask app counts the requests it answers; these it never sees.
+        observe("POST", _PATH, response.status_code, time.perf_counter() - started)
+        return response(environ, start_response)
 
     def _accept(self, app_id: str, body: dict[str, Any], environ: dict[str, Any]) -> Response:
         """202 once the message is stored; else a problem that says whether it may be."""
@@ -114,6 +122,7 @@ class FastAccept:
                 return _maybe_accepted(accepted.id)
             log.exception("api.accept_failed")
             return http_exception_to_problem(InternalServerError())
+        ACCEPTED.inc()
         response = cast(Response, self.json.response(accepted.json_answer()))
         response.status_code = 202
         response.headers["Location"] = f"{environ.get('SCRIPT_NAME', '')}{_PATH}/{accepted.id}"

@@ -21,6 +21,7 @@ from producer_api.idempotency import (
     remember,
     remembering,
 )
+from producer_api.metrics import ACCEPTED
 from producer_api.outbound_urls import callback_errors, outbound_policy
 from producer_api.schemas import (
     BatchCreateDocSchema,
@@ -164,6 +165,7 @@ class Messages(MethodView):
             accepted = accept_one(connection, current_app_id(), body)
             location = url_for("messages.message", message_id=accepted.id)
             remember(connection, 202, accepted.json_answer(), {"Location": location})
+        ACCEPTED.inc()
         return accepted.answer(), 202, {"Location": location}
 
 
@@ -220,6 +222,7 @@ class MessageBatch(MethodView):
                 "results": results,
             }
             remember(connection, 200, answer, {})
+        ACCEPTED.inc(len(accepted))
         return jsonify(answer)
 
 

@@ -16,6 +16,7 @@ from flask_socketio import SocketIO
 from producer_api.openapi import document_health
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
+from shared.http_metrics import install_request_metrics
 from shared.notifications import socketio_channel
 from shared.problems import install_problem_handlers
 from shared.runtime import Runtime
@@ -56,6 +57,7 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.extensions[EXTENSION] = runtime
     install_problem_handlers(app)
+    install_request_metrics(app)
 
     socketio = SocketIO()
     manager = ConnectAwareRedisManager(

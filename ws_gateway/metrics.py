@@ -1,4 +1,5 @@
-"""Prometheus metrics of the gateway process (exposed on `GET /metrics`)."""
+"""Prometheus metrics of the gateway process (exposed on `GET /metrics`), beside the request
+metrics every HTTP service has (`shared.http_metrics`)."""
 
 from __future__ import annotations
 
