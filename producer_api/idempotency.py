@@ -111,20 +111,24 @@ def _replay(stored: IdempotencyKey, claim: Claim) -> Response:
 
 class _InFlightLock:
     """redis-py's lock on one key while its first request runs, never waited for. Its Redis
-    calls are best effort: when Redis fails it is taken (the store's primary key still stops
-    a second message), and one never released lapses after `IN_FLIGHT_SECONDS`."""
+    calls are best effort: when Redis fails it counts as taken (the store's primary key still
+    stops a second message), and one never released lapses after `IN_FLIGHT_SECONDS`."""
 
     def __init__(self, redis: BestEffortRedis, name: str) -> None:
         self._redis = redis
         self._lock = redis.client.lock(
             name, timeout=IN_FLIGHT_SECONDS, blocking=False, raise_on_release_error=False
         )
+        self._held = False
 
     def acquire(self) -> bool:
-        return self._redis.call("idempotency locks", lambda _client: self._lock.acquire(), True)
+        taken = self._redis.call("idempotency locks", lambda _client: self._lock.acquire(), None)
+        self._held = bool(taken)
+        return taken is None or self._held
 
     def release(self) -> None:
-        self._redis.call("idempotency locks", lambda _client: self._lock.release(), None)
+        if self._held:
+            self._redis.call("idempotency locks", lambda _client: self._lock.release(), None)
 
 
 def idempotent(view: View) -> View:

@@ -94,6 +94,10 @@ class BestEffortRedis:
             return fallback
         try:
             result = action(self.client)
+        except redis.ResponseError as error:
+            # Redis answered, with an error: a fault of the call, not of Redis.
+            log.warning("redis.call_failed", detail=f"{what}: {error}")
+            return fallback
         except (redis.RedisError, OSError) as error:
             if self.breaker.failed():
                 log.warning(

@@ -14,7 +14,6 @@ from flask.testing import FlaskClient
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import create_app
 from producer_api.rate_limit import Limit, RateLimiter
-from shared.best_effort_redis import Breaker
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.api_process import api_process
@@ -127,26 +126,6 @@ def test_a_hung_redis_holds_up_no_request_and_limits_return_when_it_answers(
             return send(0) == 429
 
         wait_until(limited, 30, "the rate limit to apply again once Redis answers")
-
-
-def test_the_breaker_leaves_redis_alone_for_its_cool_down_then_lets_one_probe_through() -> None:
-    now = [100.0]
-    breaker = Breaker(cool_down=3.0, clock=lambda: now[0])
-    assert breaker.allows()
-    assert breaker.failed() is True
-    assert breaker.failed() is False, "already open: only the first failure opens it"
-    now[0] += 2.9
-    assert not breaker.allows()
-    now[0] += 0.2
-    assert breaker.allows(), "the cool-down is over: one call probes"
-    assert not breaker.allows(), "only one probe at a time"
-    breaker.failed()
-    assert not breaker.allows(), "a failed probe opens it for another cool-down"
-    now[0] += 3.1
-    assert breaker.allows()
-    assert breaker.succeeded() is True
-    assert breaker.allows() and breaker.allows(), "closed again: every call goes through"
-    assert breaker.succeeded() is False
 
 
 def test_apps_get_their_own_limits_from_the_cli(settings: Settings) -> None:
