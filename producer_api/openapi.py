@@ -4,7 +4,8 @@ Views declare their successes (and the odd specific error, e.g. `alt_response(40
 `ProblemResponses` apispec plugin then completes every operation as the spec is built, so each
 blueprint registered on the `Api` (now or later) documents the errors the API really returns:
 
-- every `/v1` operation: 401 (bearer API key) and 429 (rate limit, with `Retry-After`);
+- every `/v1` operation: 401 (bearer API key), 429 (rate limit, with `Retry-After`) and 503
+  (the store cannot be reached, with `Retry-After`);
 - a request body: 400 (not JSON), 413 (over `MAX_BODY_BYTES`, or the view's own limit) and
   422 (invalid);
 - query parameters: 422;
@@ -84,6 +85,18 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
             }
         },
     ),
+    503: (
+        "ServiceUnavailable",
+        "The store cannot be reached right now; retry after `Retry-After` seconds. `detail` "
+        "says whether a write may still have taken effect (a message: under which id).",
+        {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    ),
 }
 
 
@@ -119,7 +132,7 @@ class ProblemResponses(BasePlugin):
     def _complete(self, path: str, operation: dict[str, Any]) -> None:
         operation.setdefault("security", [{SECURITY_SCHEME: []}])
         responses = {str(code): doc for code, doc in operation.get("responses", {}).items()}
-        wanted = {401, 429}
+        wanted = {401, 429, 503}
         if "requestBody" in operation:
             wanted |= {400, 413, 422}
         if any(

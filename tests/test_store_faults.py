@@ -184,3 +184,14 @@ def test_a_message_held_past_the_wait_is_a_503_that_says_whether_it_may_be_accep
             assert shown.status_code == 200
         finally:
             runtime.close()
+
+
+def test_every_v1_operation_documents_the_503(client: Any) -> None:
+    spec = client.get("/openapi.json").get_json()
+    unavailable = spec["components"]["responses"]["ServiceUnavailable"]
+    assert unavailable["headers"]["Retry-After"]["required"]
+    for path, operations in spec["paths"].items():
+        if path.startswith("/v1/"):
+            for method, operation in operations.items():
+                if method != "parameters":
+                    assert "503" in operation["responses"], f"{method.upper()} {path}"
