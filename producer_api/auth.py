@@ -36,7 +36,9 @@ class ApiKeyGate:
     ) -> None:
         self.runtime = runtime
         self.keys = keys or ApiKeyCache()
-        self.failures = failures or FailedAuthLimiter(runtime.redis, runtime.settings.queue_prefix)
+        self.failures = failures or FailedAuthLimiter(
+            runtime.best_effort_redis, runtime.settings.queue_prefix
+        )
         self.limiter = RateLimiter(runtime.best_effort_redis, runtime.settings.queue_prefix)
         self.defaults = Limit(runtime.settings.api_rate_limit, runtime.settings.api_rate_burst)
 

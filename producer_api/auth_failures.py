@@ -9,7 +9,8 @@ address, shared by every API process; each process also remembers for itself whi
 are waiting, so a flood from one of them does not reach Redis either.
 
 Like the rate limiter this is protection, not bookkeeping: when Redis cannot be reached, bad
-keys get their 401 as before (and the outage is logged) rather than anyone being refused.
+keys get their 401 as before rather than anyone being refused: its calls go through
+`shared.best_effort_redis`, so a hung Redis holds no request up either.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import Any
 
-import redis
-import structlog
+from redis import Redis
 
-log = structlog.get_logger(__name__)
+from shared.best_effort_redis import BestEffortRedis
 
 #: Bad keys one address may present per window, and the window.
 FAILURES_PER_WINDOW = 30
 WINDOW_SECONDS = 60.0
-#: How often a Redis outage is logged while it lasts.
-_OUTAGE_LOG_SECONDS = 10.0
 
 # KEYS[1] the address's counter; ARGV[1] the window in ms. Counts one failure and returns
 # {failures in this window, ms until the window ends}.
@@ -45,21 +44,20 @@ class FailedAuthLimiter:
 
     def __init__(
         self,
-        client: redis.Redis,
+        redis: BestEffortRedis,
         prefix: str,
         limit: int = FAILURES_PER_WINDOW,
         window_seconds: float = WINDOW_SECONDS,
         max_waiting: int = 10_000,
     ) -> None:
-        self.client = client
+        self.redis = redis
         self.prefix = prefix
         self.limit = limit
         self.window_seconds = window_seconds
         self.max_waiting = max_waiting
-        self._record = client.register_script(_RECORD)
+        self._record = redis.client.register_script(_RECORD)
         self._waiting: dict[str, float] = {}  # address -> monotonic time its wait ends
         self._lock = threading.Lock()
-        self._last_outage_log = 0.0
 
     def _key(self, address: str) -> str:
         return f"{self.prefix}:authfail:{address}"
@@ -69,14 +67,14 @@ class FailedAuthLimiter:
         waiting = self._remembered(address)
         if waiting is not None:
             return waiting
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.get(self._key(address))
-                pipe.pttl(self._key(address))
-                failures, ttl_ms = pipe.execute()
-        except redis.RedisError as error:
-            self._outage(error)
+        counted = self.redis.call(
+            "failed authentications",
+            lambda client: _count_and_ttl(client, self._key(address)),
+            fallback=None,
+        )
+        if counted is None:
             return None
+        failures, ttl_ms = counted
         if failures is None or int(failures) < self.limit:
             return None
         return self._wait(address, int(ttl_ms))
@@ -87,13 +85,16 @@ class FailedAuthLimiter:
         waiting = self._remembered(address)
         if waiting is not None:
             return waiting
-        try:
-            failures, ttl_ms = self._record(
+        counted = self.redis.call(
+            "failed authentications",
+            lambda _client: self._record(
                 keys=[self._key(address)], args=[math.ceil(self.window_seconds * 1000)]
-            )
-        except redis.RedisError as error:
-            self._outage(error)
+            ),
+            fallback=None,
+        )
+        if counted is None:
             return None
+        failures, ttl_ms = counted
         if int(failures) <= self.limit:
             return None
         return self._wait(address, int(ttl_ms))
@@ -118,8 +119,9 @@ class FailedAuthLimiter:
             self._waiting[address] = time.monotonic() + seconds
         return max(1, math.ceil(seconds))
 
-    def _outage(self, error: redis.RedisError) -> None:
-        now = time.monotonic()
-        if now - self._last_outage_log > _OUTAGE_LOG_SECONDS:
-            self._last_outage_log = now
-            log.warning("auth_failures.unavailable", detail=str(error))
+
+def _count_and_ttl(client: Redis, key: str) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        return pipe.execute()

@@ -22,19 +22,16 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
-import structlog
 from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer_api.api_keys import KNOWN_KEY_SECONDS
 from producer_api.blueprint import fail
+from shared.best_effort_redis import BestEffortRedis
 from shared.models import App
 from shared.runtime import Runtime
 from shared.settings import Settings
-
-log = structlog.get_logger(__name__)
 
 EXTENSION = "omnipush.fanout"
 
@@ -58,7 +55,6 @@ return {granted, 0}
 #: The most recipients one process takes from an app's minute at once, and for how long.
 SHARE_MAX = 1000
 SHARE_SECONDS = 1.0
-_OUTAGE_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,12 +107,12 @@ class _Share:
 class MinuteAllowance:
     """Recipients per app and minute, shared by every API process through Redis."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, redis: BestEffortRedis, prefix: str) -> None:
+        self.redis = redis
         self.prefix = prefix
-        self._script = client.register_script(_MINUTE_ALLOWANCE)
+        self._script = redis.client.register_script(_MINUTE_ALLOWANCE)
         self._shares: dict[str, _Share] = {}
         self._lock = threading.Lock()  # guards the shares only, never held across Redis
-        self._last_outage_log = 0.0
 
     def retry_after(self, app_id: str, recipients: int, limit: int) -> int | None:
         """None when `recipients` more fit in this minute (they are counted), else whole
@@ -128,15 +124,16 @@ class MinuteAllowance:
                 share.recipients -= recipients
                 return None
         wanted = max(recipients, min(SHARE_MAX, limit // 20))
-        try:
-            granted, wait = self._script(
+        answer = self.redis.call(
+            "fan-out limits",
+            lambda _client: self._script(
                 keys=[f"{self.prefix}:fanout:{app_id}"], args=[recipients, wanted, limit]
-            )
-        except redis.RedisError as error:
-            if now - self._last_outage_log > _OUTAGE_LOG_SECONDS:
-                self._last_outage_log = now
-                log.warning("fanout.unavailable", detail=str(error))
+            ),
+            fallback=None,
+        )
+        if answer is None:
             return None
+        granted, wait = answer
         if int(granted) < recipients:
             return max(1, int(wait))
         with self._lock:
@@ -154,7 +151,7 @@ class FanoutGuard:
     def __init__(self, runtime: Runtime, ttl_seconds: float = KNOWN_KEY_SECONDS) -> None:
         self.sessions: sessionmaker[Session] = runtime.sessions
         self.defaults = FanoutLimits.defaults(runtime.settings)
-        self.allowance = MinuteAllowance(runtime.redis, runtime.settings.queue_prefix)
+        self.allowance = MinuteAllowance(runtime.best_effort_redis, runtime.settings.queue_prefix)
         self.ttl_seconds = ttl_seconds
         self._limits: dict[str, tuple[FanoutLimits, float]] = {}
         self._lock = threading.Lock()
