@@ -7,54 +7,18 @@ token; the test fails on any 5xx and on any response the document does not descr
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import pytest
 import schemathesis
 from flask import Flask
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import new_tenant
 from tests.gateway_support import add_items, new_user, token_for
+from tests.openapi_support import CHECKS, generated_cases, load_schema
 from ws_gateway.app import create_app
-
-PROBLEM_JSON = "application/problem+json"
-MAX_EXAMPLES = int(os.environ.get("OPENAPI_TEST_EXAMPLES", "40"))
-DERANDOMIZE = not os.environ.get("OPENAPI_TEST_RANDOM")
-
-
-@schemathesis.check
-def gateway_errors_are_problem_details(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every error is `application/problem+json` with RFC 9457's members and its own status."""
-    if response.status_code < 400:
-        return None
-    content_type = (response.headers.get("content-type") or [""])[0]
-    assert content_type.split(";")[0].strip() == PROBLEM_JSON, content_type
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "detail"} <= set(body), body
-    assert body["status"] == response.status_code, body
-    return True
-
-
-CHECKS = [
-    gateway_errors_are_problem_details,
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
 
 
 def _document() -> dict[str, Any]:
@@ -70,8 +34,7 @@ def _document() -> dict[str, Any]:
         runtime.close()
 
 
-schema = schemathesis.openapi.from_dict(_document())
-schema.config.generation.update(max_examples=MAX_EXAMPLES, database="none")
+schema = load_schema(_document())
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +60,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=DERANDOMIZE,
-)
+@generated_cases()
 def test_the_gateway_does_what_its_openapi_document_says(
     case: Any, gateway_app: Flask, browser_headers: dict[str, str]
 ) -> None:

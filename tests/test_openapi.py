@@ -8,8 +8,6 @@ describe.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -19,52 +17,14 @@ import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import MAX_BODY_BYTES, create_app
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import bearer
+from tests.openapi_support import CHECKS, PROBLEM_JSON, generated_cases, load_schema
 
-PROBLEM_JSON = "application/problem+json"
-#: Generated cases per operation and generation mode: enough to find the classic bugs (NUL bytes,
-#: odd Unicode, boundary lengths, wrong types), small enough for the file to run in about a minute.
-#: `OPENAPI_TEST_EXAMPLES=500 OPENAPI_TEST_RANDOM=1 pytest tests/test_openapi.py` digs deeper.
-MAX_EXAMPLES = int(os.environ.get("OPENAPI_TEST_EXAMPLES", "40"))
-#: CI runs the same cases every time (a failure is reproducible and not someone else's surprise).
-DERANDOMIZE = not os.environ.get("OPENAPI_TEST_RANDOM")
-
-
-@schemathesis.check
-def errors_are_problem_details(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every error is `application/problem+json` (schemathesis would accept any `+json`) with the
-    members of RFC 9457 and the response's own status."""
-    if response.status_code < 400:
-        return None
-    content_type = (response.headers.get("content-type") or [""])[0]
-    assert content_type.split(";")[0].strip() == PROBLEM_JSON, content_type
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "detail"} <= set(body), body
-    assert body["status"] == response.status_code, body
-    return True
-
-
-CHECKS = [
-    errors_are_problem_details,
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
 
@@ -90,19 +50,11 @@ def _document() -> dict[str, Any]:
         runtime.close()
 
 
-schema = schemathesis.openapi.from_dict(_document())
-schema.config.generation.update(max_examples=MAX_EXAMPLES, database="none")
+schema = load_schema(_document())
 
 
 @schema.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    # One tenant per operation is meant (function_scoped_fixture), and slow or filtered data
-    # generation is schemathesis's business, not a defect of the API.
-    suppress_health_check=list(HealthCheck),
-    derandomize=DERANDOMIZE,
-)
+@generated_cases()
 def test_the_api_does_what_its_openapi_document_says(
     case: Any, api_app: Flask, tenant: NewApp
 ) -> None:
