@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.ids import new_id, utcnow
 from shared.models import ApiKey, App
+from shared.store_retry import retry_once_on_disconnect
 
 KEY_PREFIX = "op_"
 #: How many of a key's first characters are kept in the clear, to tell keys apart by.
@@ -261,8 +262,12 @@ class ApiKeyCache:
 
     def look_up(self, session_factory: SessionFactory, digest: str) -> KeyOwner | None:
         """Ask the store who owns the key with this hash, and remember the answer."""
-        with session_factory() as session:
-            owner = _owner_of(session, digest)
+
+        def read() -> KeyOwner | None:
+            with session_factory() as session:
+                return _owner_of(session, digest)
+
+        owner = retry_once_on_disconnect(read)
         now = time.monotonic()
         with self._lock:
             (self._valid if owner is not None else self._invalid).put(digest, Known(owner), now)

@@ -21,6 +21,7 @@ from shared.outbound import OutboundPolicy, Resolver, system_resolver
 from shared.problems import http_exception_to_problem, install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.store_retry import retry_reads_once_on_disconnect
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -78,4 +79,5 @@ def create_app(
     api.register_blueprint(templates.blp)
     app.register_blueprint(health_blueprint(("store", "broker", "redis")))
     document_health(app, api.spec)
+    retry_reads_once_on_disconnect(app)
     return app

@@ -4,7 +4,8 @@ After PostgreSQL restarts, every connection in a pool is dead, and the first sta
 fails with a disconnect error. SQLAlchemy then invalidates the whole pool, so a second attempt
 checks out a fresh connection and succeeds. Engines deliberately have no pre-ping (it would cost
 a round trip on every checkout of the hot paths, see shared/db.py); services whose work is not
-retried as a batch anyway (the gateway's replay, inbox REST, ack and read) wrap it in this.
+retried as a batch anyway (the gateway's replay, inbox REST, ack and read, the API's key look-up
+and its GET views) wrap it in this.
 
 The work must open its own session or connection, so that the retry gets a new one, and must be
 safe to run twice: a read, or a transaction whose statements are conditional on the current
@@ -13,10 +14,12 @@ state (an ack or a read of a delivery changes it only once, however often it run
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
+from flask import Flask, request
 from sqlalchemy.exc import DBAPIError
 
 log = structlog.get_logger(__name__)
@@ -33,3 +36,20 @@ def retry_once_on_disconnect(work: Callable[[], T]) -> T:
             raise
         log.info("store.reconnecting", detail=str(error.orig).splitlines()[0] if error.orig else "")
     return work()
+
+
+def retry_reads_once_on_disconnect(app: Flask) -> None:
+    """Every GET (and HEAD) view of `app`, so far registered, runs again once if the store
+    connection it used was dead: a read is safe to repeat, and the view opens its own session."""
+    for endpoint, view in list(app.view_functions.items()):
+        app.view_functions[endpoint] = _read_retried(view)
+
+
+def _read_retried(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def retried(*args: Any, **kwargs: Any) -> Any:
+        if request.method not in ("GET", "HEAD"):
+            return view(*args, **kwargs)
+        return retry_once_on_disconnect(lambda: view(*args, **kwargs))
+
+    return retried

@@ -152,6 +152,22 @@ def test_requests_while_postgresql_restarts_are_503s_with_retry_after(
     assert "Traceback" not in api.service.output()
 
 
+def test_reads_right_after_a_postgresql_restart_are_answered_not_refused(
+    proxied_store: tuple[FaultProxy, ApiProcess], runtime: Runtime
+) -> None:
+    proxy, api = proxied_store
+    known = new_tenant(runtime)
+    assert {r.status_code for r in send_all(api, known).values()} <= {200, 202}
+    # The restart is over as the next requests come: every pooled connection is dead, and a
+    # read that meets one is tried again on a fresh connection rather than answered 503.
+    proxy.drop()
+    unseen = new_tenant(runtime)  # its key's look-up is the first read of the store
+    listed = httpx.get(f"{api.url}/v1/messages", headers=bearer(unseen), timeout=30)
+    assert listed.status_code == 200, listed.text
+    again = httpx.get(f"{api.url}/v1/messages", headers=bearer(known), timeout=30)
+    assert again.status_code == 200, again.text
+
+
 def test_a_message_held_past_the_wait_is_a_503_that_says_whether_it_may_be_accepted() -> None:
     with isolated_settings() as settings:
         runtime = Runtime.build(settings)
