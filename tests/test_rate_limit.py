@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -161,4 +162,6 @@ def test_bad_limits_are_clear_cli_errors(settings: Settings, args: list[str], me
 
 def test_a_bad_default_limit_in_the_environment_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="OMNIPUSH_API_RATE_LIMIT must be a positive float"):
-        Settings.from_env({"OMNIPUSH_API_RATE_LIMIT": "lots", "OMNIPUSH_SECRET_KEY": "s"})
+        Settings.from_env(
+            {"OMNIPUSH_API_RATE_LIMIT": "lots", "OMNIPUSH_SECRET_KEY": secrets.token_urlsafe(32)}
+        )
