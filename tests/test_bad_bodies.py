@@ -41,14 +41,14 @@ ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def server(settings: Settings) -> Iterator[ApiProcess]:
-    with api_process(settings) as running:
+def server(inprocess_settings: Settings) -> Iterator[ApiProcess]:
+    with api_process(inprocess_settings) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def sender(runtime: Runtime) -> NewApp:
-    return new_tenant(runtime)
+def sender(inprocess_runtime: Runtime) -> NewApp:
+    return new_tenant(inprocess_runtime)
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
