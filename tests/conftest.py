@@ -28,7 +28,7 @@ from shared.amqp.topology import Topology
 from shared.migrate import upgrade
 from shared.runtime import Runtime
 from shared.settings import Settings
-from tests.holding_proxy import HoldingProxy, amqp_frames
+from tests.fault_proxy import FaultProxy, amqp_frames
 from tests.offline_dns import offline_resolver
 from tests.stack import Stack, free_port
 
@@ -162,18 +162,17 @@ def isolated_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def broker_proxy() -> Iterator[HoldingProxy]:
+def broker_proxy() -> Iterator[FaultProxy]:
     """A proxy in front of RabbitMQ that can withhold the broker's publisher confirms."""
-    proxy = HoldingProxy(AMQP_PORT, framing=amqp_frames)
-    yield proxy
-    proxy.close()
+    with FaultProxy("127.0.0.1", AMQP_PORT, framing=amqp_frames) as proxy:
+        yield proxy
 
 
-def amqp_url_via(proxy: HoldingProxy) -> str:
+def amqp_url_via(proxy: FaultProxy) -> str:
     return f"amqp://guest:guest@{proxy.address}/%2F"
 
 
-def redis_url_via(proxy: HoldingProxy) -> str:
+def redis_url_via(proxy: FaultProxy) -> str:
     return f"redis://{proxy.address}/0"
 
 

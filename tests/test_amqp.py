@@ -14,7 +14,7 @@ from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing, PublishError
 from shared.amqp.topology import Topology, channel_key
 from tests.conftest import AMQP_URL, amqp_url_via, queue_depth, queue_prefix
-from tests.holding_proxy import HoldingProxy, is_publisher_confirm
+from tests.fault_proxy import FaultProxy, is_publisher_confirm
 from tests.stack import wait_until
 
 
@@ -59,12 +59,12 @@ def test_many_publishes_are_all_confirmed_and_queued(link: AmqpLink, topology: T
 
 
 def test_a_window_of_publishes_is_in_flight_before_any_confirm(
-    broker_proxy: HoldingProxy, topology: Topology
+    broker_proxy: FaultProxy, topology: Topology
 ) -> None:
     # With every confirm withheld, a publisher waiting for one confirm per message would put
     # one message in the queue; this one puts a whole window there, then waits for room.
     window = 100
-    broker_proxy.hold(from_piece=is_publisher_confirm)
+    broker_proxy.withhold_replies(from_piece=is_publisher_confirm)
     held = AmqpLink(amqp_url_via(broker_proxy), topology, window=window)
     held.start()
     publisher = threading.Thread(

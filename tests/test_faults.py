@@ -34,9 +34,9 @@ from tests.conftest import (
     redis_url_via,
     service_env,
 )
-from tests.holding_proxy import (
+from tests.fault_proxy import (
+    FaultProxy,
     Framing,
-    HoldingProxy,
     amqp_frames,
     is_publisher_confirm,
     whole_chunks,
@@ -123,7 +123,7 @@ class Scene:
 
 #: Each victim: the port its proxy stands in front of, how the proxy splits what comes back,
 #: and the variable that sends the victim through the proxy.
-VICTIMS: dict[str, tuple[int, Framing, str, Callable[[HoldingProxy], str]]] = {
+VICTIMS: dict[str, tuple[int, Framing, str, Callable[[FaultProxy], str]]] = {
     "relay": (AMQP_PORT, amqp_frames, "OMNIPUSH_AMQP_URL", amqp_url_via),
     "dispatcher": (AMQP_PORT, amqp_frames, "OMNIPUSH_AMQP_URL", amqp_url_via),
     "worker-web": (REDIS_PORT, whole_chunks, "OMNIPUSH_REDIS_URL", redis_url_via),
@@ -136,14 +136,14 @@ class CrashStack:
 
     stack: Stack
     runtime: Runtime
-    proxies: dict[str, HoldingProxy] = field(default_factory=dict)
+    proxies: dict[str, FaultProxy] = field(default_factory=dict)
 
     def through_new_proxy(self, victim: str) -> dict[str, str]:
         """The environment that sends `victim` through a new proxy (which replaces its last)."""
         port, framing, variable, url_via = VICTIMS[victim]
         if victim in self.proxies:
             self.proxies[victim].close()
-        self.proxies[victim] = HoldingProxy(port, framing=framing)
+        self.proxies[victim] = FaultProxy("127.0.0.1", port, framing=framing).start()
         return {variable: url_via(self.proxies[victim])}
 
     def start_again(self, name: str) -> None:
@@ -210,7 +210,7 @@ def locked_rows(runtime: Runtime, row_ids: set[int]) -> set[int]:
 def test_a_relay_killed_before_the_broker_confirmed_its_rows_leaves_them_to_the_next_relay(
     crash_stack: CrashStack, scene: Scene
 ) -> None:
-    crash_stack.proxies["relay"].hold(from_piece=is_publisher_confirm)
+    crash_stack.proxies["relay"].withhold_replies(from_piece=is_publisher_confirm)
     message_ids = scene.post(MESSAGES, "relayed")
     # Published (the dispatcher and worker passed them on), but never confirmed to the relay.
     scene.browser.wait_for(MESSAGES)
@@ -233,7 +233,7 @@ def test_a_relay_killed_before_the_broker_confirmed_its_rows_leaves_them_to_the_
 def test_a_dispatcher_killed_before_acking_a_dispatched_batch_adds_nothing_the_second_time(
     crash_stack: CrashStack, scene: Scene
 ) -> None:
-    crash_stack.proxies["dispatcher"].hold(from_piece=is_publisher_confirm)
+    crash_stack.proxies["dispatcher"].withhold_replies(from_piece=is_publisher_confirm)
     message_ids = scene.post(MESSAGES, "dispatched")
     # A first batch is written and published (the browser has some of it), never confirmed.
     scene.browser.wait_for(1)
@@ -252,7 +252,9 @@ def test_a_dispatcher_killed_before_acking_a_dispatched_batch_adds_nothing_the_s
 def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_worker_sends(
     crash_stack: CrashStack, scene: Scene
 ) -> None:
-    crash_stack.proxies["worker-web"].hold()  # the web channel's emit never gets its answer
+    crash_stack.proxies[
+        "worker-web"
+    ].withhold_replies()  # the web channel's emit never gets its answer
     message_ids = scene.post(MESSAGES, "claimed")
     wait_until(lambda: scene.statuses()["sending"], 15, "the worker to claim deliveries")
     scene.stack.services["worker-web"].freeze()
