@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import schemathesis
+from flask import Flask
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -22,6 +23,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
+
+from shared.runtime import Runtime
+from shared.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
 #: Generated cases per operation and generation mode: enough to find the classic bugs (NUL bytes,
@@ -73,3 +77,17 @@ def generated_cases() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         suppress_health_check=list(HealthCheck),
         derandomize=DERANDOMIZE,
     )
+
+
+def offline_document(create_app: Callable[..., Flask]) -> dict[str, Any]:
+    """The OpenAPI document of the app that `create_app` builds, on settings that connect to
+    nothing (only its routes are read): schemathesis needs it at collection time."""
+    offline = Settings(database_url="sqlite://", secret_key="openapi-only")
+    runtime = Runtime.build(offline)
+    try:
+        response = create_app(offline, runtime=runtime).test_client().get("/openapi.json")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        document: dict[str, Any] = response.get_json()
+        return document
+    finally:
+        runtime.close()

@@ -14,27 +14,12 @@ import schemathesis
 from flask import Flask
 
 from shared.runtime import Runtime
-from shared.settings import Settings
 from tests.conftest import new_tenant
 from tests.gateway_support import add_items, new_user, token_for
-from tests.openapi_support import CHECKS, generated_cases, load_schema
+from tests.openapi_support import CHECKS, generated_cases, load_schema, offline_document
 from ws_gateway.app import create_app
 
-
-def _document() -> dict[str, Any]:
-    """The gateway's document, built at collection time from an app that connects to nothing."""
-    offline = Settings(database_url="sqlite://", secret_key="openapi-only")
-    runtime = Runtime.build(offline)
-    try:
-        response = create_app(offline, runtime=runtime).test_client().get("/openapi.json")
-        assert response.status_code == 200, response.get_data(as_text=True)
-        document: dict[str, Any] = response.get_json()
-        return document
-    finally:
-        runtime.close()
-
-
-schema = load_schema(_document())
+schema = load_schema(offline_document(create_app))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +39,7 @@ def browser_headers(inprocess_runtime: Runtime) -> dict[str, str]:
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
-    document = _document()
+    document = offline_document(create_app)
     assert document["openapi"].startswith("3.1.")
     schemathesis.openapi.from_dict(document).validate()
 

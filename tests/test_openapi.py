@@ -21,9 +21,14 @@ from flask.testing import FlaskClient
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import MAX_BODY_BYTES, create_app
 from shared.runtime import Runtime
-from shared.settings import Settings
 from tests.conftest import bearer
-from tests.openapi_support import CHECKS, PROBLEM_JSON, generated_cases, load_schema
+from tests.openapi_support import (
+    CHECKS,
+    PROBLEM_JSON,
+    generated_cases,
+    load_schema,
+    offline_document,
+)
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -36,21 +41,7 @@ def spec(api_app: Flask) -> dict[str, Any]:
     return document
 
 
-def _document() -> dict[str, Any]:
-    """The app's OpenAPI document, built at collection time (one test per operation needs it
-    then): an app on settings that connect to nothing, since only its routes are read."""
-    offline = Settings(database_url="sqlite://", secret_key="openapi-only")
-    runtime = Runtime.build(offline)
-    try:
-        response = create_app(offline, runtime=runtime).test_client().get("/openapi.json")
-        assert response.status_code == 200, response.get_data(as_text=True)
-        document: dict[str, Any] = response.get_json()
-        return document
-    finally:
-        runtime.close()
-
-
-schema = load_schema(_document())
+schema = load_schema(offline_document(create_app))
 
 
 @schema.parametrize()
