@@ -80,11 +80,15 @@ def hash_api_key(api_key: str) -> str:
 
 @dataclass(frozen=True)
 class KeyOwner:
-    """The app an API key belongs to, with its own rate limit if it has one."""
+    """The app an API key belongs to, with its own rate and fan-out limits where it has them
+    (None: the defaults)."""
 
     app_id: str
     rate_limit: float | None = None
     rate_burst: int | None = None
+    max_recipients_per_request: int | None = None
+    max_recipients_per_minute: int | None = None
+    max_topic_subscribers: int | None = None
 
 
 def check_limit(rate_limit: float | None, rate_burst: int | None) -> None:
@@ -190,7 +194,14 @@ def key_owner(session: Session, api_key: str) -> KeyOwner | None:
 
 def _owner_of(session: Session, digest: str) -> KeyOwner | None:
     row = session.execute(
-        select(App.id, App.rate_limit, App.rate_burst)
+        select(
+            App.id,
+            App.rate_limit,
+            App.rate_burst,
+            App.max_recipients_per_request,
+            App.max_recipients_per_minute,
+            App.max_topic_subscribers,
+        )
         .join(ApiKey, ApiKey.app_id == App.id)
         .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()

@@ -104,10 +104,15 @@ def install_api_key_auth(app: Flask, gate: ApiKeyGate) -> None:
     @app.before_request
     def authenticate() -> None:
         if request.path.startswith("/v1/"):
-            g.app_id = gate.admit(request.environ).app_id
+            g.key_owner = gate.admit(request.environ)
+
+
+def current_key_owner() -> KeyOwner:
+    """The app the current request authenticated as, with its own limits."""
+    owner: KeyOwner = g.key_owner
+    return owner
 
 
 def current_app_id() -> str:
     """The app the current request authenticated as."""
-    app_id: str = g.app_id
-    return app_id
+    return current_key_owner().app_id

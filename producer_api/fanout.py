@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, current_app
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from producer_api.api_keys import KNOWN_KEY_SECONDS
+from producer_api.api_keys import KeyOwner
 from producer_api.blueprint import fail
 from shared.best_effort_redis import BestEffortRedis
 from shared.models import App
@@ -144,46 +143,27 @@ class MinuteAllowance:
 class FanoutGuard:
     """Holds each request to its app's fan-out limits; see the module docstring.
 
-    An app's own limits are read from the store at most every `ttl_seconds`, so a change made
-    with `omnipush apps limit` reaches running APIs as soon as a changed rate limit does.
+    An app's own limits come with its API key's owner (`KeyOwner`), read in the same look-up
+    and cached as long, so a change made with `omnipush apps limit` reaches running APIs as
+    soon as a changed rate limit does.
     """
 
-    def __init__(self, runtime: Runtime, ttl_seconds: float = KNOWN_KEY_SECONDS) -> None:
-        self.sessions: sessionmaker[Session] = runtime.sessions
+    def __init__(self, runtime: Runtime) -> None:
         self.defaults = FanoutLimits.defaults(runtime.settings)
         self.allowance = MinuteAllowance(runtime.best_effort_redis, runtime.settings.queue_prefix)
-        self.ttl_seconds = ttl_seconds
-        self._limits: dict[str, tuple[FanoutLimits, float]] = {}
-        self._lock = threading.Lock()
 
-    def limits(self, app_id: str) -> FanoutLimits:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._limits.get(app_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        with self.sessions() as session:
-            row = session.execute(
-                select(
-                    App.max_recipients_per_request,
-                    App.max_recipients_per_minute,
-                    App.max_topic_subscribers,
-                ).where(App.id == app_id)
-            ).first()
-        own = tuple(row) if row is not None else (None, None, None)
-        limits = FanoutLimits(
-            own[0] or self.defaults.per_request,
-            own[1] or self.defaults.per_minute,
-            own[2] or self.defaults.topic_subscribers,
+    def limits(self, owner: KeyOwner) -> FanoutLimits:
+        return FanoutLimits(
+            owner.max_recipients_per_request or self.defaults.per_request,
+            owner.max_recipients_per_minute or self.defaults.per_minute,
+            owner.max_topic_subscribers or self.defaults.topic_subscribers,
         )
-        with self._lock:
-            self._limits[app_id] = (limits, now + self.ttl_seconds)
-        return limits
 
-    def admit(self, app_id: str, recipients: int, field: str = "to") -> None:
+    def admit(self, owner: KeyOwner, recipients: int, field: str = "to") -> None:
         """Count a request's recipients against its app's limits, or refuse it (422 naming
         `field`, or 429)."""
-        limits = self.limits(app_id)
+        limits = self.limits(owner)
+        app_id = owner.app_id
         for limit, per in ((limits.per_request, "request"), (limits.per_minute, "minute")):
             if recipients > limit:
                 refused = (
@@ -200,9 +180,9 @@ class FanoutGuard:
                 headers={"Retry-After": str(wait)},
             )
 
-    def admit_subscribers(self, app_id: str, topic: str, subscribers: int) -> None:
+    def admit_subscribers(self, owner: KeyOwner, topic: str, subscribers: int) -> None:
         """Refuse (422) a topic that would have more subscribers than its app allows."""
-        limit = self.limits(app_id).topic_subscribers
+        limit = self.limits(owner).topic_subscribers
         if subscribers > limit:
             refused = (
                 f"Topic {topic} would have {subscribers} subscribers, over this app's limit "

@@ -26,6 +26,7 @@ from werkzeug.wrappers import Response
 
 from channels.registry import channel_names
 from producer_api import intake
+from producer_api.api_keys import KeyOwner
 from producer_api.auth import ApiKeyGate
 from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.fanout import FanoutGuard
@@ -93,16 +94,16 @@ class FastAccept:
             log.warning("api.store_unavailable", detail=type(error).__name__)
             response: Response = store_unavailable(_NOT_ACCEPTED)
         else:
-            response = self._accept(owner.app_id, body, environ)
+            response = self._accept(owner, body, environ)
         # The Flask app counts the requests it answers; these it never sees.
         observe("POST", _PATH, response.status_code, time.perf_counter() - started)
         return response(environ, start_response)
 
-    def _accept(self, app_id: str, body: dict[str, Any], environ: dict[str, Any]) -> Response:
+    def _accept(self, owner: KeyOwner, body: dict[str, Any], environ: dict[str, Any]) -> Response:
         """202 once the message is stored; else a problem that says whether it may be."""
         try:
-            accepted = intake.accept_plain(app_id, body)
-            self.fanout.admit(app_id, accepted.recipients)
+            accepted = intake.accept_plain(owner.app_id, body)
+            self.fanout.admit(owner, accepted.recipients)
         except HTTPException as refused:
             return http_exception_to_problem(refused)
         try:

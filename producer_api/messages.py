@@ -11,7 +11,7 @@ from marshmallow import ValidationError
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from producer_api import intake
-from producer_api.auth import current_app_id
+from producer_api.auth import current_app_id, current_key_owner
 from producer_api.blueprint import Blueprint, fail
 from producer_api.fanout import fanout_guard
 from producer_api.idempotency import (
@@ -106,7 +106,7 @@ def accept_one(connection: Connection, app_id: str, body: dict[str, Any]) -> int
     (result,) = intake.resolve(connection, app_id, [body])
     if isinstance(result, intake.Rejected):
         fail(422, result.detail, errors=result.errors)
-    fanout_guard().admit(app_id, result.recipients)
+    fanout_guard().admit(current_key_owner(), result.recipients)
     intake.store(connection, [result])
     return result
 
@@ -206,7 +206,9 @@ class MessageBatch(MethodView):
         with runtime_of().engine.begin() as connection:
             resolved = intake.resolve(connection, app_id, [item for _index, item in valid])
             accepted = [r for r in resolved if isinstance(r, intake.Accepted)]
-            fanout_guard().admit(app_id, sum(a.recipients for a in accepted), "messages")
+            fanout_guard().admit(
+                current_key_owner(), sum(a.recipients for a in accepted), "messages"
+            )
             intake.store(connection, accepted)
             for (index, _item), result in zip(valid, resolved, strict=True):
                 if isinstance(result, intake.Rejected):

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Connection, delete, func, select
 
-from producer_api.auth import current_app_id
+from producer_api.auth import current_app_id, current_key_owner
 from producer_api.blueprint import Blueprint, fail
 from producer_api.fanout import fanout_guard
 from producer_api.fields import StrictSchema
@@ -196,7 +196,9 @@ class Subscribers(MethodView):
                 ],
             ).all()
             if added:
-                fanout_guard().admit_subscribers(app_id, key, _subscribers(connection, app_id, key))
+                fanout_guard().admit_subscribers(
+                    current_key_owner(), key, _subscribers(connection, app_id, key)
+                )
         return {"subscribed": len(added)}
 
     @blp.arguments(PageQuery(), location="query")
