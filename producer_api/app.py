@@ -12,11 +12,12 @@ from producer_api.auth import ApiKeyGate, install_api_key_auth
 from producer_api.chunked_body import ChunkedBody
 from producer_api.fanout import FanoutGuard, install_fanout_guard
 from producer_api.fast_accept import FastAccept
-from producer_api.openapi import ProblemResponses, ProblemSchema, document_health
+from producer_api.openapi import ProblemResponses
 from producer_api.outbound_urls import install_outbound_policy
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
 from shared.http_metrics import install_request_metrics
+from shared.openapi import ProblemSchema, docs_config, document_health
 from shared.outbound import OutboundPolicy, Resolver, system_resolver
 from shared.problems import http_exception_to_problem, install_problem_handlers
 from shared.runtime import Runtime
@@ -49,15 +50,8 @@ def create_app(
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        API_TITLE="omnipush",
-        API_VERSION="v1",
-        OPENAPI_VERSION="3.1.0",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        # Swagger UI from swagger-ui-dist, committed in static/swagger-ui (`make vendor`).
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="/static/swagger-ui/",
-        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "deepLinking": True},
+        # Swagger UI from this package's own static folder.
+        **docs_config("omnipush", swagger_ui_url="/static/swagger-ui/"),
     )
     app.extensions[EXTENSION] = runtime
     install_outbound_policy(app, OutboundPolicy(runtime.settings.outbound_allow, resolver))

@@ -16,8 +16,8 @@ from werkzeug.exceptions import HTTPException
 
 from producer_api.api_keys import ApiKeyCache, KeyOwner, hash_api_key
 from producer_api.auth_failures import FailedAuthLimiter
-from producer_api.blueprint import fail
 from producer_api.rate_limit import Limit, RateLimiter
+from shared.blueprint import fail
 from shared.runtime import Runtime
 
 #: Where a request's WSGI environ keeps the gate's answer: the accept path and the Flask app may

@@ -26,8 +26,8 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from producer_api.api_keys import KeyOwner
-from producer_api.blueprint import fail
 from shared.best_effort_redis import BestEffortRedis
+from shared.blueprint import fail
 from shared.models import App
 from shared.runtime import Runtime
 from shared.settings import Settings

@@ -28,12 +28,12 @@ from channels.registry import channel_names
 from producer_api import intake
 from producer_api.api_keys import KeyOwner
 from producer_api.auth import ApiKeyGate
-from producer_api.blueprint import may_hold_unstorable, unstorable
 from producer_api.fanout import FanoutGuard
 from producer_api.group_commit import GroupCommitter, StoreTimeout
 from producer_api.metrics import ACCEPTED
 from producer_api.quick_check import quick_load
 from shared import json_body
+from shared.blueprint import may_hold_unstorable, unstorable
 from shared.http_metrics import observe
 from shared.problems import http_exception_to_problem, store_unavailable
 from shared.runtime import Runtime

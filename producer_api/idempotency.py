@@ -25,9 +25,9 @@ from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import fail
 from shared import json_body
 from shared.best_effort_redis import BestEffortRedis
+from shared.blueprint import fail
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import IdempotencyKey, table_of

@@ -12,7 +12,6 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from producer_api import intake
 from producer_api.auth import current_app_id, current_key_owner
-from producer_api.blueprint import Blueprint, fail
 from producer_api.fanout import fanout_guard
 from producer_api.idempotency import (
     HEADER_DOC,
@@ -33,6 +32,7 @@ from producer_api.schemas import (
     MessagePageSchema,
     MessageSchema,
 )
+from shared.blueprint import Blueprint, fail
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Message, OutboxEntry, table_of

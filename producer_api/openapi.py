@@ -17,42 +17,14 @@ Every error is `application/problem+json` with the `Problem` schema (see shared/
 from __future__ import annotations
 
 import http
-from collections.abc import Mapping
 from typing import Any
 
 from apispec import APISpec, BasePlugin
-from flask import Flask
-from marshmallow import INCLUDE, Schema, fields, validate
 
-PROBLEM_JSON = "application/problem+json"
+from shared.openapi import PROBLEM_JSON, ProblemSchema, problem_response
+
 SECURITY_SCHEME = "apiKey"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-
-
-class ProblemSchema(Schema):
-    """RFC 9457 problem details, the body of every error response."""
-
-    class Meta:
-        # Problem details may carry extension members (RFC 9457 section 3.2).
-        unknown = INCLUDE
-
-    type = fields.String(
-        required=True,
-        metadata={"format": "uri", "description": "Identifies the kind of problem."},
-    )
-    title = fields.String(required=True, metadata={"description": "The HTTP status phrase."})
-    status = fields.Integer(
-        required=True,
-        validate=validate.Range(min=400, max=599),
-        metadata={"description": "The HTTP status code, repeated."},
-    )
-    detail = fields.String(required=True, metadata={"description": "What went wrong, for humans."})
-    errors = fields.Dict(
-        keys=fields.String(),
-        values=fields.List(fields.String()),
-        metadata={"description": "Per field (dotted path, e.g. `to.0.user_id`): its messages."},
-    )
 
 
 #: The error responses of the document, by status code: (component name, description, headers).
@@ -100,16 +72,6 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def _problem_response(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {PROBLEM_JSON: {"schema": dict(PROBLEM_REF)}},
-    }
-    if headers:
-        response["headers"] = {name: dict(header) for name, header in headers.items()}
-    return response
-
-
 class ProblemResponses(BasePlugin):
     """Completes each operation's error responses and security as it is added to the spec."""
 
@@ -118,7 +80,7 @@ class ProblemResponses(BasePlugin):
         # flask-smorest's own references to `Api.ERROR_SCHEMA` resolve to this component too.
         spec.components.schema("Problem", schema=ProblemSchema)
         for name, description, headers in ERRORS.values():
-            spec.components.response(name, _problem_response(description, headers), lazy=True)
+            spec.components.response(name, problem_response(description, headers), lazy=True)
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
@@ -154,11 +116,11 @@ def _as_problem(status: int, response: Any) -> Any:
     name, description, headers = ERRORS.get(status, ("", _phrase(status), {}))
     if isinstance(response, str):
         # A component name: ours, or flask-smorest's (e.g. "UNPROCESSABLE_ENTITY"), replaced.
-        return response if response == name else name or _problem_response(description)
+        return response if response == name else name or problem_response(description)
     if not isinstance(response, dict) or "$ref" in response:
         return response
     # A view's own, e.g. `alt_response(404, description=...)`: keep its words, add the body.
-    documented = _problem_response(response.get("description") or description, headers)
+    documented = problem_response(response.get("description") or description, headers)
     if PROBLEM_JSON in response.get("content", {}):
         documented["content"][PROBLEM_JSON] = response["content"][PROBLEM_JSON]
     if response.get("headers"):
@@ -171,51 +133,3 @@ def _phrase(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Error"
-
-
-def document_health(app: Flask, spec: APISpec) -> None:
-    """Add `/healthz`, `/readyz` and `/metrics` (no API key) to the spec."""
-    no_key: list[dict[str, list[str]]] = []
-    ok = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
-    checks = {
-        "type": "object",
-        "description": "Each dependency: `ok`, or why it is not.",
-        "additionalProperties": {"type": "string"},
-    }
-    ready = {
-        "type": "object",
-        "properties": {"status": {"const": "ready"}, "checks": checks},
-        "required": ["status", "checks"],
-    }
-    not_ready = _problem_response("A dependency cannot be reached; `checks` says which.")
-    operations = {
-        "health.healthz": {
-            "summary": "The process is alive and serving.",
-            "responses": {
-                "200": {"description": "Alive", "content": {"application/json": {"schema": ok}}}
-            },
-        },
-        "health.readyz": {
-            "summary": "Every dependency of this service is reachable.",
-            "responses": {
-                "200": {"description": "Ready", "content": {"application/json": {"schema": ready}}},
-                "503": not_ready,
-            },
-        },
-        "health.metrics": {
-            "summary": "Prometheus metrics of this process.",
-            "responses": {
-                "200": {
-                    "description": "Prometheus text exposition format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        },
-    }
-    for endpoint, operation in operations.items():
-        rule = next(app.url_map.iter_rules(endpoint))
-        spec.path(
-            rule=rule,
-            operations={"get": {**operation, "tags": ["operations"], "security": no_key}},
-        )
-    spec.tag({"name": "operations", "description": "Health and metrics (no API key)"})

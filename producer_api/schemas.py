@@ -9,10 +9,10 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from channels.registry import channel_names, channels_reaching
 from producer_api.fields import PhoneNumber, StrictSchema
-from producer_api.openapi import ProblemSchema
 from producer_api.quick_check import quick_load
 from producer_api.vocabulary import CATEGORIES, MAX_RECIPIENTS, PRIORITIES
 from shared.ids import utcnow
+from shared.openapi import ProblemSchema
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 #: The kinds of a `to` entry; the address kinds need a channel that reaches bare addresses.

@@ -9,7 +9,6 @@ from marshmallow import Schema, fields
 from sqlalchemy import Connection, delete, select
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import Blueprint, fail
 from producer_api.paging import PageQuery, cut_page, paged
 from producer_api.rendering import Unrenderable, render_message
 from producer_api.template_schemas import (
@@ -18,6 +17,7 @@ from producer_api.template_schemas import (
     TemplateBodySchema,
     TemplateSchema,
 )
+from shared.blueprint import Blueprint, fail
 from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow

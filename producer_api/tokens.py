@@ -7,8 +7,8 @@ from typing import Any
 from flask.views import MethodView
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import Blueprint, fail
 from producer_api.schemas import TokenRequestSchema, TokenSchema
+from shared.blueprint import Blueprint, fail
 from shared.flask_runtime import runtime_of
 from shared.tokens import mint_browser_token
 

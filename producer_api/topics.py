@@ -10,10 +10,10 @@ from marshmallow import Schema, fields, validate
 from sqlalchemy import Connection, delete, func, select
 
 from producer_api.auth import current_app_id, current_key_owner
-from producer_api.blueprint import Blueprint, fail
 from producer_api.fanout import fanout_guard
 from producer_api.fields import StrictSchema
 from producer_api.paging import PageQuery, cut_page, paged
+from shared.blueprint import Blueprint, fail
 from shared.db import insert_for
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow

@@ -10,10 +10,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from producer_api.auth import current_app_id
-from producer_api.blueprint import Blueprint, fail
 from producer_api.outbound_urls import endpoint_errors, outbound_policy
 from producer_api.paging import PageQuery, cut_page, paged
 from producer_api.user_schemas import UserBodySchema, UserSchema
+from shared.blueprint import Blueprint, fail
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.masking import mask_address

@@ -13,11 +13,11 @@ import sys
 from flask import Flask
 from flask_socketio import SocketIO
 
-from producer_api.openapi import document_health
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
 from shared.http_metrics import install_request_metrics
 from shared.notifications import socketio_channel
+from shared.openapi import document_health
 from shared.problems import install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings

@@ -18,7 +18,7 @@ from flask import Blueprint, Flask
 from flask_smorest import Api
 
 import producer_api
-from producer_api.openapi import PROBLEM_JSON, PROBLEM_REF, ProblemSchema
+from shared.openapi import ProblemSchema, docs_config, problem_response
 from shared.problems import http_exception_to_problem
 
 SECURITY_SCHEME = "browserToken"
@@ -62,13 +62,7 @@ class InboxDocumentation(BasePlugin):
     def init_spec(self, spec: APISpec) -> None:
         spec.components.schema("Problem", schema=ProblemSchema)
         for name, description, headers in ERRORS.values():
-            response: dict[str, Any] = {
-                "description": description,
-                "content": {PROBLEM_JSON: {"schema": dict(PROBLEM_REF)}},
-            }
-            if headers:
-                response["headers"] = headers
-            spec.components.response(name, response, lazy=True)
+            spec.components.response(name, problem_response(description, headers), lazy=True)
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
@@ -92,16 +86,7 @@ class InboxDocumentation(BasePlugin):
 def install_openapi(app: Flask) -> GatewayApi:
     """Serve `/openapi.json` and `/docs` on `app`; blueprints registered on the returned Api
     are documented."""
-    app.config.update(
-        API_TITLE="omnipush gateway",
-        API_VERSION="v1",
-        OPENAPI_VERSION="3.1.0",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_URL,
-        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "deepLinking": True},
-    )
+    app.config.update(docs_config("omnipush gateway", swagger_ui_url=SWAGGER_UI_URL))
     api = GatewayApi(app, spec_kwargs={"extra_plugins": [InboxDocumentation()]})
     api.spec.components.security_scheme(
         SECURITY_SCHEME,

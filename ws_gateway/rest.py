@@ -3,7 +3,7 @@
 Requests authenticate with the same browser token as the socket (`Authorization: Bearer`), and
 every query is scoped to the (app, user) it names. Answers allow any origin: a token, never a
 cookie, authorizes them, so a business system's own pages may call them. Bodies are read as
-JSON whatever their Content-Type, as the API reads them (producer_api/blueprint.py), and the
+JSON whatever their Content-Type, as the API reads them (shared/blueprint.py), and the
 views are documented in the gateway's OpenAPI document (ws_gateway/openapi.py).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from flask import Response, current_app, g, request
 from flask_socketio import SocketIO
 
-from producer_api.blueprint import Blueprint
+from shared.blueprint import Blueprint
 from shared.flask_runtime import runtime_of
 from shared.problems import problem
 from shared.store_retry import retry_once_on_disconnect

@@ -1,4 +1,4 @@
-"""The flask-smorest blueprint class every API resource uses.
+"""The flask-smorest blueprint class every REST resource uses, in the API and the gateway alike.
 
 Its argument parser reads the body as JSON whatever the declared content type, so that
 `curl -d '{...}'` (sent as form-encoded) works as users expect; a body that is not JSON is a 400.
