@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask
-from flask_smorest import Api
 
 from producer_api import messages, templates, tokens, topics, users
 from producer_api.auth import ApiKeyGate, install_api_key_auth
@@ -17,25 +14,14 @@ from producer_api.outbound_urls import install_outbound_policy
 from shared.flask_runtime import EXTENSION
 from shared.health import health_blueprint
 from shared.http_metrics import install_request_metrics
-from shared.openapi import ProblemSchema, docs_config, document_health
+from shared.openapi import ProblemApi, docs_config, document_health
 from shared.outbound import OutboundPolicy, Resolver, system_resolver
-from shared.problems import http_exception_to_problem, install_problem_handlers
+from shared.problems import install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.store_retry import retry_reads_once_on_disconnect
 
 MAX_BODY_BYTES = 256 * 1024
-
-
-class ProblemApi(Api):
-    """flask-smorest's Api whose errors are problem+json, and documented so (see openapi.py)."""
-
-    ERROR_SCHEMA = ProblemSchema
-    # Every error status is documented explicitly, so no catch-all `default` response.
-    DEFAULT_ERROR_RESPONSE_NAME = None
-
-    def handle_http_exception(self, error: Any) -> Any:
-        return http_exception_to_problem(error)
 
 
 def create_app(

@@ -11,7 +11,10 @@ from typing import Any
 
 from apispec import APISpec
 from flask import Flask
+from flask_smorest import Api
 from marshmallow import INCLUDE, Schema, fields, validate
+
+from shared.problems import http_exception_to_problem
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -40,6 +43,18 @@ class ProblemSchema(Schema):
         values=fields.List(fields.String()),
         metadata={"description": "Per field (dotted path, e.g. `to.0.user_id`): its messages."},
     )
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api whose errors are problem+json and documented with `ProblemSchema`;
+    each service adds an apispec plugin that documents its operations' errors."""
+
+    ERROR_SCHEMA = ProblemSchema
+    # Every error status is documented explicitly, so no catch-all `default` response.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def handle_http_exception(self, error: Any) -> Any:
+        return http_exception_to_problem(error)
 
 
 def problem_response(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 It documents the browser inbox REST and the health endpoints. Every inbox operation is
 authorized by a browser token (`Authorization: Bearer <JWT>`), and every error is
-`application/problem+json` with the API's `Problem` schema (shared/problems.py):
+`application/problem+json` with the shared `Problem` schema (shared/openapi.py):
 `InboxDocumentation` completes each operation's security and error responses as the spec is
 built, as the API's `ProblemResponses` does for the API's own. Swagger UI is served from the
-API's copy of swagger-ui-dist (producer_api/static/swagger-ui, put there by `make`).
+API's copy of swagger-ui-dist (producer_api/static/swagger-ui, committed by `make vendor`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any
 
 from apispec import APISpec, BasePlugin
 from flask import Blueprint, Flask
-from flask_smorest import Api
 
 import producer_api
-from shared.openapi import ProblemSchema, docs_config, problem_response
-from shared.problems import http_exception_to_problem
+from shared.openapi import ProblemApi, ProblemSchema, docs_config, problem_response
 
 SECURITY_SCHEME = "browserToken"
 SWAGGER_UI_URL = "/swagger-ui/"
@@ -42,17 +40,6 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     413: ("PayloadTooLarge", "The body is over the gateway's size limit.", {}),
     422: ("UnprocessableContent", "The request is not valid; `errors` names each field.", {}),
 }
-
-
-class GatewayApi(Api):
-    """flask-smorest's Api whose errors are problem+json, documented by `InboxDocumentation`."""
-
-    ERROR_SCHEMA = ProblemSchema
-    # Every error status is documented explicitly, so no catch-all `default` response.
-    DEFAULT_ERROR_RESPONSE_NAME = None
-
-    def handle_http_exception(self, error: Any) -> Any:
-        return http_exception_to_problem(error)
 
 
 class InboxDocumentation(BasePlugin):
@@ -83,11 +70,11 @@ class InboxDocumentation(BasePlugin):
             operation["responses"] = dict(sorted(responses.items()))
 
 
-def install_openapi(app: Flask) -> GatewayApi:
+def install_openapi(app: Flask) -> ProblemApi:
     """Serve `/openapi.json` and `/docs` on `app`; blueprints registered on the returned Api
     are documented."""
     app.config.update(docs_config("omnipush gateway", swagger_ui_url=SWAGGER_UI_URL))
-    api = GatewayApi(app, spec_kwargs={"extra_plugins": [InboxDocumentation()]})
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [InboxDocumentation()]})
     api.spec.components.security_scheme(
         SECURITY_SCHEME,
         {
