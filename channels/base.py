@@ -1,8 +1,15 @@
 """The contract every channel adapter implements.
 
 `send(delivery)` makes one attempt and says how it went: sent, a transient failure worth a
-retry, or a permanent one. It never lets a provider's exception escape: the worker runtime
-decides on retries, dead letters and records from the `Result` alone.
+retry, a permanent one, or deferred (not attempted: every provider account is slowed down, over
+its rate or behind an open breaker; it comes back later without using up an attempt). It never
+lets a provider's exception escape: the worker runtime (`channels.worker`) decides on retries,
+dead letters, fallback and records from the `Result` alone.
+
+What a delivery is sent to is resolved by the worker before `send`: `address` is the bare
+address of the message's `to`, or the user's own address of the channel's `address_kind`;
+`devices` are the user's push targets when the channel `needs_devices`; `endpoint` is the app's
+endpoint a `{"endpoint": name}` recipient names.
 """
 
 from __future__ import annotations
@@ -12,11 +19,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 
+from shared.outbound import OutboundPolicy
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from channels.accounts import AccountGate
 
 
 class Outcome(enum.Enum):
@@ -25,26 +36,59 @@ class Outcome(enum.Enum):
     SENT = "sent"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
 class Result:
-    """The outcome of one attempt, with a reason when it failed."""
+    """The outcome of one attempt, with a reason when it failed.
+
+    `retry_after` (seconds) is the provider's or the rate limit's word on when to come back;
+    `account` names the provider account that answered; `gone_devices` are ids of the user's
+    devices that the provider says no longer exist, for the worker to remove.
+    """
 
     outcome: Outcome
     detail: str | None = None
+    retry_after: float | None = None
+    account: str | None = None
+    gone_devices: tuple[int, ...] = ()
 
     @classmethod
-    def sent(cls, detail: str | None = None) -> Result:
-        return cls(Outcome.SENT, detail)
+    def sent(cls, detail: str | None = None, **extra: Any) -> Result:
+        return cls(Outcome.SENT, detail, **extra)
 
     @classmethod
-    def transient(cls, detail: str) -> Result:
-        return cls(Outcome.TRANSIENT, detail)
+    def transient(cls, detail: str, **extra: Any) -> Result:
+        return cls(Outcome.TRANSIENT, detail, **extra)
 
     @classmethod
-    def permanent(cls, detail: str) -> Result:
-        return cls(Outcome.PERMANENT, detail)
+    def permanent(cls, detail: str, **extra: Any) -> Result:
+        return cls(Outcome.PERMANENT, detail, **extra)
+
+    @classmethod
+    def deferred(cls, detail: str, retry_after: float, **extra: Any) -> Result:
+        return cls(Outcome.DEFERRED, detail, retry_after=retry_after, **extra)
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """One push target of a user: an FCM or APNs token, or a Web Push subscription."""
+
+    id: int
+    platform: str
+    token: str | None
+    subscription: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EndpointTarget:
+    """A webhook or chat robot of the app, as `PUT /v1/endpoints/{name}` stored it."""
+
+    name: str
+    kind: str
+    url: str
+    secret: str | None
 
 
 @dataclass(frozen=True)
@@ -62,25 +106,43 @@ class OutboundDelivery:
     created_at: datetime
     attempt: int = 1
     params: dict[str, Any] = field(default_factory=dict)
+    priority: str = "normal"
+    devices: tuple[DeviceTarget, ...] = ()
+    endpoint: EndpointTarget | None = None
+
+    def part(self, fields: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The message's rendered template part for this channel, or else its literal content
+        (`title`, `body`, `url`, `data`); `fields` name what the caller reads, each present."""
+        rendered = (self.content.get("parts") or {}).get(self.channel)
+        chosen: dict[str, Any] = dict(rendered) if rendered else dict(self.content)
+        return {name: chosen.get(name) for name in fields} if fields else chosen
 
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """What a channel may use: the settings, a Redis client."""
+    """What a channel may use: the settings (with the configuration file's providers), a Redis
+    client, the gate of its provider accounts (rate limits, slow-downs, breakers), and the
+    policy every URL an app supplied is called through (`shared.outbound.outbound_client`)."""
 
     settings: Settings
     redis: redis.Redis
+    accounts: AccountGate
+    outbound: OutboundPolicy
 
 
 class Channel(ABC):
     """One channel (web, email, sms, ...): subclasses set `name` and implement `send`.
 
-    `reaches` names the bare address kinds of a message's `to` (`email`, `phone`) the channel
-    can deliver to without a user; every channel serves the app's users.
+    `reaches` names the bare address kinds of a message's `to` (`email`, `phone`, `endpoint`)
+    the channel can deliver to without a user; `serves_users` says whether it reaches the app's
+    users too, at their own `address_kind` (`email`, `phone`) or their devices (`needs_devices`).
     """
 
     name: ClassVar[str]
     reaches: ClassVar[frozenset[str]] = frozenset()
+    serves_users: ClassVar[bool] = True
+    address_kind: ClassVar[str | None] = None
+    needs_devices: ClassVar[bool] = False
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context

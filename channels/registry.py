@@ -13,7 +13,7 @@ from functools import cache
 import channels
 from channels.base import Channel
 
-_NOT_CHANNELS = {"base", "registry"}
+_NOT_CHANNELS = {"accounts", "base", "registry", "worker"}
 
 
 @cache
@@ -36,6 +36,15 @@ def channel_classes() -> dict[str, type[Channel]]:
 
 def channel_names() -> tuple[str, ...]:
     return tuple(sorted(channel_classes()))
+
+
+def reach_table() -> dict[str, frozenset[str]]:
+    """Channel name -> the kinds of recipient it delivers to: `user` when it serves the app's
+    users, and the bare address kinds it reaches (see `dispatcher.targets`)."""
+    return {
+        name: cls.reaches | ({"user"} if cls.serves_users else frozenset())
+        for name, cls in channel_classes().items()
+    }
 
 
 def channels_reaching(kind: str) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
 
-from channels.registry import channel_classes
+from channels.registry import reach_table
 from dispatcher.expansion import (
     PagedExpansion,
     Written,
@@ -102,7 +102,7 @@ class DispatchConsumer(BatchConsumer):
         self.page_size = runtime.settings.dispatch_page_size
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
-        self._reaches = {name: cls.reaches for name, cls in channel_classes().items()}
+        self._reaches = reach_table()
         self._paged = PagedExpansion(self.page_size, self._reaches)
 
     def handle_batch(self, batch: list[Inbound]) -> None:

@@ -1,14 +1,18 @@
 """Who a message reaches on which channel: its `to` entries expanded into delivery targets.
 
 A user (named, or a topic's subscriber at dispatch time) is reached on every channel of the
-message; a bare email address or phone number only on the channels that deliver to such an
-address. Each recipient gets one delivery per channel however many entries name it.
+message that serves users; a bare email address or phone number, or an app's endpoint, only on
+the channels that deliver to such an address. Each recipient gets one delivery per channel
+however many entries name it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
+
+#: The kind of recipient `reaches` names for a channel that serves the app's users.
+USER = "user"
 
 
 class Target(NamedTuple):
@@ -33,10 +37,11 @@ def delivery_targets(
 ) -> list[Target]:
     """The deliveries of one message, in the order of its `to` entries then its channels.
 
-    `subscribers(topic)` lists a topic's users now; `reaches[channel]` names the bare address
-    kinds a channel delivers to.
+    `subscribers(topic)` lists a topic's users now; `reaches[channel]` names the kinds of
+    recipient a channel delivers to (`USER`, and bare address kinds such as `email`).
     """
     channel_list = list(channels)
+    user_channels = [c for c in channel_list if USER in reaches.get(c, frozenset())]
     seen: set[tuple[str, str]] = set()
     targets: list[Target] = []
 
@@ -48,10 +53,10 @@ def delivery_targets(
 
     for entry in recipients:
         if "user_id" in entry:
-            add(recipient_key("user", entry["user_id"]), entry["user_id"], None, channel_list)
+            add(recipient_key("user", entry["user_id"]), entry["user_id"], None, user_channels)
         elif "topic" in entry:
             for user_id in subscribers(entry["topic"]):
-                add(recipient_key("user", user_id), user_id, None, channel_list)
+                add(recipient_key("user", user_id), user_id, None, user_channels)
         else:
             ((kind, address),) = entry.items()
             reaching = [c for c in channel_list if kind in reaches.get(c, frozenset())]

@@ -61,9 +61,8 @@ def run_dispatcher(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, channel: str) -> None:
-    from channels.base import ChannelContext
     from channels.registry import channel_class, channel_names
-    from dispatcher.worker import ChannelWorker
+    from channels.worker import ChannelWorker, channel_context
 
     channel_type = channel_class(channel)
     runtime = Runtime.build(settings, channels=channel_names())
@@ -73,7 +72,7 @@ def run_worker(settings: Settings, channel: str) -> None:
         consume_queue=runtime.topology.channel_queue(channel),
         name=connection_name(settings, f"worker-{channel}"),
     )
-    adapter = channel_type(ChannelContext(settings=settings, redis=runtime.redis))
+    adapter = channel_type(channel_context(runtime, channel))
     worker = ChannelWorker(runtime, link, adapter)
     worker.install_signal_handlers()
     try:

@@ -245,6 +245,7 @@ def _accepted(
         "expires_at": body["expires_at"],
         "dedup_key": body["dedup_key"],
         "callback_url": body["callback_url"],
+        "fallback": body.get("fallback"),
         "created_at": now,
         "updated_at": now,
         "available_at": send_at if scheduled else now,

@@ -33,10 +33,11 @@ from producer_api.schemas import (
     MessageSchema,
 )
 from shared.blueprint import Blueprint, fail
+from shared.field_errors import flatten_errors
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Message, OutboxEntry, table_of
-from shared.problems import flatten_errors, problem_document
+from shared.problems import problem_document
 from shared.trace import event_row, record_events
 
 blp = Blueprint("messages", __name__, url_prefix="/v1/messages", description="Send messages")

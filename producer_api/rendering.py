@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from producer_api.template_schemas import RENDERED_SCHEMAS
-from shared.problems import flatten_errors
+from shared.field_errors import flatten_errors
 from shared.render_budget import RenderBudget
 from shared.templating import TemplateLimitError, TemplateRenderError, render_parts
 

@@ -75,6 +75,8 @@ class App(Base):
     max_recipients_per_request: Mapped[int | None] = mapped_column(Integer)
     max_recipients_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_topic_subscribers: Mapped[int | None] = mapped_column(Integer)
+    # Where a message's final status is POSTed when the message names no callback_url.
+    callback_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -193,6 +195,8 @@ class Message(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     dedup_key: Mapped[str | None] = mapped_column(String(200))
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # Channels to try, in order, for a recipient whose delivery fails for good.
+    fallback: Mapped[list[Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -222,6 +226,41 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     delivered_at: Mapped[datetime | None] = mapped_column()
     read_at: Mapped[datetime | None] = mapped_column()
+
+
+class Endpoint(Base):
+    """A webhook or chat robot of one app, reached by `"to": [{"endpoint": name}]`. The secret
+    signs what is sent to it, so it is kept as given (it is the receiver's to verify with)."""
+
+    __tablename__ = "endpoints"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeadLetter(Base):
+    """A delivery that failed for good, kept for an operator to read and replay."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dead_letters_app", "app_id", "id"),
+        Index("ix_dead_letters_channel", "channel", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column()
 
 
 class MessageExpansion(Base):

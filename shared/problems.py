@@ -9,6 +9,7 @@ from flask import Flask, Response, json, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from shared.field_errors import flatten_errors
 from shared.store_outage import RETRY_AFTER_SECONDS, is_store_outage
 
 PROBLEM_TYPE_BASE = "https://omnipush.dev/problems/"
@@ -51,19 +52,6 @@ def problem(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
-
-
-def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """marshmallow's nested error dict as `{"to.0.user_id": ["..."]}`."""
-    if isinstance(messages, Mapping):
-        flat: dict[str, list[str]] = {}
-        for key, value in messages.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            flat.update(flatten_errors(value, name))
-        return flat
-    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        return {prefix or "_body": list(messages)}
-    return {prefix or "_body": [str(messages)]}
 
 
 def _merge_locations(by_location: Mapping[str, Any]) -> dict[str, Any]:

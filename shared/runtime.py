@@ -49,7 +49,11 @@ class Runtime:
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=5
             ),
             best_effort_redis=BestEffortRedis(settings.redis_url),
-            topology=Topology(prefix=settings.queue_prefix, channels=channels),
+            topology=Topology(
+                prefix=settings.queue_prefix,
+                channels=channels,
+                retry_delays=settings.config.retry_delays,
+            ),
         )
 
     def close(self) -> None:

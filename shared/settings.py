@@ -7,10 +7,11 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from shared.config_file import ConfigError, FileConfig, load_config
 from shared.db import store_url
 from shared.logging import LOG_FORMATS, LogFormat
 
@@ -48,6 +49,9 @@ class Settings:
     api_bind: str = "127.0.0.1:8080"
     gateway_bind: str = "127.0.0.1:8081"
     config_path: str = "omnipush.toml"
+    # What the configuration file holds (channel providers, retry delays, policy defaults).
+    config: FileConfig = field(default_factory=FileConfig)
+    # OMNIPUSH_SMTP_URL and OMNIPUSH_SMTP_FROM, or else the file's [email].
     smtp_url: str | None = None
     smtp_from: str = "omnipush@localhost"
     queue_prefix: str = "omnipush"
@@ -59,7 +63,8 @@ class Settings:
     # Each API key's token bucket unless its app has its own: requests per second, and burst.
     api_rate_limit: float = 500.0
     api_rate_burst: int = 1000
-    # Addresses omnipush may call although they are not public (see shared/outbound.py).
+    # Addresses omnipush may call although they are not public (see shared/outbound.py):
+    # OMNIPUSH_OUTBOUND_ALLOW and the file's [outbound] allow together.
     outbound_allow: tuple[IPNetwork, ...] = ()
     # Each app's fan-out unless it has its own: recipients one request may ask for (a topic
     # counts its subscribers), recipients per minute, and subscribers a topic may have.
@@ -74,21 +79,27 @@ class Settings:
         """Read every `OMNIPUSH_*` variable; unset ones take the one-machine defaults."""
         env = os.environ if environ is None else environ
         production = env.get("OMNIPUSH_ENV", "development") == "production"
+        config_path = env.get("OMNIPUSH_CONFIG") or cls.config_path
+        try:
+            config = load_config(config_path, required="OMNIPUSH_CONFIG" in env)
+        except ConfigError as error:
+            raise RuntimeError(str(error)) from None
         return cls(
             database_url=store_url(env.get("OMNIPUSH_DATABASE_URL") or DEFAULT_DATABASE_URL),
             amqp_url=env.get("OMNIPUSH_AMQP_URL") or DEFAULT_AMQP_URL,
             redis_url=env.get("OMNIPUSH_REDIS_URL") or DEFAULT_REDIS_URL,
             api_bind=env.get("OMNIPUSH_API_BIND") or cls.api_bind,
             gateway_bind=env.get("OMNIPUSH_GATEWAY_BIND") or cls.gateway_bind,
-            config_path=env.get("OMNIPUSH_CONFIG") or cls.config_path,
-            smtp_url=env.get("OMNIPUSH_SMTP_URL") or None,
-            smtp_from=env.get("OMNIPUSH_SMTP_FROM") or cls.smtp_from,
+            config_path=config_path,
+            config=config,
+            smtp_url=env.get("OMNIPUSH_SMTP_URL") or config.email.smtp_url,
+            smtp_from=env.get("OMNIPUSH_SMTP_FROM") or config.email.sender,
             queue_prefix=env.get("OMNIPUSH_QUEUE_PREFIX") or cls.queue_prefix,
             log_format=_log_format(env),
             production=production,
             api_rate_limit=_positive(env, "OMNIPUSH_API_RATE_LIMIT", float, cls.api_rate_limit),
             api_rate_burst=_positive(env, "OMNIPUSH_API_RATE_BURST", int, cls.api_rate_burst),
-            outbound_allow=_networks(env, "OMNIPUSH_OUTBOUND_ALLOW"),
+            outbound_allow=_networks(env, "OMNIPUSH_OUTBOUND_ALLOW") + config.outbound_allow,
             max_recipients_per_request=_positive(
                 env, "OMNIPUSH_MAX_RECIPIENTS_PER_REQUEST", int, cls.max_recipients_per_request
             ),

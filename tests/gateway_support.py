@@ -19,7 +19,7 @@ from typing import Any
 import socketio
 from sqlalchemy import insert, select
 
-from channels.base import ChannelContext, OutboundDelivery, Result
+from channels.base import OutboundDelivery, Result
 from channels.web import WebChannel
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message
@@ -27,6 +27,7 @@ from shared.notifications import socketio_channel, user_room
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import mint_browser_token
+from tests.channel_harness import context_for
 from tests.conftest import service_env
 from tests.stack import Service, free_port, wait_http_ok, wait_until
 
@@ -224,7 +225,7 @@ def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
         delivery = session.get(Delivery, item.delivery_id)
         message = session.get(Message, item.message_id)
         assert delivery is not None and message is not None
-    channel = WebChannel(ChannelContext(settings, runtime.redis))
+    channel = WebChannel(context_for(settings, "web"))
     result = channel.send(
         OutboundDelivery(
             delivery_id=delivery.id,

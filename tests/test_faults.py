@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import Row, func, select
 
-from dispatcher.worker import CLAIM_SECONDS
+from channels.worker import CLAIM_SECONDS
 from producer_api.api_keys import NewApp
 from shared.models import Delivery, Event, Message, OutboxEntry
 from shared.runtime import Runtime

@@ -8,7 +8,12 @@ import pytest
 
 from dispatcher.targets import Target, delivery_targets
 
-REACHES = {"web": frozenset(), "email": frozenset({"email"}), "sms": frozenset({"phone"})}
+REACHES = {
+    "web": frozenset({"user"}),
+    "email": frozenset({"user", "email"}),
+    "sms": frozenset({"user", "phone"}),
+    "webhook": frozenset({"endpoint"}),
+}
 TOPICS = {"vip": ["ann", "ben"], "empty": []}
 
 
@@ -40,8 +45,23 @@ def targets(to: list[dict[str, Any]], channels: list[str]) -> list[Target]:
             ["sms"],
             [Target("phone:+33612345678", None, "+33612345678", "sms")],
         ),
+        (
+            [{"user_id": "ann"}, {"endpoint": "ops"}],
+            ["web", "webhook"],
+            [
+                Target("user:ann", "ann", None, "web"),
+                Target("endpoint:ops", None, "ops", "webhook"),
+            ],
+        ),
     ],
-    ids=["user-every-channel", "topic-and-user-once", "empty-topic", "email-once", "phone-sms"],
+    ids=[
+        "user-every-channel",
+        "topic-and-user-once",
+        "empty-topic",
+        "email-once",
+        "phone-sms",
+        "endpoint-only-on-its-channel",
+    ],
 )
 def test_each_recipient_gets_one_delivery_per_channel_that_reaches_it(
     to: list[dict[str, Any]], channels: list[str], expected: list[Target]

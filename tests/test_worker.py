@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
-from dispatcher.worker import CLAIM_SECONDS, ChannelWorker
+from channels.worker import CLAIM_SECONDS, ChannelWorker, channel_context
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
@@ -128,9 +128,7 @@ def test_a_transient_failure_is_retried_through_a_delay_tier_then_sent(
     isolated_runtime: Runtime,
 ) -> None:
     runtime = isolated_runtime
-    channel = ScriptedChannel(
-        ChannelContext(runtime.settings, runtime.redis), [Outcome.TRANSIENT, Outcome.SENT]
-    )
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.TRANSIENT, Outcome.SENT])
     with running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(
@@ -146,7 +144,7 @@ def test_a_transient_failure_is_retried_through_a_delay_tier_then_sent(
         details = list(
             connection.scalars(select(Event.detail).where(Event.delivery_id == delivery_id))
         )
-    assert details[0]["retry_in"] == "1s" and details[0]["attempt"] == 1
+    assert details[0]["retry_in"] == "5s" and details[0]["attempt"] == 1
     assert details[1]["attempt"] == 2
 
 
@@ -154,7 +152,7 @@ def test_a_permanent_failure_fails_the_message_and_parks_it_in_the_dead_queue(
     isolated_runtime: Runtime,
 ) -> None:
     runtime = isolated_runtime
-    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.PERMANENT])
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.PERMANENT])
     with running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(lambda: state(runtime, message_id, delivery_id)[1] == "failed", 20, "failed")
@@ -167,7 +165,7 @@ def test_a_permanent_failure_fails_the_message_and_parks_it_in_the_dead_queue(
 
 def test_a_delivery_whose_message_expired_is_not_sent(isolated_runtime: Runtime) -> None:
     runtime = isolated_runtime
-    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.SENT])
     with running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime, utcnow() - timedelta(seconds=1))
         wait_until(lambda: state(runtime, message_id, delivery_id)[1] == "expired", 20, "expired")
@@ -181,7 +179,7 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
     isolated_runtime: Runtime,
 ) -> None:
     runtime = isolated_runtime
-    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.SENT])
     with running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
@@ -204,7 +202,7 @@ def test_a_claim_left_by_a_worker_that_died_is_respected_until_stale_then_sent_o
     isolated_runtime: Runtime,
 ) -> None:
     runtime = isolated_runtime
-    channel = ScriptedChannel(ChannelContext(runtime.settings, runtime.redis), [Outcome.SENT])
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.SENT])
     claim_seconds = 2.0
     claimed_at = utcnow()
     with running_worker(runtime, channel, claim_seconds=claim_seconds):

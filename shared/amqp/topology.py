@@ -11,15 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.config_file import DEFAULT_RETRY_DELAYS, Delay, seconds_of
+
 DISPATCH_KEY = "dispatch"
-RETRY_TIERS: tuple[tuple[str, int], ...] = (
-    ("1s", 1_000),
-    ("5s", 5_000),
-    ("30s", 30_000),
-    ("2m", 120_000),
-    ("10m", 600_000),
-    ("1h", 3_600_000),
-)
 DELIVERY_LIMIT = 20
 
 
@@ -45,6 +39,9 @@ class Topology:
 
     prefix: str = "omnipush"
     channels: Sequence[str] = field(default_factory=lambda: ("web",))
+    # `[retry] delays`: one queue per delay; a queue's name says its delay, so a changed
+    # list declares new queues instead of clashing with the old ones' arguments.
+    retry_delays: Sequence[Delay] = tuple(Delay(d, seconds_of(d)) for d in DEFAULT_RETRY_DELAYS)
 
     @property
     def exchange(self) -> str:
@@ -90,15 +87,15 @@ class Topology:
     def queues(self) -> list[QueueSpec]:
         specs = [self.work_queue(self.dispatch_queue, DISPATCH_KEY)]
         specs += [self.work_queue(self.channel_queue(c), channel_key(c)) for c in self.channels]
-        for tier, ttl_ms in RETRY_TIERS:
+        for delay in self.retry_delays:
             specs.append(
                 QueueSpec(
-                    name=self.retry_queue(tier),
+                    name=self.retry_queue(delay.label),
                     exchange=self.retry_exchange,
-                    binding_arguments={"x-match": "all", "tier": tier},
+                    binding_arguments={"x-match": "all", "tier": delay.label},
                     arguments={
                         "x-queue-type": "quorum",
-                        "x-message-ttl": ttl_ms,
+                        "x-message-ttl": round(delay.seconds * 1000),
                         # No dead-letter routing key: the message returns under its own key.
                         "x-dead-letter-exchange": self.exchange,
                         "x-dead-letter-strategy": "at-least-once",

@@ -2,12 +2,22 @@
 
 Every channel runs the same loop; the channel module only implements `send`. For a batch, the
 worker claims the deliveries in the store (status `sending`, one guarded UPDATE, so two workers
-never send the same delivery at once), hands them to the channel, then in one transaction
+never send the same delivery at once), resolves what each is sent to (the user's address of
+the channel's kind, their devices, the app's endpoint; a delivery with nothing to send to fails
+for good without a call), hands them to the channel, then in one transaction
 records `sent`, `retrying` or `failed` with their trace events (each naming its attempt; the
 short-lived `sending` claim itself is not traced) and settles the message when all
 its deliveries are final. A transient failure goes to the retry tier for its attempt and comes
 back under its own routing key; one that has used every tier, or a permanent one, is `failed`
-and its AMQP message is parked in the dead queue. Sources are acked after all that is durable.
+and its AMQP message is parked in the dead queue. A deferred one (every provider account
+slowed down or busy) waits in the tier that covers its `retry_after` without using up an
+attempt. Devices the provider reports gone are removed from their user, traced. Sources are
+acked after all that is durable.
+
+A delivery is sent at most once while its claim is known: a redelivered AMQP message finds it
+`sending` (held) or final (done). The one window for a second send is a worker killed between
+the provider's answer and the commit of its record: after `CLAIM_SECONDS` another worker takes
+the stale claim and sends it again.
 """
 
 from __future__ import annotations
@@ -15,19 +25,29 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
 
-from channels.base import Channel, OutboundDelivery, Outcome, Result
+from channels.accounts import AccountGate
+from channels.base import (
+    Channel,
+    ChannelContext,
+    DeviceTarget,
+    EndpointTarget,
+    OutboundDelivery,
+    Outcome,
+    Result,
+)
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
-from shared.amqp.topology import RETRY_TIERS
+from shared.config_file import Delay
 from shared.ids import utcnow
-from shared.models import Delivery, Message, table_of
+from shared.models import Delivery, Device, Endpoint, Message, User, table_of
+from shared.outbound import OutboundPolicy
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
@@ -37,16 +57,34 @@ from shared.trace import event_row, record_events
 log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
-MAX_ATTEMPTS = len(RETRY_TIERS) + 1
 #: How long a claim holds before another worker may assume its holder died mid-send.
 CLAIM_SECONDS = 10.0
-#: Where a delivery claimed by someone else waits before it is looked at again.
-BUSY_TIER = "5s"
+
+
+def channel_context(runtime: Runtime, channel: str) -> ChannelContext:
+    """What an adapter of `channel` is built with in a process of `runtime`."""
+    settings = runtime.settings
+    return ChannelContext(
+        settings=settings,
+        redis=runtime.redis,
+        accounts=AccountGate(
+            runtime.best_effort_redis, settings.queue_prefix, channel, settings.config.breaker
+        ),
+        outbound=OutboundPolicy(allow=settings.outbound_allow),
+    )
+
+
+def tier_covering(delays: tuple[Delay, ...] | list[Delay], seconds: float) -> Delay:
+    """The shortest delay tier of at least `seconds` (the longest if none is that long)."""
+    return next((d for d in delays if d.seconds >= seconds), delays[-1])
 
 
 # The worker's statements, built once: on its hot path, building SQL costs more than running it.
 _D = table_of(Delivery)
 _M = table_of(Message)
+_U = table_of(User)
+_V = table_of(Device)
+_E = table_of(Endpoint)
 _CLAIM = (
     update(_D)
     .where(
@@ -68,9 +106,10 @@ _CLAIM = (
         _D.c.attempts,
     )
 )
-_CONTENT = select(_M.c.id, _M.c.content, _M.c.category, _M.c.expires_at).where(
+_CONTENT = select(_M.c.id, _M.c.content, _M.c.category, _M.c.priority, _M.c.expires_at).where(
     _M.c.id.in_(bindparam("ids", expanding=True))
 )
+_FORGET_DEVICES = delete(_V).where(_V.c.id.in_(bindparam("ids", expanding=True)))
 _BUSY = select(_D.c.id).where(
     _D.c.id.in_(bindparam("ids", expanding=True)), _D.c.status == "sending"
 )
@@ -85,6 +124,17 @@ _MARK_UNSENT = (
     update(_D)
     .where(_STILL_CLAIMED)
     .values(status=bindparam("status"), last_error=bindparam("error"), updated_at=bindparam("now"))
+)
+# A deferred delivery gives back the attempt its claim counted.
+_MARK_DEFERRED = (
+    update(_D)
+    .where(_STILL_CLAIMED)
+    .values(
+        status="retrying",
+        attempts=_D.c.attempts - 1,
+        last_error=bindparam("error"),
+        updated_at=bindparam("now"),
+    )
 )
 _STATUSES = select(_D.c.message_id, _D.c.status).where(
     _D.c.message_id.in_(bindparam("ids", expanding=True))
@@ -122,6 +172,9 @@ class ChannelWorker(BatchConsumer):
         self.runtime = runtime
         self.channel = channel
         self.claim_seconds = claim_seconds
+        self.delays = tuple(runtime.topology.retry_delays)
+        #: The first attempt, then one after each delay.
+        self.max_attempts = len(self.delays) + 1
         self._schema = DeliveryPayload()
         self._log = log.bind(channel=channel.name)
 
@@ -149,11 +202,23 @@ class ChannelWorker(BatchConsumer):
         with self.runtime.engine.begin() as connection:
             claimed, expired = self._claim(connection, list(by_id))
             busy = self._busy(connection, [i for i in by_id if i not in claimed])
+            claimed = self._resolve(connection, claimed)
         claimed_at = time.monotonic()
-        deliveries = [d for d in claimed.values() if d.delivery_id not in expired]
+        unreachable = {
+            d.delivery_id: reason
+            for d in claimed.values()
+            if d.delivery_id not in expired and (reason := self._unreachable(d)) is not None
+        }
+        deliveries = [
+            d for d in claimed.values() if d.delivery_id not in expired | unreachable.keys()
+        ]
         attempts = [
             Attempt(by_id[d.delivery_id], d, result)
             for d, result in zip(deliveries, self._send(deliveries), strict=True)
+        ]
+        attempts += [
+            Attempt(by_id[i], claimed[i], Result.permanent(reason))
+            for i, reason in unreachable.items()
         ]
         sent_at = time.monotonic()
         with self.runtime.engine.begin() as connection:
@@ -172,7 +237,7 @@ class ChannelWorker(BatchConsumer):
         )
         for delivery_id in busy:
             source = by_id[delivery_id]
-            follow_ups.append((source, self._retry_message(source, BUSY_TIER)))
+            follow_ups.append((source, self._retry_message(source, self.delays[0].label)))
         self._settle(by_id, follow_ups)
 
     def _claim(
@@ -185,15 +250,15 @@ class ChannelWorker(BatchConsumer):
         if not rows:
             return {}, set()
         contents = {
-            message_id: (content, category, expires_at)
-            for message_id, content, category, expires_at in connection.execute(
+            message_id: (content, category, priority, expires_at)
+            for message_id, content, category, priority, expires_at in connection.execute(
                 _CONTENT, {"ids": list({row.message_id for row in rows})}
             )
         }
         claimed = {}
         expired = set()
         for row in sorted(rows, key=lambda r: r.id):
-            content, category, expires_at = contents[row.message_id]
+            content, category, priority, expires_at = contents[row.message_id]
             if expires_at is not None and expires_at <= now:
                 expired.add(row.id)
             claimed[row.id] = OutboundDelivery(
@@ -207,8 +272,74 @@ class ChannelWorker(BatchConsumer):
                 content=content,
                 created_at=row.created_at,
                 attempt=row.attempts,
+                priority=priority,
             )
         return claimed, expired
+
+    def _resolve(
+        self, connection: Connection, claimed: dict[str, OutboundDelivery]
+    ) -> dict[str, OutboundDelivery]:
+        """The claimed deliveries with what each is sent to (see the module docstring)."""
+        kind = self.channel.address_kind
+        users = {(d.app_id, d.user_id) for d in claimed.values() if d.user_id is not None}
+        resolved = dict(claimed)
+        if users and kind in ("email", "phone"):
+            column = _U.c[kind]
+            found = {
+                (app_id, user_id): address
+                for app_id, user_id, address in connection.execute(
+                    select(_U.c.app_id, _U.c.user_id, column).where(
+                        tuple_(_U.c.app_id, _U.c.user_id).in_(list(users))
+                    )
+                )
+            }
+            for key, d in claimed.items():
+                if d.address is None and d.user_id is not None:
+                    resolved[key] = replace(d, address=found.get((d.app_id, d.user_id)))
+        if users and self.channel.needs_devices:
+            devices: dict[tuple[str, str], list[DeviceTarget]] = defaultdict(list)
+            for row in connection.execute(
+                select(
+                    _V.c.id, _V.c.app_id, _V.c.user_id, _V.c.platform, _V.c.token, _V.c.subscription
+                )
+                .where(tuple_(_V.c.app_id, _V.c.user_id).in_(list(users)))
+                .order_by(_V.c.id)
+            ):
+                target = DeviceTarget(row.id, row.platform, row.token, row.subscription)
+                devices[(row.app_id, row.user_id)].append(target)
+            for key, d in resolved.items():
+                if d.user_id is not None:
+                    resolved[key] = replace(d, devices=tuple(devices[(d.app_id, d.user_id)]))
+        if kind == "endpoint":
+            names = {(d.app_id, d.address) for d in claimed.values() if d.address is not None}
+            endpoints = (
+                {
+                    (row.app_id, row.name): EndpointTarget(row.name, row.kind, row.url, row.secret)
+                    for row in connection.execute(
+                        select(_E.c.app_id, _E.c.name, _E.c.kind, _E.c.url, _E.c.secret).where(
+                            tuple_(_E.c.app_id, _E.c.name).in_(list(names))
+                        )
+                    )
+                }
+                if names
+                else {}
+            )
+            for key, d in resolved.items():
+                resolved[key] = replace(d, endpoint=endpoints.get((d.app_id, d.address or "")))
+        return resolved
+
+    def _unreachable(self, delivery: OutboundDelivery) -> str | None:
+        """Why `delivery` has nothing this channel can send to (None when it has)."""
+        kind = self.channel.address_kind
+        if kind == "endpoint":
+            if delivery.endpoint is None:
+                return f"the app has no endpoint {delivery.address!r}"
+            return None
+        if kind is not None and delivery.address is None:
+            return f"the user has no {kind} address"
+        if self.channel.needs_devices and not delivery.devices:
+            return "the user has no devices"
+        return None
 
     def _busy(self, connection: Connection, ids: list[str]) -> list[str]:
         """Of the unclaimed ids, those another worker holds right now (the rest are done)."""
@@ -237,13 +368,44 @@ class ChannelWorker(BatchConsumer):
         groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
         events: list[dict[str, Any]] = []
         follow_ups: list[tuple[Inbound, Outgoing]] = []
+        gone: list[int] = []
         # Past their message's expires_at: not sent, and final (nothing to retry or park).
         for delivery in expired:
             groups[("expired", None)].append(delivery.delivery_id)
             events.append(event_row(delivery.message_id, "expired", delivery.delivery_id))
         for attempt in attempts:
             delivery, result = attempt.delivery, attempt.result
-            if result.outcome is Outcome.SENT:
+            for device_id in result.gone_devices:
+                gone.append(device_id)
+                platform = next(
+                    (d.platform for d in delivery.devices if d.id == device_id), "unknown"
+                )
+                events.append(
+                    event_row(
+                        delivery.message_id,
+                        "device_removed",
+                        delivery.delivery_id,
+                        device=device_id,
+                        platform=platform,
+                    )
+                )
+            if result.outcome is Outcome.DEFERRED:
+                status, error = "deferred", result.detail
+                tier = tier_covering(self.delays, result.retry_after or 0).label
+                events.append(
+                    event_row(
+                        delivery.message_id,
+                        "retrying",
+                        delivery.delivery_id,
+                        attempt=delivery.attempt,
+                        error=error,
+                        retry_in=tier,
+                        deferred=True,
+                        **({"account": result.account} if result.account else {}),
+                    )
+                )
+                follow_ups.append((attempt.source, self._retry_message(attempt.source, tier)))
+            elif result.outcome is Outcome.SENT:
                 status, error = "sent", None
                 events.append(
                     event_row(
@@ -254,9 +416,9 @@ class ChannelWorker(BatchConsumer):
                         **({"note": result.detail} if result.detail else {}),
                     )
                 )
-            elif result.outcome is Outcome.TRANSIENT and delivery.attempt < MAX_ATTEMPTS:
+            elif result.outcome is Outcome.TRANSIENT and delivery.attempt < self.max_attempts:
                 status, error = "retrying", result.detail
-                tier = RETRY_TIERS[delivery.attempt - 1][0]
+                tier = self.delays[delivery.attempt - 1].label
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -282,7 +444,7 @@ class ChannelWorker(BatchConsumer):
                 )
                 follow_ups.append((attempt.source, self._dead_message(attempt.source, result)))
             groups[(status, error)].append(delivery.delivery_id)
-            if status != "sent":
+            if status not in ("sent", "deferred"):
                 self._log.warning(
                     "worker.attempt_failed",
                     delivery_id=delivery.delivery_id,
@@ -295,9 +457,13 @@ class ChannelWorker(BatchConsumer):
         for (status, error), ids in groups.items():
             if status == "sent":
                 connection.execute(_MARK_SENT, {"ids": ids, "now": now})
+            elif status == "deferred":
+                connection.execute(_MARK_DEFERRED, {"ids": ids, "now": now, "error": error})
             else:
                 params = {"ids": ids, "now": now, "status": status, "error": error}
                 connection.execute(_MARK_UNSENT, params)
+        if gone:
+            connection.execute(_FORGET_DEVICES, {"ids": gone})
         settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
         events += self._settle_messages(connection, settling)
         record_events(connection, events)

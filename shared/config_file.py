@@ -1,0 +1,318 @@
+"""The operator's configuration file (`OMNIPUSH_CONFIG`, TOML): channel providers and defaults.
+
+Everything in it is optional, and a missing default file (`omnipush.toml` in the working
+directory) is an empty configuration. A file that does not parse, or holds a key that is
+unknown or of the wrong kind, is refused at start-up with one line naming the key
+(`omnipush.toml: sms.accounts.0.provider: Must be one of: twilio, aliyun, http.`).
+
+Provider URLs set here (`base_url`, `url`) are the operator's and are trusted as given; URLs
+that an app supplies go through `shared.outbound` instead. Durations are `"500ms"`, `"5s"`,
+`"2m"`, `"1h"` or `"1d"`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from shared.field_errors import flatten_errors
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SMS_PROVIDERS = ("twilio", "aliyun", "http")
+DEFAULT_RETRY_DELAYS = ("5s", "30s", "2m", "10m", "1h")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(RuntimeError):
+    """The configuration file cannot be used; the message is one line naming the key."""
+
+
+def seconds_of(duration: str) -> float:
+    """`"30s"` -> 30.0; ValueError for anything else."""
+    match = _DURATION.fullmatch(duration.strip())
+    if match is None:
+        raise ValueError(f"{duration!r} is not a duration such as 5s, 2m or 1h")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Delay:
+    """One retry delay tier: its label (also its queue's name) and its length."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Account:
+    """One provider account of a channel: the unit of rate limits, slow-downs and breakers.
+
+    `options` holds the provider's own keys (credentials, `base_url` or `url`, `from`, ...).
+    """
+
+    name: str
+    provider: str
+    weight: int = 1
+    rate: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    smtp_url: str | None = None
+    sender: str = "omnipush@localhost"
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class WebPushConfig:
+    vapid_private_key: str | None = None
+    vapid_subject: str | None = None
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class FcmConfig:
+    service_account_file: str | None = None
+    base_url: str = "https://fcm.googleapis.com"
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class ApnsConfig:
+    key_file: str | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    topic: str | None = None
+    base_url: str = "https://api.push.apple.com"
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """A provider account that fails `failures` times in a row is skipped for `open_seconds`."""
+
+    failures: int = 5
+    open_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """What `OMNIPUSH_CONFIG` holds, with the defaults for everything it leaves out."""
+
+    email: EmailConfig = field(default_factory=EmailConfig)
+    sms_accounts: tuple[Account, ...] = ()
+    webpush: WebPushConfig = field(default_factory=WebPushConfig)
+    fcm: FcmConfig = field(default_factory=FcmConfig)
+    apns: ApnsConfig = field(default_factory=ApnsConfig)
+    outbound_allow: tuple[IPNetwork, ...] = ()
+    retry_delays: tuple[Delay, ...] = tuple(Delay(d, seconds_of(d)) for d in DEFAULT_RETRY_DELAYS)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # The dispatcher's stage defaults, read by the policy stages themselves.
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _duration(value: str) -> None:
+    try:
+        seconds_of(value)
+    except ValueError as error:
+        raise ValidationError(str(error)) from None
+
+
+def _cidr(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
+
+
+_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+_RATE = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+
+
+class _Section(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class _EmailSchema(_Section):
+    smtp_url = fields.String(
+        validate=validate.Regexp(r"^smtps?://", error="Use smtp:// or smtps://.")
+    )
+    from_ = fields.String(data_key="from", validate=validate.Length(min=3))
+    rate = _RATE
+
+
+class _SmsAccountSchema(_Section):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    provider = fields.String(required=True, validate=validate.OneOf(SMS_PROVIDERS))
+    weight = fields.Integer(validate=validate.Range(min=1))
+    rate = _RATE
+    # twilio
+    account_sid = fields.String()
+    auth_token = fields.String()
+    # aliyun
+    access_key_id = fields.String()
+    access_key_secret = fields.String()
+    sign_name = fields.String()
+    template_code = fields.String()
+    region = fields.String()
+    # twilio and aliyun
+    from_ = fields.String(data_key="from")
+    base_url = fields.String(validate=_URL)
+    # http
+    url = fields.String(validate=_URL)
+    token = fields.String()
+
+
+#: The keys each SMS provider cannot do without.
+_SMS_REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "twilio": ("account_sid", "auth_token", "from_"),
+    "aliyun": ("access_key_id", "access_key_secret", "sign_name", "template_code"),
+    "http": ("url", "token"),
+}
+
+
+class _SmsSchema(_Section):
+    accounts = fields.List(fields.Nested(_SmsAccountSchema), validate=validate.Length(min=1))
+
+
+class _WebPushSchema(_Section):
+    vapid_private_key = fields.String(validate=validate.Length(min=20))
+    vapid_subject = fields.String(
+        validate=validate.Regexp(r"^(mailto:|https://)", error="Use mailto: or https://.")
+    )
+    rate = _RATE
+
+
+class _FcmSchema(_Section):
+    service_account_file = fields.String(validate=validate.Length(min=1))
+    base_url = fields.String(validate=_URL)
+    rate = _RATE
+
+
+class _ApnsSchema(_Section):
+    key_file = fields.String(validate=validate.Length(min=1))
+    key_id = fields.String(validate=validate.Length(min=1))
+    team_id = fields.String(validate=validate.Length(min=1))
+    topic = fields.String(validate=validate.Length(min=1))
+    base_url = fields.String(validate=_URL)
+    rate = _RATE
+
+
+class _OutboundSchema(_Section):
+    allow = fields.List(fields.String(validate=_cidr))
+
+
+class _RetrySchema(_Section):
+    delays = fields.List(fields.String(validate=_duration), validate=validate.Length(min=1, max=20))
+
+
+class _BreakerSchema(_Section):
+    failures = fields.Integer(validate=validate.Range(min=1))
+    open_for = fields.String(validate=_duration)
+
+
+class _FileSchema(_Section):
+    email = fields.Nested(_EmailSchema)
+    sms = fields.Nested(_SmsSchema)
+    webpush = fields.Nested(_WebPushSchema)
+    fcm = fields.Nested(_FcmSchema)
+    apns = fields.Nested(_ApnsSchema)
+    outbound = fields.Nested(_OutboundSchema)
+    retry = fields.Nested(_RetrySchema)
+    breaker = fields.Nested(_BreakerSchema)
+    # Checked by the dispatcher's stages, which own its keys.
+    policy = fields.Dict(keys=fields.String())
+
+
+def load_config(path: str | Path, required: bool = False) -> FileConfig:
+    """The configuration in `path`; an empty one when the file is missing and not `required`."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{source}: no such file (named by OMNIPUSH_CONFIG)") from None
+        return FileConfig()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: cannot be read: {error}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    return parse_config(raw, str(source))
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileConfig:
+    """A parsed TOML document as a `FileConfig`; `ConfigError` names the first bad key."""
+    try:
+        data = _FileSchema().load(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(source, error.messages)) from None
+    accounts = data.get("sms", {}).get("accounts", [])
+    names = [account["name"] for account in accounts]
+    for index, account in enumerate(accounts):
+        for key in _SMS_REQUIRED[account["provider"]]:
+            if key not in account:
+                shown = key.rstrip("_")
+                raise ConfigError(
+                    f"{source}: sms.accounts.{index}.{shown}: "
+                    f"required by provider {account['provider']!r}"
+                )
+        if names.count(account["name"]) > 1:
+            raise ConfigError(f"{source}: sms.accounts.{index}.name: {account['name']!r} twice")
+    email = data.get("email", {})
+    breaker = data.get("breaker", {})
+    delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_DELAYS)
+    return FileConfig(
+        email=EmailConfig(
+            smtp_url=email.get("smtp_url"),
+            sender=email.get("from_", EmailConfig.sender),
+            rate=email.get("rate"),
+        ),
+        sms_accounts=tuple(_account(a) for a in accounts),
+        webpush=WebPushConfig(**data.get("webpush", {})),
+        fcm=FcmConfig(**data.get("fcm", {})),
+        apns=ApnsConfig(**data.get("apns", {})),
+        outbound_allow=tuple(
+            ipaddress.ip_network(cidr, strict=False)
+            for cidr in data.get("outbound", {}).get("allow", [])
+        ),
+        retry_delays=tuple(Delay(d, seconds_of(d)) for d in dict.fromkeys(delays)),
+        breaker=BreakerConfig(
+            failures=breaker.get("failures", BreakerConfig.failures),
+            open_seconds=seconds_of(breaker["open_for"])
+            if "open_for" in breaker
+            else BreakerConfig.open_seconds,
+        ),
+        policy=data.get("policy", {}),
+    )
+
+
+def _account(loaded: Mapping[str, Any]) -> Account:
+    options = {
+        key.rstrip("_"): value
+        for key, value in loaded.items()
+        if key not in ("name", "provider", "weight", "rate")
+    }
+    return Account(
+        name=loaded["name"],
+        provider=loaded["provider"],
+        weight=loaded.get("weight", 1),
+        rate=loaded.get("rate"),
+        options=options,
+    )
+
+
+def _one_line(source: str, messages: Any) -> str:
+    key, problems = next(iter(flatten_errors(messages).items()))
+    return f"{source}: {key}: {problems[0]}"
