@@ -154,7 +154,7 @@ class _EmailSchema(_Section):
 class _SmsAccountSchema(_Section):
     name = fields.String(required=True, validate=validate.Length(min=1, max=64))
     provider = fields.String(required=True, validate=validate.OneOf(SMS_PROVIDERS))
-    weight = fields.Integer(validate=validate.Range(min=1))
+    weight = fields.Integer(strict=True, validate=validate.Range(min=1))
     rate = _RATE
     # twilio
     account_sid = fields.String()
@@ -217,7 +217,7 @@ class _RetrySchema(_Section):
 
 
 class _BreakerSchema(_Section):
-    failures = fields.Integer(validate=validate.Range(min=1))
+    failures = fields.Integer(strict=True, validate=validate.Range(min=1))
     open_for = fields.String(validate=_duration)
 
 
@@ -268,7 +268,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
                     f"{source}: sms.accounts.{index}.{shown}: "
                     f"required by provider {account['provider']!r}"
                 )
-        if names.count(account["name"]) > 1:
+        if account["name"] in names[:index]:
             raise ConfigError(f"{source}: sms.accounts.{index}.name: {account['name']!r} twice")
     email = data.get("email", {})
     breaker = data.get("breaker", {})
