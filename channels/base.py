@@ -147,6 +147,12 @@ class Channel(ABC):
     def __init__(self, context: ChannelContext) -> None:
         self.context = context
 
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Whether the operator has set this channel up (`make run` starts a worker for each
+        channel that is); a channel that needs no provider settings always is."""
+        return True
+
     @abstractmethod
     def send(self, delivery: OutboundDelivery) -> Result:
         """Make one attempt; never raise."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import channels.push_platforms
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
 from channels.push_platforms import PlatformSender
+from shared.settings import Settings
 
 
 def platform_senders(context: ChannelContext) -> dict[str, PlatformSender]:
@@ -53,6 +54,15 @@ class PushChannel(Channel):
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self.senders = platform_senders(context)
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        config = settings.config
+        return bool(
+            config.fcm.service_account_file
+            or config.apns.key_file
+            or config.webpush.vapid_private_key
+        )
 
     def send(self, delivery: OutboundDelivery) -> Result:
         results = []

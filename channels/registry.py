@@ -12,6 +12,7 @@ from functools import cache
 
 import channels
 from channels.base import Channel
+from shared.settings import Settings
 
 _NOT_CHANNELS = {"accounts", "base", "registry", "worker"}
 
@@ -36,6 +37,11 @@ def channel_classes() -> dict[str, type[Channel]]:
 
 def channel_names() -> tuple[str, ...]:
     return tuple(sorted(channel_classes()))
+
+
+def configured_channels(settings: Settings) -> tuple[str, ...]:
+    """The channels the operator has set up (see `Channel.configured`)."""
+    return tuple(name for name in channel_names() if channel_class(name).configured(settings))
 
 
 def reach_table() -> dict[str, frozenset[str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from channels.registry import channel_names
+from channels.registry import configured_channels
 from producer_api.api_keys import app_for_key, create_app_with_key
 from shared.migrate import upgrade
 from shared.readiness import check_dependencies
@@ -34,7 +34,7 @@ HOW_TO_START = {
 
 
 def procfile(channels: tuple[str, ...]) -> str:
-    """One line per service, with a worker per channel."""
+    """One line per service, with a worker per configured channel."""
     lines = [
         "api: omnipush serve api",
         "relay: omnipush serve relay",
@@ -75,7 +75,7 @@ def prepare(settings: Settings) -> None:
     finally:
         runtime.close()
     PROCFILE.parent.mkdir(parents=True, exist_ok=True)
-    PROCFILE.write_text(procfile(channel_names()))
+    PROCFILE.write_text(procfile(configured_channels(settings)))
     token, _ = mint_browser_token(settings.secret_key, app_id, DEMO_USER, 12 * 3600)
     api, gateway = f"http://{settings.api_bind}", f"http://{settings.gateway_bind}"
     example = (
