@@ -31,26 +31,11 @@ def test_prepare_prints_the_urls_a_demo_key_and_link_and_keeps_the_demo_app(
         for line in (tmp_path / "var" / "Procfile").read_text().splitlines()
         if "worker" in line
     ]
-    # Channels with nothing configured get no worker: push needs a provider in the config file.
     assert "worker-web: omnipush serve worker --channel web" in workers
-    assert not any("--channel push" in line for line in workers)
 
     again = prepare(service_env(settings), tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "var" / "demo-app.json").read_text()) == saved
-
-
-def test_a_channel_set_up_in_the_config_file_gets_its_worker(
-    settings: Settings, tmp_path: Path
-) -> None:
-    (tmp_path / "omnipush.toml").write_text(
-        '[webpush]\nvapid_private_key = "c2VjcmV0LWtleS1mb3ItdmFwaWQtc2lnbmluZw"\n'
-        'vapid_subject = "mailto:ops@example.com"\n'
-    )
-    result = prepare(service_env(settings), tmp_path)
-    assert result.returncode == 0, result.stderr
-    procfile_text = (tmp_path / "var" / "Procfile").read_text()
-    assert "worker-push: omnipush serve worker --channel push" in procfile_text
 
 
 def test_prepare_names_a_missing_broker_and_redis_and_how_to_start_them(tmp_path: Path) -> None:
