@@ -26,7 +26,7 @@ from shared.field_errors import flatten_errors
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SMS_PROVIDERS = ("twilio", "aliyun", "http")
-DEFAULT_RETRY_DELAYS = ("5s", "30s", "2m", "10m", "1h")
+DEFAULT_RETRY_LABELS = ("5s", "30s", "2m", "10m", "1h")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -49,6 +49,10 @@ class Delay:
 
     label: str
     seconds: float
+
+
+#: `[retry] delays` when the file sets none; the last is the final attempt.
+DEFAULT_RETRY_DELAYS = tuple(Delay(label, seconds_of(label)) for label in DEFAULT_RETRY_LABELS)
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,9 @@ class FileConfig:
     webpush: WebPushConfig = field(default_factory=WebPushConfig)
     fcm: FcmConfig = field(default_factory=FcmConfig)
     apns: ApnsConfig = field(default_factory=ApnsConfig)
+    # The file's part only: `Settings.outbound_allow` joins OMNIPUSH_OUTBOUND_ALLOW to it.
     outbound_allow: tuple[IPNetwork, ...] = ()
-    retry_delays: tuple[Delay, ...] = tuple(Delay(d, seconds_of(d)) for d in DEFAULT_RETRY_DELAYS)
+    retry_delays: tuple[Delay, ...] = DEFAULT_RETRY_DELAYS
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     # The dispatcher's stage defaults, read by the policy stages themselves.
     policy: Mapping[str, Any] = field(default_factory=dict)
@@ -272,7 +277,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
             raise ConfigError(f"{source}: sms.accounts.{index}.name: {account['name']!r} twice")
     email = data.get("email", {})
     breaker = data.get("breaker", {})
-    delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_DELAYS)
+    delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_LABELS)
     return FileConfig(
         email=EmailConfig(
             smtp_url=email.get("smtp_url"),

@@ -49,11 +49,9 @@ class Settings:
     api_bind: str = "127.0.0.1:8080"
     gateway_bind: str = "127.0.0.1:8081"
     config_path: str = "omnipush.toml"
-    # What the configuration file holds (channel providers, retry delays, policy defaults).
+    # What the configuration file holds (channel providers, retry delays, policy defaults),
+    # with OMNIPUSH_SMTP_URL and OMNIPUSH_SMTP_FROM over its [email].
     config: FileConfig = field(default_factory=FileConfig)
-    # OMNIPUSH_SMTP_URL and OMNIPUSH_SMTP_FROM, or else the file's [email].
-    smtp_url: str | None = None
-    smtp_from: str = "omnipush@localhost"
     queue_prefix: str = "omnipush"
     # None: console lines on a terminal, JSON lines otherwise.
     log_format: LogFormat | None = None
@@ -91,9 +89,7 @@ class Settings:
             api_bind=env.get("OMNIPUSH_API_BIND") or cls.api_bind,
             gateway_bind=env.get("OMNIPUSH_GATEWAY_BIND") or cls.gateway_bind,
             config_path=config_path,
-            config=config,
-            smtp_url=env.get("OMNIPUSH_SMTP_URL") or config.email.smtp_url,
-            smtp_from=env.get("OMNIPUSH_SMTP_FROM") or config.email.sender,
+            config=_email_from_env(config, env),
             queue_prefix=env.get("OMNIPUSH_QUEUE_PREFIX") or cls.queue_prefix,
             log_format=_log_format(env),
             production=production,
@@ -116,9 +112,28 @@ class Settings:
             secret_key=_secret_key(env, production),
         )
 
+    @property
+    def smtp_url(self) -> str | None:
+        """Where email goes (`smtp://` or `smtps://`); None leaves the email channel unset."""
+        return self.config.email.smtp_url
+
+    @property
+    def smtp_from(self) -> str:
+        return self.config.email.sender
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests build settings this way)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _email_from_env(config: FileConfig, env: Mapping[str, str]) -> FileConfig:
+    """The file's configuration with the environment's SMTP settings over its [email]."""
+    email = replace(
+        config.email,
+        smtp_url=env.get("OMNIPUSH_SMTP_URL") or config.email.smtp_url,
+        sender=env.get("OMNIPUSH_SMTP_FROM") or config.email.sender,
+    )
+    return replace(config, email=email)
 
 
 Number = TypeVar("Number", int, float)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.config_file import DEFAULT_RETRY_DELAYS, Delay, seconds_of
+from shared.config_file import DEFAULT_RETRY_DELAYS, Delay
 
 DISPATCH_KEY = "dispatch"
 DELIVERY_LIMIT = 20
@@ -41,7 +41,7 @@ class Topology:
     channels: Sequence[str] = field(default_factory=lambda: ("web",))
     # `[retry] delays`: one queue per delay; a queue's name says its delay, so a changed
     # list declares new queues instead of clashing with the old ones' arguments.
-    retry_delays: Sequence[Delay] = tuple(Delay(d, seconds_of(d)) for d in DEFAULT_RETRY_DELAYS)
+    retry_delays: Sequence[Delay] = DEFAULT_RETRY_DELAYS
 
     @property
     def exchange(self) -> str:
