@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+import redis
 import structlog
 from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
 
@@ -44,6 +45,7 @@ from channels.base import (
 )
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
+from shared.best_effort_redis import BestEffortRedis
 from shared.config_file import Delay
 from shared.ids import utcnow
 from shared.models import Delivery, Device, Endpoint, Message, User, table_of
@@ -51,6 +53,7 @@ from shared.outbound import OutboundPolicy
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
+from shared.settings import Settings
 from shared.statuses import DELIVERY_WAITING, message_outcome
 from shared.trace import event_row, record_events
 
@@ -63,13 +66,19 @@ CLAIM_SECONDS = 10.0
 
 def channel_context(runtime: Runtime, channel: str) -> ChannelContext:
     """What an adapter of `channel` is built with in a process of `runtime`."""
-    settings = runtime.settings
+    return build_channel_context(
+        runtime.settings, runtime.redis, runtime.best_effort_redis, channel
+    )
+
+
+def build_channel_context(
+    settings: Settings, client: redis.Redis, best_effort: BestEffortRedis, channel: str
+) -> ChannelContext:
+    """The context of an adapter of `channel` on these settings and Redis clients."""
     return ChannelContext(
         settings=settings,
-        redis=runtime.redis,
-        accounts=AccountGate(
-            runtime.best_effort_redis, settings.queue_prefix, channel, settings.config.breaker
-        ),
+        redis=client,
+        accounts=AccountGate(best_effort, settings.queue_prefix, channel, settings.config.breaker),
         outbound=OutboundPolicy(allow=settings.outbound_allow),
     )
 
@@ -389,9 +398,11 @@ class ChannelWorker(BatchConsumer):
                         platform=platform,
                     )
                 )
-            if result.outcome is Outcome.DEFERRED:
-                status, error = "deferred", result.detail
-                tier = tier_covering(self.delays, result.retry_after or 0).label
+            retry = self._retry_tier(delivery, result)
+            if retry is not None:
+                # A deferred delivery was not attempted: it waits without using up an attempt.
+                deferred = result.outcome is Outcome.DEFERRED
+                status, error = ("deferred" if deferred else "retrying"), result.detail
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -399,12 +410,12 @@ class ChannelWorker(BatchConsumer):
                         delivery.delivery_id,
                         attempt=delivery.attempt,
                         error=error,
-                        retry_in=tier,
-                        deferred=True,
+                        retry_in=retry,
+                        **({"deferred": True} if deferred else {}),
                         **({"account": result.account} if result.account else {}),
                     )
                 )
-                follow_ups.append((attempt.source, self._retry_message(attempt.source, tier)))
+                follow_ups.append((attempt.source, self._retry_message(attempt.source, retry)))
             elif result.outcome is Outcome.SENT:
                 status, error = "sent", None
                 events.append(
@@ -416,20 +427,6 @@ class ChannelWorker(BatchConsumer):
                         **({"note": result.detail} if result.detail else {}),
                     )
                 )
-            elif result.outcome is Outcome.TRANSIENT and delivery.attempt < self.max_attempts:
-                status, error = "retrying", result.detail
-                tier = self.delays[delivery.attempt - 1].label
-                events.append(
-                    event_row(
-                        delivery.message_id,
-                        "retrying",
-                        delivery.delivery_id,
-                        attempt=delivery.attempt,
-                        error=error,
-                        retry_in=tier,
-                    )
-                )
-                follow_ups.append((attempt.source, self._retry_message(attempt.source, tier)))
             else:
                 status, error = "failed", result.detail
                 events.append(
@@ -468,6 +465,16 @@ class ChannelWorker(BatchConsumer):
         events += self._settle_messages(connection, settling)
         record_events(connection, events)
         return follow_ups
+
+    def _retry_tier(self, delivery: OutboundDelivery, result: Result) -> str | None:
+        """The delay tier a delivery waits in before it comes back, or None when it does not:
+        the tier covering a deferred one's `retry_after`, the next tier after a transient
+        failure, none once every tier is used up."""
+        if result.outcome is Outcome.DEFERRED:
+            return tier_covering(self.delays, result.retry_after or 0).label
+        if result.outcome is Outcome.TRANSIENT and delivery.attempt < self.max_attempts:
+            return self.delays[delivery.attempt - 1].label
+        return None
 
     def _settle_messages(
         self, connection: Connection, message_ids: set[str]

@@ -10,18 +10,19 @@ worker runtime needs for it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import redis
 
-from channels.accounts import AccountGate
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome
+from channels.worker import build_channel_context
 from shared.best_effort_redis import BestEffortRedis
 from shared.ids import new_id, utcnow
-from shared.outbound import OutboundPolicy
 from shared.settings import Settings
+from tests.conftest import REDIS_URL, queue_prefix
 
 
 class Answer(enum.Enum):
@@ -70,18 +71,20 @@ class Rig:
     check_sent: Callable[[OutboundDelivery], None]
 
 
+@contextmanager
+def channel_settings() -> Iterator[Settings]:
+    """Settings of a queue prefix of its own (its Redis keys deleted afterwards) for adapters."""
+    with queue_prefix() as prefix:
+        yield Settings(redis_url=REDIS_URL, queue_prefix=prefix, secret_key="x" * 40)
+
+
 def context_for(settings: Settings, channel: str) -> ChannelContext:
     """The context a worker of `channel` would give its adapter, on `settings`."""
-    return ChannelContext(
-        settings=settings,
-        redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2),
-        accounts=AccountGate(
-            BestEffortRedis(settings.redis_url),
-            settings.queue_prefix,
-            channel,
-            settings.config.breaker,
-        ),
-        outbound=OutboundPolicy(allow=settings.outbound_allow),
+    return build_channel_context(
+        settings,
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2),
+        BestEffortRedis(settings.redis_url),
+        channel,
     )
 
 

@@ -19,8 +19,7 @@ import tests.rigs
 from channels.base import Outcome
 from channels.registry import channel_names
 from shared.settings import Settings
-from tests.channel_harness import EXPECTED, Answer
-from tests.conftest import REDIS_URL, queue_prefix
+from tests.channel_harness import EXPECTED, Answer, channel_settings
 
 RIGS: dict[str, ModuleType] = {
     info.name: importlib.import_module(f"tests.rigs.{info.name}")
@@ -36,8 +35,8 @@ CASES = [
 
 @pytest.fixture
 def rig_settings() -> Iterator[Settings]:
-    with queue_prefix() as prefix:
-        yield Settings(redis_url=REDIS_URL, queue_prefix=prefix, secret_key="x" * 40)
+    with channel_settings() as settings:
+        yield settings
 
 
 def test_every_channel_has_a_rig() -> None:

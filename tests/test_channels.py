@@ -15,15 +15,14 @@ from channels.base import Outcome
 from channels.registry import channel_class
 from shared.notifications import socketio_channel, user_room
 from shared.settings import Settings
-from tests.channel_harness import context_for, delivery_for
-from tests.conftest import REDIS_URL, queue_prefix
+from tests.channel_harness import channel_settings, context_for, delivery_for
 from tests.stack import wait_until
 
 
 @pytest.fixture
 def settings_for_channels() -> Iterator[Settings]:
-    with queue_prefix() as prefix:
-        yield Settings(redis_url=REDIS_URL, queue_prefix=prefix, secret_key="x" * 40)
+    with channel_settings() as settings:
+        yield settings
 
 
 def test_web_needs_a_user(settings_for_channels: Settings) -> None:
