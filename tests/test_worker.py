@@ -42,6 +42,8 @@ class ScriptedChannel(Channel):
         outcome = self.script.pop(0)
         if outcome is Outcome.SENT:
             return Result.sent()
+        if outcome is Outcome.DEFERRED:
+            return Result.deferred("scripted slow-down", retry_after=3, account="primary")
         return Result(outcome, f"scripted {outcome.value}")
 
 
@@ -122,6 +124,30 @@ def state(runtime: Runtime, message_id: str, delivery_id: str) -> tuple[str, str
             )
         )
     return str(delivery_status), str(message_status), stages
+
+
+def test_a_deferred_delivery_waits_in_a_tier_without_using_up_an_attempt(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.DEFERRED, Outcome.SENT])
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(
+            lambda: state(runtime, message_id, delivery_id)[1] == "completed", 20, "completed"
+        )
+    with runtime.engine.connect() as connection:
+        attempts = connection.scalar(select(Delivery.attempts).where(Delivery.id == delivery_id))
+        details = list(
+            connection.scalars(
+                select(Event.detail).where(Event.delivery_id == delivery_id).order_by(Event.id)
+            )
+        )
+    assert channel.attempts == [delivery_id, delivery_id]
+    # The slow-down cost no attempt: the send that went through is the first.
+    assert attempts == 1 and details[-1]["attempt"] == 1
+    assert details[0]["deferred"] is True and details[0]["account"] == "primary"
+    assert details[0]["retry_in"] == "5s"
 
 
 def test_a_transient_failure_is_retried_through_a_delay_tier_then_sent(
