@@ -7,11 +7,14 @@ the channel's kind, their devices, the app's endpoint; a delivery with nothing t
 for good without a call), hands them to the channel, then in one transaction
 records `sent`, `retrying` or `failed` with their trace events (each naming its attempt; the
 short-lived `sending` claim itself is not traced) and settles the message when all
-its deliveries are final. A transient failure goes to the retry tier for its attempt and comes
-back under its own routing key; one that has used every tier, or a permanent one, is `failed`
-and its AMQP message is parked in the dead queue. A deferred one (every provider account
-slowed down or busy) waits in the tier that covers its `retry_after` without using up an
-attempt. Devices the provider reports gone are removed from their user, traced. Sources are
+its deliveries are final. A transient failure goes to the retry tier for its attempt (a
+jitter slot of it chosen at random, see shared/amqp/topology.py, so a burst of failures does
+not come back all at once) and comes back under its own routing key; one that has used every
+tier, or a permanent one, is `failed`, its AMQP message is parked in the dead queue, and a
+`DeadLetter` row written in the same transaction as the `failed` record lets an operator list
+and replay it (shared/dead_letters.py). A deferred one (every provider account slowed down or
+busy) waits in the tier that covers its `retry_after` without using up an attempt. Devices the
+provider reports gone are removed from their user, traced. Sources are
 acked after all that is durable.
 
 A delivery is sent at most once while its claim is known: a redelivered AMQP message finds it
@@ -22,6 +25,7 @@ the stale claim and sends it again.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
 from concurrent.futures import Future, wait
@@ -31,7 +35,17 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from channels.accounts import AccountGate
 from channels.base import (
@@ -45,10 +59,11 @@ from channels.base import (
 )
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
+from shared.amqp.topology import JITTER_SLOTS, retry_slot
 from shared.best_effort_redis import BestEffortRedis
 from shared.config_file import Delay
-from shared.ids import utcnow
-from shared.models import Delivery, Device, Endpoint, Message, User, table_of
+from shared.ids import new_id, utcnow
+from shared.models import DeadLetter, Delivery, Device, Endpoint, Message, User, table_of
 from shared.outbound import OutboundPolicy
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
@@ -94,6 +109,7 @@ _M = table_of(Message)
 _U = table_of(User)
 _V = table_of(Device)
 _E = table_of(Endpoint)
+_DEAD = insert(table_of(DeadLetter))
 _CLAIM = (
     update(_D)
     .where(
@@ -185,6 +201,8 @@ class ChannelWorker(BatchConsumer):
         #: The first attempt, then one after each delay.
         self.max_attempts = len(self.delays) + 1
         self._schema = DeliveryPayload()
+        #: Picks the jitter slot of each transient failure's retry.
+        self._jitter = random.Random()
         self._log = log.bind(channel=channel.name)
 
     def run(self) -> None:
@@ -378,6 +396,7 @@ class ChannelWorker(BatchConsumer):
         events: list[dict[str, Any]] = []
         follow_ups: list[tuple[Inbound, Outgoing]] = []
         gone: list[int] = []
+        dead: list[dict[str, Any]] = []
         # Past their message's expires_at: not sent, and final (nothing to retry or park).
         for delivery in expired:
             groups[("expired", None)].append(delivery.delivery_id)
@@ -415,7 +434,8 @@ class ChannelWorker(BatchConsumer):
                         **({"account": result.account} if result.account else {}),
                     )
                 )
-                follow_ups.append((attempt.source, self._retry_message(attempt.source, retry)))
+                header = retry if deferred else self._jittered(retry)
+                follow_ups.append((attempt.source, self._retry_message(attempt.source, header)))
             elif result.outcome is Outcome.SENT:
                 status, error = "sent", None
                 events.append(
@@ -440,6 +460,18 @@ class ChannelWorker(BatchConsumer):
                     )
                 )
                 follow_ups.append((attempt.source, self._dead_message(attempt.source, result)))
+                dead.append(
+                    {
+                        "id": new_id("dead"),
+                        "delivery_id": delivery.delivery_id,
+                        "message_id": delivery.message_id,
+                        "app_id": delivery.app_id,
+                        "channel": delivery.channel,
+                        "attempts": delivery.attempt,
+                        "error": error,
+                        "created_at": now,
+                    }
+                )
             groups[(status, error)].append(delivery.delivery_id)
             if status not in ("sent", "deferred"):
                 self._log.warning(
@@ -461,6 +493,8 @@ class ChannelWorker(BatchConsumer):
                 connection.execute(_MARK_UNSENT, params)
         if gone:
             connection.execute(_FORGET_DEVICES, {"ids": gone})
+        if dead:
+            connection.execute(_DEAD, dead)
         settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
         events += self._settle_messages(connection, settling)
         record_events(connection, events)
@@ -475,6 +509,12 @@ class ChannelWorker(BatchConsumer):
         if result.outcome is Outcome.TRANSIENT and delivery.attempt < self.max_attempts:
             return self.delays[delivery.attempt - 1].label
         return None
+
+    def _jittered(self, tier: str) -> str:
+        """The header of a random jitter slot of `tier`. Only transient failures are spread:
+        a deferred delivery's tier already starts at the provider's `Retry-After`, which a
+        shorter slot would undercut."""
+        return retry_slot(tier, self._jitter.randrange(JITTER_SLOTS))
 
     def _settle_messages(
         self, connection: Connection, message_ids: set[str]

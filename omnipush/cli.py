@@ -1,4 +1,5 @@
-"""The `omnipush` command line: migrations, apps, browser tokens and `serve <service>`."""
+"""The `omnipush` command line: migrations, apps, browser tokens, traces, stats, dead letters
+and `serve <service>`."""
 
 from __future__ import annotations
 
@@ -298,6 +299,123 @@ def trace(message_id: str, as_json: bool) -> None:
     if found is None:
         raise click.ClickException(f"no message {message_id}")
     click.echo(json.dumps(asdict(found), default=str) if as_json else render(found))
+
+
+@main.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def stats(as_json: bool) -> None:
+    """Per channel: queued, in flight, sent / failed / retrying in the last minute and hour,
+    dead letters, and open breakers."""
+    import redis
+
+    from omnipush.stats import as_json as stats_json
+    from omnipush.stats import collect, render
+
+    settings = _settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        with _store() as engine, engine.connect() as connection:
+            found = collect(connection, client, settings.queue_prefix)
+    finally:
+        client.close()
+    if not found.breakers_known:
+        click.echo("warning: Redis did not answer; open breakers are unknown", err=True)
+    click.echo(json.dumps(stats_json(found)) if as_json else render(found))
+
+
+@main.group()
+def dead() -> None:
+    """Deliveries that failed for good: list them, replay them."""
+
+
+@dead.command("list")
+@click.option("--channel", help="Only this channel's.")
+@click.option("--app", "app_id", help="Only this app's.")
+@click.option("--replayed", is_flag=True, help="Include those already replayed.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of lines.")
+def dead_list(
+    channel: str | None, app_id: str | None, replayed: bool, limit: int, as_json: bool
+) -> None:
+    """List dead letters, oldest first."""
+    from dataclasses import asdict
+
+    from shared.dead_letters import DeadLetterFilter, list_dead_letters
+
+    with _store() as engine, engine.connect() as connection:
+        found, more = list_dead_letters(
+            connection,
+            DeadLetterFilter(app_id=app_id, channel=channel),
+            limit=limit,
+            include_replayed=replayed,
+        )
+    if as_json:
+        click.echo(json.dumps([asdict(item) for item in found], default=str))
+        return
+    for item in found:
+        state = f"  replayed {item.replayed_at:%Y-%m-%d %H:%M:%S}Z" if item.replayed_at else ""
+        click.echo(
+            f"{item.id}  {item.failed_at:%Y-%m-%d %H:%M:%S}Z  {item.channel}  {item.app_id}  "
+            f"{item.delivery_id}  attempts={item.attempts}  {item.reason or ''}{state}"
+        )
+    if more is not None:
+        click.echo(f"(more than {limit}; narrow with --channel/--app or raise --limit)", err=True)
+
+
+@dead.command("replay")
+@click.argument("dead_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter waiting (filtered).")
+@click.option("--channel", help="With --all: only this channel's.")
+@click.option("--app", "app_id", help="With --all: only this app's.")
+def dead_replay(
+    dead_id: str | None, replay_all: bool, channel: str | None, app_id: str | None
+) -> None:
+    """Send DEAD_ID again (or, with --all, every dead letter waiting for a replay)."""
+    from shared.dead_letters import (
+        DeadLetterFilter,
+        ReplayFailed,
+        ReplayOutcome,
+        channels_of,
+        find_dead_letter,
+        replay_link,
+        replay_matching,
+        replay_one,
+    )
+
+    if (dead_id is None) == (not replay_all):
+        raise click.UsageError("give one dead letter ID or --all")
+    if dead_id is not None and (channel or app_id):
+        raise click.UsageError("--channel and --app go with --all")
+    settings = _settings()
+    with _store() as engine:
+        try:
+            if dead_id is not None:
+                with engine.connect() as connection:
+                    found = find_dead_letter(connection, dead_id)
+                if found is None:
+                    raise click.ClickException(f"no dead letter {dead_id}")
+                with replay_link(settings, [found.channel]) as link:
+                    outcome = replay_one(engine, link, dead_id)
+                if outcome is ReplayOutcome.ALREADY_REPLAYED:
+                    raise click.ClickException(f"dead letter {dead_id} was replayed already")
+                click.echo(f"replayed {dead_id}")
+                return
+            chosen = DeadLetterFilter(app_id=app_id, channel=channel)
+            with engine.connect() as connection:
+                channels = channels_of(connection, chosen)
+            if not channels:
+                click.echo("replayed 0 dead letters (none waiting)")
+                return
+            with replay_link(settings, channels) as link:
+                done = replay_matching(
+                    engine,
+                    link,
+                    chosen,
+                    lambda done, total: click.echo(f"replayed {done}/{total}", err=True),
+                )
+        except ReplayFailed as error:
+            raise click.ClickException(str(error)) from error
+    click.echo(f"replayed {done} dead letters")
 
 
 @main.group()

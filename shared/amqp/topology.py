@@ -3,6 +3,15 @@
 One durable topic exchange carries everything. Work queues are quorum queues with a delivery
 limit; retries wait in one TTL queue per delay tier and dead-letter back to the exchange under
 their original routing key; what cannot be delivered ends in the dead queue.
+
+Retry jitter lives in the topology, not in per-message TTLs. A message's own `expiration`
+only takes effect once it reaches the head of its queue (RabbitMQ expires from the head, in
+classic and quorum queues alike), so in a burst of failures each message waits for the
+longest expiration ahead of it and the burst comes back in lock-step anyway. Instead each tier
+has `JITTER_SLOTS` queues whose fixed TTLs step down from the tier's delay to
+`1 - JITTER_SPAN` of it; the worker puts each retry into a slot chosen at random. Every queue
+keeps one TTL, so nothing waits behind a longer message, and a burst leaves its tier spread
+over the last fifth of the delay. Slot 0 is the tier's plain queue (name and header unchanged).
 """
 
 from __future__ import annotations
@@ -15,6 +24,19 @@ from shared.config_file import DEFAULT_RETRY_DELAYS, Delay
 
 DISPATCH_KEY = "dispatch"
 DELIVERY_LIMIT = 20
+#: Queues per retry tier, and how much of the tier's delay the shortest of them cuts off.
+JITTER_SLOTS = 4
+JITTER_SPAN = 0.2
+
+
+def retry_slot(tier: str, slot: int) -> str:
+    """The `tier` header value (and queue name suffix) of one jitter slot of a tier."""
+    return tier if slot == 0 else f"{tier}-j{slot}"
+
+
+def slot_seconds(delay: Delay, slot: int) -> float:
+    """How long a message waits in jitter slot `slot` of `delay`'s tier."""
+    return delay.seconds * (1 - JITTER_SPAN * slot / (JITTER_SLOTS - 1))
 
 
 def channel_key(channel: str) -> str:
@@ -88,21 +110,7 @@ class Topology:
         specs = [self.work_queue(self.dispatch_queue, DISPATCH_KEY)]
         specs += [self.work_queue(self.channel_queue(c), channel_key(c)) for c in self.channels]
         for delay in self.retry_delays:
-            specs.append(
-                QueueSpec(
-                    name=self.retry_queue(delay.label),
-                    exchange=self.retry_exchange,
-                    binding_arguments={"x-match": "all", "tier": delay.label},
-                    arguments={
-                        "x-queue-type": "quorum",
-                        "x-message-ttl": round(delay.seconds * 1000),
-                        # No dead-letter routing key: the message returns under its own key.
-                        "x-dead-letter-exchange": self.exchange,
-                        "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish",
-                    },
-                )
-            )
+            specs += [self._retry_spec(delay, slot) for slot in range(JITTER_SLOTS)]
         specs.append(
             QueueSpec(
                 name=self.dead_queue,
@@ -111,6 +119,22 @@ class Topology:
             )
         )
         return specs
+
+    def _retry_spec(self, delay: Delay, slot: int) -> QueueSpec:
+        tier = retry_slot(delay.label, slot)
+        return QueueSpec(
+            name=self.retry_queue(tier),
+            exchange=self.retry_exchange,
+            binding_arguments={"x-match": "all", "tier": tier},
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": round(slot_seconds(delay, slot) * 1000),
+                # No dead-letter routing key: the message returns under its own key.
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
 
     def declarations(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
         """Every declaration as (pika channel method, args, kwargs), exchanges first."""
