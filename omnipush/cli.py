@@ -387,6 +387,10 @@ def dead_replay(
     if dead_id is not None and (channel or app_id):
         raise click.UsageError("--channel and --app go with --all")
     settings = _settings()
+    # The broker link logs; its lines go to stderr, stdout is the command's answer.
+    from shared.logging import configure_logging
+
+    configure_logging("cli", settings.log_format)
     with _store() as engine:
         try:
             if dead_id is not None:

@@ -184,7 +184,11 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
             .where(DeadLetter.id.in_(list(ids)), DeadLetter.replayed_at.is_(None))
             .values(replayed_at=now)
             .returning(
-                DeadLetter.id, DeadLetter.delivery_id, DeadLetter.message_id, DeadLetter.channel
+                DeadLetter.id,
+                DeadLetter.delivery_id,
+                DeadLetter.message_id,
+                DeadLetter.app_id,
+                DeadLetter.channel,
             )
         ).all()
         if not taken:
@@ -210,11 +214,6 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
                 .returning(Message.id)
             )
         )
-        apps = dict(
-            connection.execute(
-                select(Delivery.id, Delivery.app_id).where(Delivery.id.in_(requeued))
-            ).tuples()
-        )
         outgoing = []
         events = []
         for row in taken:
@@ -234,7 +233,7 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
             payload = {
                 "delivery_id": row.delivery_id,
                 "message_id": row.message_id,
-                "app_id": apps[row.delivery_id],
+                "app_id": row.app_id,
                 "channel": row.channel,
             }
             outgoing.append(Outgoing(channel_key(row.channel), encode(payloads, payload)))
