@@ -3,7 +3,8 @@
 Per channel: deliveries waiting (`pending`/`queued`/`deferred`/`retrying` are "queued"), being
 sent (`sending`, "in flight"), what was sent, failed for good and sent to a retry tier in the
 last minute and the last hour (counted from the trace's `sent`, `failed` and `retrying` events
-of the channel's deliveries, so a delivery retried twice counts twice), the dead letters
+of the channel's deliveries, so a delivery retried twice counts twice, and a deferred one
+counts as retrying), the dead letters
 waiting for a replay, and the provider accounts whose circuit breaker is open.
 
 The windowed counts read the trace of the last hour; `events` has no index on its time, so on
