@@ -19,7 +19,14 @@ from channels.base import Outcome
 from channels.worker import channel_context
 from producer_api.api_keys import NewApp, create_key
 from producer_api.app import create_app
-from shared.dead_letters import DeadLetterFilter, list_dead_letters
+from shared.dead_letters import (
+    DeadLetterFilter,
+    ReplayFailed,
+    find_dead_letter,
+    list_dead_letters,
+    replay,
+    replay_link,
+)
 from shared.ids import new_id, utcnow
 from shared.models import DeadLetter, Delivery, Event, Message
 from shared.runtime import Runtime
@@ -260,3 +267,40 @@ def test_listing_filters_by_app_and_channel_and_pages_in_id_order(
         "failure 4",
     ]
     assert len(others) == 1
+
+
+def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    tenant = new_tenant(runtime)
+    # A channel no queue is bound for: the broker returns the republished message.
+    (dead_id,) = _dead_letters(runtime, tenant.app_id, ["nowhere"])
+    with runtime.engine.begin() as connection:
+        dead = find_dead_letter(connection, dead_id)
+        assert dead is not None
+        now = utcnow()
+        connection.execute(
+            insert(Delivery),
+            {
+                "id": dead.delivery_id,
+                "message_id": dead.message_id,
+                "app_id": tenant.app_id,
+                "recipient": "user:u",
+                "user_id": "u",
+                "channel": "nowhere",
+                "status": "failed",
+                "attempts": 6,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    with replay_link(runtime.settings, []) as link, pytest.raises(ReplayFailed, match="no queue"):
+        replay(runtime.engine, link, [dead_id])
+    with runtime.engine.connect() as connection:
+        found = find_dead_letter(connection, dead_id)
+        delivery = connection.execute(
+            select(Delivery.status, Delivery.attempts).where(Delivery.id == dead.delivery_id)
+        ).one()
+        message = connection.scalar(select(Message.status).where(Message.id == dead.message_id))
+    assert found is not None and found.replayed_at is None
+    assert tuple(delivery) == ("failed", 6) and message == "failed"
+    assert _stages(runtime, dead.delivery_id) == []
