@@ -1,11 +1,11 @@
 """`omnipush stats`: how every channel is doing right now, from the store and Redis.
 
-Per channel: deliveries waiting (`pending`/`queued`/`deferred`/`retrying` are "queued"), being
-sent (`sending`, "in flight"), what was sent, failed for good and sent to a retry tier in the
-last minute and the last hour (counted from the trace's `sent`, `failed` and `retrying` events
-of the channel's deliveries, so a delivery retried twice counts twice, and a deferred one
-counts as retrying), the dead letters
-waiting for a replay, and the provider accounts whose circuit breaker is open.
+Per channel: deliveries waiting for a worker (`pending`, `queued` and `retrying`, as in
+shared/statuses.py, are "queued"), being sent (`sending`, "in flight"); what was sent, failed
+for good and sent to a retry tier in the last minute and the last hour (counted from the
+trace's `sent`, `failed` and `retrying` events of the channel's deliveries, so a delivery
+retried twice counts twice, and a deferred one counts as retrying); the dead letters waiting
+for a replay; and the provider accounts whose circuit breaker is open.
 
 The windowed counts read the trace of the last hour; `events` has no index on its time, so on
 a very large trace this is a scan an operator pays for once per call, never the pipeline.
@@ -23,8 +23,8 @@ from sqlalchemy import Connection, case, func, select
 from channels.accounts import OpenBreaker, open_breakers
 from shared.ids import utcnow
 from shared.models import DeadLetter, Delivery, Event
+from shared.statuses import DELIVERY_WAITING
 
-QUEUED = ("pending", "queued", "deferred", "retrying")
 IN_FLIGHT = ("sending",)
 WINDOWED = ("sent", "failed", "retrying")
 COLUMNS = (
@@ -79,7 +79,7 @@ def collect(
 
     for channel, status, count in connection.execute(
         select(Delivery.channel, Delivery.status, func.count())
-        .where(Delivery.status.in_(QUEUED + IN_FLIGHT))
+        .where(Delivery.status.in_(DELIVERY_WAITING + IN_FLIGHT))
         .group_by(Delivery.channel, Delivery.status)
     ):
         stats = of(channel)
