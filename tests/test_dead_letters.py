@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
+import pika
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import insert, select
@@ -19,6 +21,7 @@ from channels.base import Outcome
 from channels.worker import channel_context
 from producer_api.api_keys import NewApp, create_key
 from producer_api.app import create_app
+from shared.config_file import Delay
 from shared.dead_letters import (
     DeadLetterFilter,
     ReplayFailed,
@@ -30,7 +33,15 @@ from shared.dead_letters import (
 from shared.ids import new_id, utcnow
 from shared.models import DeadLetter, Delivery, Event, Message
 from shared.runtime import Runtime
-from tests.conftest import bearer, isolated_settings, new_tenant, service_env
+from shared.settings import Settings
+from tests.conftest import (
+    AMQP_URL,
+    bearer,
+    isolated_settings,
+    new_tenant,
+    queue_prefix,
+    service_env,
+)
 from tests.offline_dns import offline_resolver
 from tests.stack import run_omnipush, wait_until
 from tests.test_worker import ScriptedChannel, queued_delivery, running_worker, state
@@ -304,3 +315,28 @@ def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Run
     assert found is not None and found.replayed_at is None
     assert tuple(delivery) == ("failed", 6) and message == "failed"
     assert _stages(runtime, dead.delivery_id) == []
+
+
+def test_a_delivery_out_of_attempts_is_a_dead_letter_too(inprocess_settings: Settings) -> None:
+    with queue_prefix() as prefix:
+        # One short tier: the first attempt, one retry after a second, then dead.
+        config = replace(inprocess_settings.config, retry_delays=(Delay("1s", 1.0),))
+        runtime = Runtime.build(
+            inprocess_settings.with_overrides(queue_prefix=prefix, config=config)
+        )
+        channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.TRANSIENT] * 2)
+        try:
+            with running_worker(runtime, channel):
+                message_id, delivery_id = queued_delivery(runtime)
+                _failed(runtime, message_id, delivery_id)
+        finally:
+            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            runtime.topology.delete_blocking(connection.channel())
+            connection.close()
+            runtime.close()
+    with runtime.engine.connect() as connection:
+        (dead,), _ = list_dead_letters(
+            connection, DeadLetterFilter(app_id=_app_of(runtime, message_id))
+        )
+    assert (dead.delivery_id, dead.attempts, dead.reason) == (delivery_id, 2, "scripted transient")
+    assert _stages(runtime, delivery_id) == ["retrying", "failed"]
