@@ -26,9 +26,12 @@ from dispatcher.expansion import (
     PagedExpansion,
     Written,
     delivery_rows,
+    endpoint_channels,
+    endpoints_of,
     first_pages,
     insert_deliveries,
     progress_of,
+    routes_for,
     topics_of,
 )
 from dispatcher.targets import delivery_targets
@@ -204,6 +207,9 @@ class DispatchConsumer(BatchConsumer):
             self.page_size + 1,
         )
         fresh = []
+        routes = endpoint_channels(
+            connection, {e for m in due for e in endpoints_of(m.app_id, m.recipients)}
+        )
         for message in due:
             topical = sum(len(members[(message.app_id, t)]) for t in topics_of(message.recipients))
             if topical > self.page_size:
@@ -216,6 +222,7 @@ class DispatchConsumer(BatchConsumer):
                 message.channels,
                 functools.partial(subscribers_of, members, message.app_id),
                 self._reaches,
+                routes_for(routes, message.app_id),
             )
             rows.extend(delivery_rows(message.id, message.app_id, targets, now))
             events.append(event_row(message.id, "dispatched", deliveries=len(targets)))
