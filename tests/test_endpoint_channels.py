@@ -1,0 +1,123 @@
+"""A message to an app's webhook endpoint through the real pipeline, into a verifying receiver.
+
+The api, relay, dispatcher and webhook worker run as `omnipush serve` processes of their own
+store and queues. The receiver listens on loopback, which the outbound guard refuses unless
+`OMNIPUSH_OUTBOUND_ALLOW` lets it: the guard holds at acceptance and again at call time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from producer_api.api_keys import NewApp
+from shared.runtime import Runtime
+from tests.conftest import isolated_settings, new_tenant, service_env
+from tests.stack import READY_SECONDS, Service, Stack, wait_until
+from tests.webhook_receivers import WebhookReceiver
+
+ALLOW_LOOPBACK = {"OMNIPUSH_OUTBOUND_ALLOW": "127.0.0.1/32"}
+
+
+def webhook_worker(stack: Stack, env: dict[str, str]) -> Service:
+    worker = Service(["serve", "worker", "--channel", "webhook"], {**stack.env, **env}).start()
+    worker.wait_for_log("amqp.ready", READY_SECONDS)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Iterator[Stack]:
+    """api (allowing loopback), relay and dispatcher of a store and queues of their own."""
+    with isolated_settings() as settings:
+        stack = Stack(settings=settings, env=service_env(settings))
+        try:
+            stack.start("api", ALLOW_LOOPBACK)
+            stack.start("relay")
+            stack.start("dispatcher")
+            yield stack
+        finally:
+            stack.stop_all()
+
+
+@pytest.fixture
+def api(pipeline: Stack) -> Iterator[httpx.Client]:
+    runtime = Runtime.build(pipeline.settings)
+    try:
+        tenant: NewApp = new_tenant(runtime)
+    finally:
+        runtime.close()
+    with httpx.Client(
+        base_url=pipeline.api_url, headers={"Authorization": f"Bearer {tenant.api_key}"}, timeout=10
+    ) as client:
+        yield client
+
+
+def endpoint_for(api: httpx.Client, receiver: WebhookReceiver) -> None:
+    """Register the receiver as endpoint `orders`, and give it the secret the API generated."""
+    response = api.put("/v1/endpoints/orders", json={"kind": "webhook", "url": receiver.url})
+    assert response.status_code == 201, response.text
+    receiver.secret = response.json()["secret"]
+
+
+def send(api: httpx.Client) -> str:
+    response = api.post(
+        "/v1/messages",
+        json={
+            "to": [{"endpoint": "orders"}],
+            "channels": ["webhook"],
+            "content": {"title": "Order 42 shipped", "body": "On its way", "data": {"order": 42}},
+        },
+    )
+    assert response.status_code == 202, response.text
+    message_id: str = response.json()["id"]
+    return message_id
+
+
+def settled(api: httpx.Client, message_id: str) -> dict[str, Any] | None:
+    message: dict[str, Any] = api.get(f"/v1/messages/{message_id}").json()
+    return message if message["status"] in ("completed", "failed") else None
+
+
+def test_a_message_to_a_webhook_endpoint_arrives_signed_and_verified(
+    pipeline: Stack, api: httpx.Client
+) -> None:
+    worker = webhook_worker(pipeline, ALLOW_LOOPBACK)
+    try:
+        with WebhookReceiver() as receiver:
+            endpoint_for(api, receiver)
+            message_id = send(api)
+            message = wait_until(lambda: settled(api, message_id), 30, "the message settled")
+            assert message["status"] == "completed", message
+            (delivery,) = message["deliveries"]
+            assert delivery["channel"] == "webhook" and delivery["status"] == "sent"
+            (request,) = receiver.for_delivery(delivery["id"])
+            assert request.verified, request.error
+            assert request.payload is not None
+            assert request.payload["message_id"] == message_id
+            assert request.payload["title"] == "Order 42 shipped"
+            assert request.payload["data"] == {"order": 42}
+    finally:
+        worker.stop()
+
+
+def test_a_loopback_endpoint_is_refused_at_call_time_once_the_allow_list_no_longer_has_it(
+    pipeline: Stack, api: httpx.Client
+) -> None:
+    # Accepted while the API allows loopback; the worker's operator has since closed it.
+    worker = webhook_worker(pipeline, {})
+    try:
+        with WebhookReceiver() as receiver:
+            endpoint_for(api, receiver)
+            message_id = send(api)
+            message = wait_until(lambda: settled(api, message_id), 30, "the message settled")
+            assert message["status"] == "failed", message
+            (delivery,) = message["deliveries"]
+            assert delivery["status"] == "failed" and delivery["attempts"] == 1
+            assert "refused by the outbound guard" in delivery["last_error"]
+            assert "loopback" in delivery["last_error"]
+            assert receiver.received == []
+    finally:
+        worker.stop()
