@@ -3,21 +3,27 @@
 The api, relay, dispatcher and webhook worker run as `omnipush serve` processes of their own
 store and queues. The receiver listens on loopback, which the outbound guard refuses unless
 `OMNIPUSH_OUTBOUND_ALLOW` lets it: the guard holds at acceptance and again at call time.
+Each endpoint is a provider account of its own: one endpoint's slow-down pauses only it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from channels.base import EndpointTarget, OutboundDelivery, Outcome
+from channels.webhook import WebhookChannel
 from producer_api.api_keys import NewApp
 from shared.runtime import Runtime
+from shared.standard_webhooks import generate_secret
+from tests.channel_harness import Answer, channel_settings, context_for, delivery_for
 from tests.conftest import isolated_settings, new_tenant, service_env
 from tests.stack import READY_SECONDS, Service, Stack, wait_until
-from tests.webhook_receivers import WebhookReceiver
+from tests.webhook_receivers import RETRY_AFTER_SECONDS, WebhookReceiver
 
 ALLOW_LOOPBACK = {"OMNIPUSH_OUTBOUND_ALLOW": "127.0.0.1/32"}
 
@@ -121,3 +127,30 @@ def test_a_loopback_endpoint_is_refused_at_call_time_once_the_allow_list_no_long
             assert receiver.received == []
     finally:
         worker.stop()
+
+
+def test_a_429_pauses_only_the_endpoint_that_sent_it() -> None:
+    with (
+        channel_settings() as settings,
+        WebhookReceiver(generate_secret()) as slow,
+        WebhookReceiver(generate_secret()) as fine,
+    ):
+        allowed = settings.with_overrides(outbound_allow=(ipaddress.ip_network("127.0.0.1/32"),))
+        channel = WebhookChannel(context_for(allowed, "webhook"), timeout=2)
+        try:
+            slow.answer(Answer.SLOW_DOWN)
+
+            def to(name: str, receiver: WebhookReceiver) -> OutboundDelivery:
+                assert receiver.secret is not None
+                target = EndpointTarget(name, "webhook", receiver.url, receiver.secret)
+                return delivery_for("webhook", user_id=None, address=name, endpoint=target)
+
+            first = channel.send(to("slow", slow))
+            again = channel.send(to("slow", slow))
+            other = channel.send(to("fine", fine))
+        finally:
+            channel.close()
+    assert first.outcome is Outcome.DEFERRED and first.retry_after == RETRY_AFTER_SECONDS
+    # Paused by its Retry-After: not called again, and the delivery waits without an attempt.
+    assert again.outcome is Outcome.DEFERRED and len(slow.received) == 1
+    assert other.outcome is Outcome.SENT and fine.received[0].verified
