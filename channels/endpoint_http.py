@@ -13,7 +13,6 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import httpx
 
@@ -76,11 +75,3 @@ def post_json(
     if judge_ok is not None and result.outcome is Outcome.SENT:
         return judge_ok(response)
     return result
-
-
-def json_of(response: httpx.Response) -> Any:
-    """The answer's JSON body, or None when it has none."""
-    try:
-        return response.json()
-    except ValueError:
-        return None

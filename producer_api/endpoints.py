@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from flask.views import MethodView
-from sqlalchemy import delete, select
+from sqlalchemy import and_, case, delete, select
 
 from producer_api.auth import current_app_id
 from producer_api.endpoint_schemas import EndpointBodySchema, EndpointPageSchema, EndpointSchema
@@ -89,29 +89,32 @@ class EndpointResource(MethodView):
             fail(422, "The endpoint's url is not one omnipush may call.", errors=refused)
         app_id, now = current_app_id(), utcnow()
         table = table_of(Endpoint)
+        secret = body["secret"]
+        generated = secret is None and body["kind"] == WEBHOOK
+        values = {
+            "kind": body["kind"],
+            "url": body["url"],
+            "secret": generate_secret() if generated else secret,
+        }
+        upsert = insert_for(runtime_of().engine.dialect.name, table).values(
+            app_id=app_id, name=name, created_at=now, updated_at=now, **values
+        )
+        replaced = {**values, "updated_at": now}
+        if generated:
+            # A webhook that has a secret keeps it; decided in the one statement, so two PUTs at
+            # once cannot each answer a secret of their own.
+            keep = and_(table.c.kind == WEBHOOK, table.c.secret.is_not(None))
+            replaced["secret"] = case((keep, table.c.secret), else_=upsert.excluded.secret)
         with runtime_of().engine.begin() as connection:
-            secret = body["secret"]
-            if secret is None and body["kind"] == WEBHOOK:
-                current = connection.execute(
-                    select(Endpoint.kind, Endpoint.secret)
-                    .where(Endpoint.app_id == app_id, Endpoint.name == name)
-                    .with_for_update()
-                ).first()
-                kept = current is not None and current.kind == WEBHOOK and current.secret
-                secret = current.secret if kept and current is not None else generate_secret()
-            values = {"kind": body["kind"], "url": body["url"], "secret": secret}
             # The row is new exactly when its created_at is this request's (as for templates).
             row = connection.execute(
-                insert_for(connection.dialect.name, table)
-                .values(app_id=app_id, name=name, created_at=now, updated_at=now, **values)
-                .on_conflict_do_update(
-                    index_elements=["app_id", "name"], set_={**values, "updated_at": now}
-                )
-                .returning(*_SHOWN)
+                upsert.on_conflict_do_update(
+                    index_elements=["app_id", "name"], set_=replaced
+                ).returning(*_SHOWN)
             ).one()
         shown = _shown(row)
-        if secret is not None:
-            shown["secret"] = secret
+        if row.secret is not None:
+            shown["secret"] = row.secret
         return shown, 201 if row.created_at == now else 200
 
     @blp.response(200, EndpointSchema())

@@ -59,6 +59,16 @@ def test_a_robot_keeps_its_own_signing_secret_or_none(client: FlaskClient, tenan
     assert signed["secret"] == "SEC123" and signed["has_secret"]
 
 
+def test_a_robot_turned_webhook_gets_a_webhook_secret_not_the_robots(
+    client: FlaskClient, tenant: NewApp
+) -> None:
+    put(client, tenant, "room", {**ROBOT, "secret": "SEC123"})
+    turned = put(client, tenant, "room", HOOK).get_json()
+    assert turned["kind"] == "webhook" and turned["secret"].startswith("whsec_")
+    back = put(client, tenant, "room", ROBOT).get_json()
+    assert back["has_secret"] is False
+
+
 def test_delete_forgets_the_endpoint(client: FlaskClient, tenant: NewApp) -> None:
     put(client, tenant, "gone", HOOK)
     assert client.delete("/v1/endpoints/gone", headers=bearer(tenant)).status_code == 204

@@ -1,0 +1,54 @@
+"""How an endpoint's HTTP answer becomes the worker's outcome (`channels.endpoint_http`)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx
+import pytest
+
+from channels.base import Outcome
+from channels.endpoint_http import DEFAULT_RETRY_AFTER_SECONDS, classify, retry_after_seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.SENT),
+        (204, Outcome.SENT),
+        (429, Outcome.DEFERRED),
+        (408, Outcome.TRANSIENT),
+        (500, Outcome.TRANSIENT),
+        (503, Outcome.TRANSIENT),
+        (301, Outcome.PERMANENT),
+        (400, Outcome.PERMANENT),
+        (404, Outcome.PERMANENT),
+        (410, Outcome.PERMANENT),
+    ],
+)
+def test_each_http_status_has_its_outcome(status: int, outcome: Outcome) -> None:
+    result = classify(httpx.Response(status))
+    assert result.outcome is outcome
+    assert result.detail and str(status) in result.detail
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("7", 7, 7),
+        ("0.5", 0.5, 0.5),
+        (None, DEFAULT_RETRY_AFTER_SECONDS, DEFAULT_RETRY_AFTER_SECONDS),
+        ("soon", DEFAULT_RETRY_AFTER_SECONDS, DEFAULT_RETRY_AFTER_SECONDS),
+        (email.utils.formatdate(time.time() + 60, usegmt=True), 55, 61),
+        (email.utils.formatdate(time.time() - 60, usegmt=True), 0.001, 0.001),
+    ],
+    ids=["seconds", "fraction", "absent", "unreadable", "http date", "http date past"],
+)
+def test_retry_after_is_seconds_from_now(header: str | None, low: float, high: float) -> None:
+    assert low <= retry_after_seconds(header) <= high
+
+
+def test_a_429_waits_for_its_retry_after() -> None:
+    result = classify(httpx.Response(429, headers={"Retry-After": "12"}))
+    assert result.outcome is Outcome.DEFERRED and result.retry_after == 12
