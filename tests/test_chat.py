@@ -189,6 +189,24 @@ def test_the_rendered_chat_part_is_posted_and_a_bare_body_is_a_text_message(
         assert received.body[kind_field] == "text"
 
 
+@pytest.mark.parametrize("server_class", [SlackServer, WeComServer], ids=lambda c: c.kind)
+@pytest.mark.parametrize("title", ["Order shipped", None], ids=["titled", "bare"])
+def test_a_body_over_the_vendors_limit_is_cut_to_fit(
+    server_class: type[RobotServer], title: str | None, settings_for_chat: Settings
+) -> None:
+    with server_class() as server:
+        channel = chat_channel(settings_for_chat)
+        try:
+            delivery = chat_delivery(endpoint_of(server))
+            content = {**delivery.content, "title": title, "body": "包裹" * 2500}
+            result = channel.send(replace(delivery, content=content))
+        finally:
+            channel.close()
+    assert result.outcome is Outcome.SENT, result
+    assert server.refusals == []
+    assert server.received[0].says("包裹包裹")
+
+
 @pytest.fixture
 def chat_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
     """The in-process store with queues of its own that include the chat channel's."""

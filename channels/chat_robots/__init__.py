@@ -63,6 +63,17 @@ class Robot(Protocol):
         """The vendor's answer (not a 429 or 5xx: `post_json` read those) as a result."""
 
 
+def clip_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, never inside a character, with an ellipsis
+    when cut: a vendor refuses a message over its limit for good, a cut one still says most."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    ellipsis = "…"
+    kept = encoded[: limit - len(ellipsis.encode())].decode(errors="ignore")
+    return kept + ellipsis
+
+
 def post_json(client: httpx.Client, robot: Robot, url: str, request: RobotRequest) -> Result:
     """POST `request` to `url` through `client` (the guard's) and classify the answer."""
     try:

@@ -3,7 +3,8 @@
 The robot's URL carries its `key` and that is all its security: WeCom robots have no signing
 secret. WeCom answers HTTP 200 with `{"errcode", "errmsg"}`: 0 is sent; 45009 is its frequency
 limit (20 messages a minute); -1 is "system busy"; 93000 an invalid webhook key, and every other
-code a request that will never pass as it is.
+code a request that will never pass as it is. A markdown message holds at most 4096 bytes of
+UTF-8 and a text one 2048: longer ones are cut to fit.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import httpx
 
 from channels.base import EndpointTarget, Result
-from channels.chat_robots import ChatText, RobotRequest, json_answer, quoted
+from channels.chat_robots import ChatText, RobotRequest, clip_bytes, json_answer, quoted
 
 SENT, FREQUENCY, BUSY, INVALID_KEY = 0, 45009, -1, 93000
+MARKDOWN_BYTES, TEXT_BYTES = 4096, 2048
 #: How long a robot over its frequency limit is left alone: its window is a minute.
 LIMITED_SECONDS = 60.0
 
@@ -28,9 +30,10 @@ class WeComRobot:
         if text.title:
             link = f"[{text.url}]({text.url})" if text.url else ""
             lines = [f"**{text.title}**", text.body, link]
-            content = "\n".join(line for line in lines if line)
+            content = clip_bytes("\n".join(line for line in lines if line), MARKDOWN_BYTES)
             return RobotRequest({"msgtype": "markdown", "markdown": {"content": content}})
-        return RobotRequest({"msgtype": "text", "text": {"content": text.plain()}})
+        plain = clip_bytes(text.plain(), TEXT_BYTES)
+        return RobotRequest({"msgtype": "text", "text": {"content": plain}})
 
     def outcome(self, response: httpx.Response) -> Result:
         answer = json_answer(response)
