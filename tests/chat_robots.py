@@ -125,6 +125,11 @@ class RobotServer:
     def url(self) -> str:
         return f"http://{self._proxy.address}{self.path}"
 
+    @property
+    def connections(self) -> int:
+        """How many TCP connections clients have opened to the server so far."""
+        return self._proxy.accepted
+
     def answer(self, mode: Answer) -> None:
         self.mode = mode
         if mode is Answer.TIMEOUT:

@@ -12,12 +12,18 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
+import httpx
 import pika
 import pytest
 from sqlalchemy import insert, select
 
 from channels.base import EndpointTarget, Outcome
 from channels.chat import ChatChannel
+from channels.chat_robots import Robot
+from channels.chat_robots.dingtalk import DingTalkRobot
+from channels.chat_robots.feishu import FeishuRobot
+from channels.chat_robots.slack import SlackRobot
+from channels.chat_robots.wecom import WeComRobot
 from channels.worker import ChannelWorker, channel_context
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import Topology, channel_key
@@ -189,6 +195,18 @@ def test_the_rendered_chat_part_is_posted_and_a_bare_body_is_a_text_message(
         assert received.body[kind_field] == "text"
 
 
+def test_one_connection_is_kept_alive_across_sends(settings_for_chat: Settings) -> None:
+    with WeComServer() as server:
+        channel = chat_channel(settings_for_chat)
+        try:
+            results = [channel.send(chat_delivery(endpoint_of(server))) for _ in range(3)]
+        finally:
+            channel.close()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 3
+    assert len(server.received) == 3
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize("server_class", [SlackServer, WeComServer], ids=lambda c: c.kind)
 @pytest.mark.parametrize("title", ["Order shipped", None], ids=["titled", "bare"])
 def test_a_body_over_the_vendors_limit_is_cut_to_fit(
@@ -205,6 +223,44 @@ def test_a_body_over_the_vendors_limit_is_cut_to_fit(
     assert result.outcome is Outcome.SENT, result
     assert server.refusals == []
     assert server.received[0].says("包裹包裹")
+
+
+ANSWERS: list[tuple[Robot, int, str | dict[str, object], Outcome]] = [
+    (SlackRobot(), 410, "channel_is_archived", Outcome.PERMANENT),
+    (SlackRobot(), 403, "action_prohibited", Outcome.PERMANENT),
+    (SlackRobot(), 400, "invalid_payload", Outcome.PERMANENT),
+    (DingTalkRobot(), 200, {"errcode": 300001, "errmsg": "token is not exist"}, Outcome.PERMANENT),
+    (DingTalkRobot(), 200, "<html>gateway</html>", Outcome.PERMANENT),
+    (FeishuRobot(), 200, {"StatusCode": 0, "StatusMessage": "success"}, Outcome.SENT),
+    (FeishuRobot(), 200, {"code": 9499, "msg": "Too Many Request"}, Outcome.DEFERRED),
+    (FeishuRobot(), 400, {"code": 9499, "msg": "Bad Request"}, Outcome.PERMANENT),
+    (FeishuRobot(), 400, {"code": 19021, "msg": "sign match fail"}, Outcome.PERMANENT),
+    (FeishuRobot(), 200, "not json", Outcome.PERMANENT),
+    (WeComRobot(), 200, {"errcode": 40008, "errmsg": "invalid message type"}, Outcome.PERMANENT),
+    (WeComRobot(), 404, "", Outcome.PERMANENT),
+]
+
+
+@pytest.mark.parametrize(
+    ("robot", "status", "body", "expected"),
+    ANSWERS,
+    ids=[
+        f"{robot.kind} {status} {body if isinstance(body, str) else list(body.values())}"
+        for robot, status, body, _ in ANSWERS
+    ],
+)
+def test_each_vendors_other_answers_are_read_as_the_vendor_means_them(
+    robot: Robot, status: int, body: str | dict[str, object], expected: Outcome
+) -> None:
+    answer = (
+        httpx.Response(status, json=body)
+        if isinstance(body, dict)
+        else httpx.Response(status, text=body)
+    )
+    result = robot.outcome(answer)
+    assert result.outcome is expected, result
+    if expected is Outcome.DEFERRED:
+        assert result.retry_after and result.retry_after > 0
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def post_json(client: httpx.Client, robot: Robot, url: str, request: RobotReques
         return Result.permanent(f"{robot.name} URL refused: {refused}")
     except httpx.TimeoutException:
         return Result.transient(f"{robot.name} did not answer in time")
-    except httpx.TransportError as error:
+    except httpx.RequestError as error:  # connection refused or reset, TLS, a bad answer
         return Result.transient(f"{robot.name} unreachable: {type(error).__name__}")
     if response.status_code == 429:
         return Result.deferred(
