@@ -222,7 +222,9 @@ def test_a_body_over_the_vendors_limit_is_cut_to_fit(
             channel.close()
     assert result.outcome is Outcome.SENT, result
     assert server.refusals == []
-    assert server.received[0].says("包裹包裹")
+    (received,) = server.received
+    assert received.says("包裹包裹")
+    assert received.says("https://shop.example/orders/42")
 
 
 ANSWERS: list[tuple[Robot, int, str | dict[str, object], Outcome]] = [

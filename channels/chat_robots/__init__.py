@@ -74,6 +74,15 @@ def clip_bytes(text: str, limit: int) -> str:
     return kept + ellipsis
 
 
+def lines_fitting(before: str | None, body: str, after: str | None, limit: int) -> str:
+    """The non-empty of `before`, `body` and `after` as lines within `limit` bytes of UTF-8,
+    only the body cut: a long message keeps its title and its link."""
+    fixed = [line for line in (before, after) if line]
+    room = limit - len("\n".join(fixed).encode()) - len(fixed)
+    lines = [before, clip_bytes(body, max(room, 0)) if body else "", after]
+    return "\n".join(line for line in lines if line)
+
+
 def post_json(client: httpx.Client, robot: Robot, url: str, request: RobotRequest) -> Result:
     """POST `request` to `url` through `client` (the guard's) and classify the answer."""
     try:

@@ -38,9 +38,13 @@ class SlackRobot:
         if text.title:
             title = {"type": "plain_text", "text": text.title[:_HEADER_CHARS]}
             blocks.append({"type": "header", "text": title})
-        body = "\n".join(line for line in (escape(text.body), link) if line)
-        if body:
-            section = {"type": "mrkdwn", "text": body[:_SECTION_CHARS]}
+        # A long body is cut, its link kept.
+        room = _SECTION_CHARS - (len(link) + 1 if link else 0)
+        body = escape(text.body)
+        body = body if len(body) <= room else body[: room - 1] + "…"
+        section_text = "\n".join(line for line in (body, link) if line)
+        if section_text:
+            section = {"type": "mrkdwn", "text": section_text}
             blocks.append({"type": "section", "text": section})
         fallback = "\n".join(line for line in lines if line)
         return RobotRequest({"text": fallback, "blocks": blocks})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 
 from channels.base import EndpointTarget, Result
-from channels.chat_robots import ChatText, RobotRequest, clip_bytes, json_answer, quoted
+from channels.chat_robots import ChatText, RobotRequest, json_answer, lines_fitting, quoted
 
 SENT, FREQUENCY, BUSY, INVALID_KEY = 0, 45009, -1, 93000
 MARKDOWN_BYTES, TEXT_BYTES = 4096, 2048
@@ -28,11 +28,10 @@ class WeComRobot:
 
     def request(self, endpoint: EndpointTarget, text: ChatText, now: float) -> RobotRequest:
         if text.title:
-            link = f"[{text.url}]({text.url})" if text.url else ""
-            lines = [f"**{text.title}**", text.body, link]
-            content = clip_bytes("\n".join(line for line in lines if line), MARKDOWN_BYTES)
+            link = f"[{text.url}]({text.url})" if text.url else None
+            content = lines_fitting(f"**{text.title}**", text.body, link, MARKDOWN_BYTES)
             return RobotRequest({"msgtype": "markdown", "markdown": {"content": content}})
-        plain = clip_bytes(text.plain(), TEXT_BYTES)
+        plain = lines_fitting(None, text.body, text.url, TEXT_BYTES)
         return RobotRequest({"msgtype": "text", "text": {"content": plain}})
 
     def outcome(self, response: httpx.Response) -> Result:
