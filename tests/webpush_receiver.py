@@ -31,6 +31,10 @@ from tests.channel_harness import Answer
 from tests.fault_proxy import FaultProxy
 
 RETRY_AFTER_SECONDS = 7
+#: A well-formed subscription's keys, for tests that only store one: the user agent's public
+#: key and auth secret of RFC 8291's example (appendix A).
+P256DH = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
+AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
 URGENCIES = ("very-low", "low", "normal", "high")
 _STATUS = {
     Answer.OK: 201,
