@@ -184,6 +184,27 @@ def test_a_payload_too_large_for_a_push_service_fails_for_good_without_a_call(
     assert receiver.received == [] and receiver.problems == []
 
 
+@pytest.mark.parametrize(
+    "subscription",
+    [
+        pytest.param(None, id="none"),
+        pytest.param({"endpoint": "http://127.0.0.1:9/p"}, id="no keys"),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1:9/p", "keys": {"p256dh": AUTH, "auth": AUTH}},
+            id="a p256dh that is no point",
+        ),
+    ],
+)
+def test_an_unusable_stored_subscription_fails_for_good_without_a_call(
+    key: VapidKey, subscription: dict[str, object] | None
+) -> None:
+    device = DeviceTarget(1, "webpush", None, subscription)
+    with push_channel(key) as channel:
+        result = channel.send(delivery_for("push", devices=(device,)))
+    assert result.outcome is Outcome.PERMANENT
+    assert (result.detail or "").startswith("webpush subscription unusable")
+
+
 def test_a_slow_down_pauses_web_push_for_every_later_delivery(
     key: VapidKey, receiver: WebPushReceiver
 ) -> None:

@@ -101,7 +101,7 @@ class Sender:
             p256dh, auth = b64url_decode(keys["p256dh"]), b64url_decode(keys["auth"])
             payload = json.dumps(delivery.part(("title", "body", "url", "data"))).encode()
             body = encrypted_body(payload, p256dh, auth)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, http_ece.ECEException) as error:
             return Result.permanent(f"webpush subscription unusable: {type(error).__name__}")
         if len(body) > MAX_BODY_BYTES:
             return Result.permanent(
