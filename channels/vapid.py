@@ -28,6 +28,7 @@ RENEW_SECONDS = 3600
 #: Origins whose tokens are kept: push services are few, but endpoints come from apps.
 MAX_CACHED_TOKENS = 256
 _SCALAR_BYTES = 32
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -60,9 +61,16 @@ def uncompressed(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def origin_of(url: str) -> str:
-    """`https://push.example.net:8443/send/x` -> `https://push.example.net:8443` (the `aud`)."""
+    """The URL's origin as RFC 6454 writes it, the `aud` of its token:
+    `https://Push.example.net:443/send/x` -> `https://push.example.net`."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    shown_port = f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else ""
+    return f"{scheme}://{host}{shown_port}"
 
 
 @dataclass

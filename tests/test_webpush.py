@@ -23,7 +23,7 @@ from sqlalchemy import insert, select
 from channels.base import DeviceTarget, Outcome
 from channels.push import PushChannel
 from channels.push_platforms.webpush import retry_after_seconds
-from channels.vapid import TOKEN_SECONDS, VapidKey
+from channels.vapid import TOKEN_SECONDS, VapidKey, origin_of
 from channels.worker import ChannelWorker, channel_context
 from producer_api.api_keys import NewApp
 from shared.amqp.link import AmqpLink
@@ -110,6 +110,21 @@ def test_the_authorization_is_a_token_for_the_endpoints_origin_signed_by_k(key: 
     assert key.authorization("https://push.example.net:8443/x", SUBJECT, now + TOKEN_SECONDS) != (
         header
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "origin"),
+    [
+        ("https://Push.Example.net/send/a?b=c", "https://push.example.net"),
+        ("https://push.example.net:443/send/a", "https://push.example.net"),
+        ("https://push.example.net:8443/send/a", "https://push.example.net:8443"),
+        ("http://[::1]:8080/p", "http://[::1]:8080"),
+    ],
+)
+def test_the_audience_is_the_endpoints_origin_as_rfc_6454_writes_it(
+    endpoint: str, origin: str
+) -> None:
+    assert origin_of(endpoint) == origin
 
 
 def test_vapid_generate_prints_a_webpush_section_whose_key_signs_pushes(
