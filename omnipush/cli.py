@@ -1,4 +1,4 @@
-"""The `omnipush` command line: migrations, apps, browser tokens and `serve <service>`."""
+"""The `omnipush` command line: migrations, apps, browser tokens, VAPID keys, `serve <service>`."""
 
 from __future__ import annotations
 
@@ -298,6 +298,24 @@ def trace(message_id: str, as_json: bool) -> None:
     if found is None:
         raise click.ClickException(f"no message {message_id}")
     click.echo(json.dumps(asdict(found), default=str) if as_json else render(found))
+
+
+@main.group()
+def vapid() -> None:
+    """The Web Push (VAPID) key of `[webpush]`."""
+
+
+@vapid.command("generate")
+def vapid_generate() -> None:
+    """Print a new VAPID key pair as a `[webpush]` section to paste into omnipush.toml."""
+    from channels.vapid import VapidKey
+
+    key = VapidKey.generate()
+    click.echo("[webpush]")
+    click.echo(f'vapid_private_key = "{key.private_b64()}"')
+    click.echo('vapid_subject = "mailto:ops@example.com"  # a contact of yours (or https://)')
+    click.echo("# applicationServerKey for PushManager.subscribe() in the browser:")
+    click.echo(f"# {key.public_b64()}")
 
 
 @main.group()
