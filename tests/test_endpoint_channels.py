@@ -3,7 +3,8 @@
 The api, relay, dispatcher and webhook worker run as `omnipush serve` processes of their own
 store and queues. The receiver listens on loopback, which the outbound guard refuses unless
 `OMNIPUSH_OUTBOUND_ALLOW` lets it: the guard holds at acceptance and again at call time.
-Each endpoint is a provider account of its own: one endpoint's slow-down pauses only it.
+Each endpoint is a provider account of its own: one endpoint's slow-down pauses only it; and
+each is delivered on the one channel its kind needs (`webhook`, or `chat` for the robots).
 """
 
 from __future__ import annotations
@@ -154,3 +155,27 @@ def test_a_429_pauses_only_the_endpoint_that_sent_it() -> None:
     # Paused by its Retry-After: not called again, and the delivery waits without an attempt.
     assert again.outcome is Outcome.DEFERRED and len(slow.received) == 1
     assert other.outcome is Outcome.SENT and fine.received[0].verified
+
+
+def test_each_endpoint_gets_one_delivery_on_the_channel_of_its_kind(
+    pipeline: Stack, api: httpx.Client
+) -> None:
+    hook = api.put("/v1/endpoints/orders", json={"kind": "webhook", "url": "http://127.0.0.1:9/h"})
+    robot = api.put("/v1/endpoints/ops", json={"kind": "slack", "url": "http://127.0.0.1:9/s"})
+    assert hook.status_code == robot.status_code == 201, (hook.text, robot.text)
+    response = api.post(
+        "/v1/messages",
+        json={
+            "to": [{"endpoint": "orders"}, {"endpoint": "ops"}],
+            "channels": ["webhook", "chat"],
+            "content": {"title": "Deploy finished"},
+        },
+    )
+    assert response.status_code == 202, response.text
+    message_id = response.json()["id"]
+
+    def deliveries() -> list[tuple[str, str]] | None:
+        found = api.get(f"/v1/messages/{message_id}").json()["deliveries"]
+        return sorted((d["address"], d["channel"]) for d in found) or None
+
+    assert wait_until(deliveries, 30, "the deliveries") == [("ops", "chat"), ("orders", "webhook")]
