@@ -31,7 +31,6 @@ from dispatcher.expansion import (
     first_pages,
     insert_deliveries,
     progress_of,
-    routes_for,
     topics_of,
 )
 from dispatcher.targets import delivery_targets
@@ -222,7 +221,7 @@ class DispatchConsumer(BatchConsumer):
                 message.channels,
                 functools.partial(subscribers_of, members, message.app_id),
                 self._reaches,
-                routes_for(routes, message.app_id),
+                routes.get(message.app_id),
             )
             rows.extend(delivery_rows(message.id, message.app_id, targets, now))
             events.append(event_row(message.id, "dispatched", deliveries=len(targets)))

@@ -169,26 +169,25 @@ def first_pages(
 
 def endpoint_channels(
     connection: Connection, endpoints: set[tuple[str, str]]
-) -> dict[tuple[str, str], str]:
-    """(app_id, endpoint name) -> the channel that reaches it, for the endpoints that exist."""
+) -> dict[str, dict[str, str]]:
+    """app_id -> endpoint name -> the channel that reaches it, of the (app_id, name) pairs
+    that exist."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
     if not endpoints:
-        return {}
+        return found
     rows = connection.execute(
         select(_E.c.app_id, _E.c.name, _E.c.kind).where(
             tuple_(_E.c.app_id, _E.c.name).in_(list(endpoints))
         )
     )
-    return {(app_id, name): channel_for(kind) for app_id, name, kind in rows}
+    for app_id, name, kind in rows:
+        found[app_id][name] = channel_for(kind)
+    return found
 
 
 def endpoints_of(app_id: str, recipients: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
     """(app_id, name) of each endpoint a message's `to` names."""
     return {(app_id, r["endpoint"]) for r in recipients if "endpoint" in r}
-
-
-def routes_for(channels: Mapping[tuple[str, str], str], app_id: str) -> dict[str, str]:
-    """Endpoint name -> channel, of one app, from what `endpoint_channels` found."""
-    return {name: channel for (app, name), channel in channels.items() if app == app_id}
 
 
 def topics_of(recipients: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -253,7 +252,7 @@ class PagedExpansion:
                 message.channels,
                 _no_subscribers,
                 self.reaches,
-                routes_for(routes, message.app_id),
+                routes.get(message.app_id),
             )
             step, after = 1, ""
         else:

@@ -1,9 +1,9 @@
 """The URLs a request asks omnipush to call later, held to the outbound guard when they arrive.
 
 A message's `callback_url`, an app endpoint's `url` and a Web Push device's
-`subscription.endpoint` pass their schema
-first (a well-formed http(s) URL); here they must also lead to an address omnipush may call
-(see `shared.outbound`): otherwise the request is a 422 naming the field. The check resolves
+`subscription.endpoint` pass their schema first (a well-formed http(s) URL); here they must
+also lead to an address omnipush may call (see `shared.outbound`): otherwise the request is a
+422 naming the field. The check resolves
 hosts, so it runs before any store transaction opens, and each host is resolved once a request.
 """
 
