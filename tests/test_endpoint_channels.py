@@ -4,7 +4,8 @@ The api, relay, dispatcher and webhook worker run as `omnipush serve` processes 
 store and queues. The receiver listens on loopback, which the outbound guard refuses unless
 `OMNIPUSH_OUTBOUND_ALLOW` lets it: the guard holds at acceptance and again at call time.
 Each endpoint is a provider account of its own: one endpoint's slow-down pauses only it; and
-each is delivered on the one channel its kind needs (`webhook`, or `chat` for the robots).
+each is delivered on the one channel its kind needs (`webhook`, or `chat` for the robots),
+also when a large topic makes the dispatcher expand its message step by step.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert, select, update
 
 from channels.base import EndpointTarget, OutboundDelivery, Outcome
 from channels.webhook import WebhookChannel
 from producer_api.api_keys import NewApp
+from shared.ids import utcnow
+from shared.models import Delivery, Endpoint, Message
 from shared.runtime import Runtime
+from shared.settings import Settings
 from shared.standard_webhooks import generate_secret
 from tests.channel_harness import Answer, channel_settings, context_for, delivery_for
-from tests.conftest import isolated_settings, new_tenant, service_env
+from tests.conftest import isolated_settings, new_tenant, queue_prefix, service_env
 from tests.stack import READY_SECONDS, Service, Stack, wait_until
+from tests.test_dispatch import dispatch, running_dispatcher
+from tests.test_paged_dispatch import status_of, topic_message
 from tests.webhook_receivers import RETRY_AFTER_SECONDS, WebhookReceiver
 
 ALLOW_LOOPBACK = {"OMNIPUSH_OUTBOUND_ALLOW": "127.0.0.1/32"}
@@ -179,3 +186,54 @@ def test_each_endpoint_gets_one_delivery_on_the_channel_of_its_kind(
         return sorted((d["address"], d["channel"]) for d in found) or None
 
     assert wait_until(deliveries, 30, "the deliveries") == [("ops", "chat"), ("orders", "webhook")]
+
+
+@pytest.fixture
+def paged_runtime(settings: Settings) -> Iterator[Runtime]:
+    """The in-process store, queues of its own, and a dispatcher page of three subscribers."""
+    with queue_prefix() as prefix:
+        built = Runtime.build(settings.with_overrides(queue_prefix=prefix, dispatch_page_size=3))
+        yield built
+        built.close()
+
+
+def test_a_message_with_a_large_topic_routes_its_endpoints_too(paged_runtime: Runtime) -> None:
+    # The topic is larger than a dispatcher page, so the message is expanded step by step; its
+    # direct recipients (the endpoints) go in the first step, each on its own channel.
+    runtime = paged_runtime
+    message_id, app_id = topic_message(runtime, [f"s{n}" for n in range(5)], direct=[])
+    now = utcnow()
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Endpoint),
+            [
+                {
+                    "app_id": app_id,
+                    "name": name,
+                    "kind": kind,
+                    "url": "https://shop.example/h",
+                    "secret": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for name, kind in (("orders", "webhook"), ("ops", "wecom"))
+            ],
+        )
+        connection.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(
+                recipients=[{"topic": "all"}, {"endpoint": "orders"}, {"endpoint": "ops"}],
+                channels=["web", "webhook", "chat"],
+            )
+        )
+    with running_dispatcher(runtime):
+        dispatch(runtime, message_id, app_id)
+        wait_until(lambda: status_of(runtime, message_id) == "dispatched", 10, "dispatched")
+    with runtime.engine.connect() as connection:
+        rows = connection.execute(
+            select(Delivery.address, Delivery.channel).where(
+                Delivery.message_id == message_id, Delivery.user_id.is_(None)
+            )
+        ).all()
+    assert sorted(tuple(row) for row in rows) == [("ops", "chat"), ("orders", "webhook")]
