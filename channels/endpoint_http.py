@@ -3,8 +3,9 @@
 Webhooks and chat robots are URLs an app gave, so every request goes through the guard's
 client (`shared.outbound.outbound_client`, one keep-alive pool per host) and is vetted at call
 time. The HTTP answer maps onto the worker's outcomes: 2xx sent; 429 deferred until its
-`Retry-After`; 408, 5xx, timeouts and connection errors transient; 410 and every other 4xx
-permanent (the receiver will not take it), as is a URL the guard refuses. A robot that answers
+`Retry-After`; 408, 5xx, timeouts, connection errors and a host that does not resolve (DNS
+may be down) transient; 410 and every other 4xx permanent (the receiver will not take it), as
+is a URL the guard refuses. A robot that answers
 200 with an error code of its own passes `judge_ok` to read the body.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from channels.base import Outcome, Result
-from shared.outbound import OutboundRefused
+from shared.outbound import OutboundRefused, Unresolvable
 
 #: How long to wait when a 429 gives no (readable) Retry-After.
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
@@ -65,6 +66,8 @@ def post_json(
         response = client.post(
             url, content=body, headers={"Content-Type": "application/json", **(headers or {})}
         )
+    except Unresolvable as unresolved:
+        return Result.transient(str(unresolved)[:MAX_DETAIL])
     except OutboundRefused as refused:
         return Result.permanent(f"refused by the outbound guard: {str(refused)[:MAX_DETAIL]}")
     except httpx.TimeoutException as error:

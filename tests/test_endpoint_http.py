@@ -9,7 +9,14 @@ import httpx
 import pytest
 
 from channels.base import Outcome
-from channels.endpoint_http import DEFAULT_RETRY_AFTER_SECONDS, classify, retry_after_seconds
+from channels.endpoint_http import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    classify,
+    post_json,
+    retry_after_seconds,
+)
+from shared.outbound import OutboundPolicy, outbound_client
+from tests.offline_dns import offline_resolver
 
 
 @pytest.mark.parametrize(
@@ -58,3 +65,20 @@ def test_retry_after_may_be_an_http_date(ahead: float, low: float, high: float) 
 def test_a_429_waits_for_its_retry_after() -> None:
     result = classify(httpx.Response(429, headers={"Retry-After": "12"}))
     assert result.outcome is Outcome.DEFERRED and result.retry_after == 12
+
+
+@pytest.mark.parametrize(
+    ("url", "outcome", "says"),
+    [
+        ("http://127.0.0.1:9/hook", Outcome.PERMANENT, "loopback"),
+        ("https://metadata.internal.example/hook", Outcome.PERMANENT, "link-local"),
+        ("https://no-such-host.example/hook", Outcome.TRANSIENT, "does not resolve"),
+    ],
+    ids=["loopback", "resolves inside", "does not resolve now"],
+)
+def test_the_guard_at_call_time_refuses_for_good_or_waits_for_dns(
+    url: str, outcome: Outcome, says: str
+) -> None:
+    with outbound_client(OutboundPolicy(resolver=offline_resolver()), timeout=1) as client:
+        result = post_json(client, url, b"{}")
+    assert result.outcome is outcome and result.detail and says in result.detail
