@@ -117,6 +117,30 @@ def test_a_message_to_a_webhook_endpoint_arrives_signed_and_verified(
         worker.stop()
 
 
+def test_a_webhook_that_failed_is_retried_with_the_same_webhook_id(
+    pipeline: Stack, api: httpx.Client
+) -> None:
+    worker = webhook_worker(pipeline, ALLOW_LOOPBACK)
+    try:
+        with WebhookReceiver() as receiver:
+            endpoint_for(api, receiver)
+            receiver.answer(Answer.SERVER_ERROR)
+            message_id = send(api)
+            wait_until(lambda: receiver.received, 30, "the first attempt")
+            receiver.answer(Answer.OK)
+            # Back after the first retry tier (5 s).
+            message = wait_until(lambda: settled(api, message_id), 30, "the message settled")
+            assert message["status"] == "completed", message
+            (delivery,) = message["deliveries"]
+            assert delivery["attempts"] == 2
+            first, second = receiver.for_delivery(delivery["id"])
+            assert first.verified and second.verified
+            # A receiver that kept the first one can tell the second is the same event.
+            assert first.payload == second.payload
+    finally:
+        worker.stop()
+
+
 def test_a_loopback_endpoint_is_refused_at_call_time_once_the_allow_list_no_longer_has_it(
     pipeline: Stack, api: httpx.Client
 ) -> None:
