@@ -83,7 +83,11 @@ class WebhookReceiver:
             self._server.server_close()
             self._server = None
 
-    def _take(self, path: str, headers: dict[str, str], body: bytes) -> int:
+    def hold(self) -> None:
+        """Keep a request unanswered until the answer changes or the receiver stops."""
+        self._release.wait(HOLD_SECONDS)
+
+    def take(self, path: str, headers: dict[str, str], body: bytes) -> int:
         """Verify and keep one request; the status to answer with."""
         payload: dict[str, Any] | None = None
         error: str | None = None
@@ -122,10 +126,10 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             headers = {name.lower(): value for name, value in self.headers.items()}
             mode = receiver.mode
             if mode is Answer.TIMEOUT:
-                receiver._release.wait(HOLD_SECONDS)
+                receiver.hold()
                 self.close_connection = True
                 return
-            status = receiver._take(self.path, headers, body)
+            status = receiver.take(self.path, headers, body)
             extra: dict[str, str] = {}
             if status == 200 and mode is Answer.SLOW_DOWN:
                 status, extra = 429, {"Retry-After": str(RETRY_AFTER_SECONDS)}
