@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 from channels.base import OutboundDelivery
@@ -128,7 +128,7 @@ class ProviderServer(ABC):
         elif self._httpd is None:
             self._listen()
 
-    def __enter__(self) -> ProviderServer:
+    def __enter__(self) -> Self:
         self._listen()
         return self
 
@@ -144,7 +144,8 @@ class ProviderServer(ABC):
     def _listen(self) -> None:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        # A short poll: stopping (and `DOWN`) waits for the loop to notice.
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def _stop_listening(self) -> None:
         if self._httpd is not None:
@@ -440,15 +441,17 @@ class GatewayServer(ProviderServer):
         return Reply(422, {"error": "number not reachable"})
 
 
-def sms_settings(settings: Settings, *accounts: dict[str, Any]) -> Settings:
-    """`settings` with these `[[sms.accounts]]`, read as the configuration file is read."""
-    return settings.with_overrides(config=parse_config({"sms": {"accounts": list(accounts)}}))
+def sms_settings(settings: Settings, *accounts: dict[str, Any], **sections: Any) -> Settings:
+    """`settings` with these `[[sms.accounts]]` and other `sections` of the configuration
+    file, read as the file is read."""
+    raw = {"sms": {"accounts": list(accounts)}, **sections}
+    return settings.with_overrides(config=parse_config(raw))
 
 
 def sms_delivery(**changes: Any) -> OutboundDelivery:
     """A delivery of a plain message to a Chinese mobile number, with `changes`."""
     content: dict[str, Any] = {"title": "Hello", "body": AWKWARD_TEXT, "url": None, "data": {}}
-    return delivery_for("sms", address="+8613800138000", content=content, **changes)
+    return delivery_for("sms", **({"address": "+8613800138000", "content": content} | changes))
 
 
 @contextmanager
