@@ -7,7 +7,11 @@ test drives deliveries through the real worker runtime, broker and store.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ from structlog.testing import capture_logs
 
 from channels.base import Outcome
 from channels.sms import SmsChannel
+from channels.sms_providers import aliyun as aliyun_provider
 from channels.worker import ChannelWorker, channel_context
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
@@ -39,10 +44,11 @@ from tests.sms_providers import (
     ProviderServer,
     Received,
     TwilioServer,
+    alibaba_encode,
     sms_delivery,
     sms_settings,
 )
-from tests.stack import wait_until
+from tests.stack import ROOT, wait_until
 
 PHONE = "+8613800138000"
 
@@ -219,6 +225,32 @@ def test_logs_and_details_mask_the_number_and_never_hold_a_credential(settings: 
     assert not [secret for secret in secrets if secret in everything]
 
 
+#: The worked example of Alibaba's SMS signature documentation, and its signature.
+ALIBABA_EXAMPLE = {
+    "AccessKeyId": "testId",
+    "Action": "SendSms",
+    "Format": "XML",
+    "OutId": "123",
+    "PhoneNumbers": "15300000001",
+    "RegionId": "cn-hangzhou",
+    "SignName": "阿里云短信测试专用",
+    "SignatureMethod": "HMAC-SHA1",
+    "SignatureNonce": "45e25e9b-0a6f-4070-8c85-2956eda1b466",
+    "SignatureVersion": "1.0",
+    "TemplateCode": "SMS_71390007",
+    "TemplateParam": '{"customer":"test"}',
+    "Timestamp": "2017-07-12T02:42:19Z",
+    "Version": "2017-05-25",
+}
+
+
+def test_the_aliyun_signature_is_that_of_alibabas_worked_example() -> None:
+    signed = aliyun_provider.signature(ALIBABA_EXAMPLE, "testSecret")
+    assert signed == "zJDF+Lrzhj/ThnlvIToysFRq6t4="
+    awkward = "a b*~/+"
+    assert aliyun_provider.percent_encode(awkward) == "a%20b%2A~%2F%2B" == alibaba_encode(awkward)
+
+
 @pytest.mark.parametrize(
     ("provider", "key"),
     [
@@ -384,3 +416,39 @@ def all_completed(runtime: Runtime, message_ids: list[str]) -> bool:
     with runtime.engine.connect() as connection:
         statuses = connection.scalars(select(Message.status).where(Message.id.in_(message_ids)))
         return list(statuses) == ["completed"] * len(message_ids)
+
+
+#: A worker process's logging, sending through the accounts in argv[1] (JSON).
+SEND_IN_A_PROCESS = """
+import json, sys
+from channels.sms import SmsChannel
+from shared.logging import configure_logging
+from shared.settings import Settings
+from tests.channel_harness import context_for
+from tests.sms_providers import sms_delivery, sms_settings
+configure_logging("worker-sms", "json")
+settings = sms_settings(Settings(queue_prefix=sys.argv[2]), *json.loads(sys.argv[1]))
+channel = SmsChannel(context_for(settings, "sms"))
+print(channel.send(sms_delivery()).outcome.value)
+channel.close()
+"""
+
+
+def test_a_worker_process_logs_neither_the_number_nor_a_credential(settings: Settings) -> None:
+    with TwilioServer() as twilio, AliyunServer() as aliyun:
+        twilio.answer(Answer.SERVER_ERROR)
+        accounts = [twilio.account("t", weight=1000), aliyun.account("a")]
+        done = subprocess.run(
+            [sys.executable, "-c", SEND_IN_A_PROCESS, json.dumps(accounts), settings.queue_prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    assert done.stdout.strip() == "sent", done.stderr
+    assert len(aliyun.received) == 1 and twilio.requests == 1
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert {line["to"] for line in lines if line["event"] == "sms.attempt"} == {"+86*********00"}
+    for secret in (PHONE, PHONE[1:], twilio.token, aliyun.secret, aliyun.key_id):
+        assert secret not in done.stderr
