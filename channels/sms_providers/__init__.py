@@ -20,9 +20,12 @@ import time
 from abc import ABC, abstractmethod
 
 import httpx
+import structlog
 
 from channels.base import Result
 from shared.config_file import Account, seconds_of
+
+log = structlog.get_logger(__name__)
 
 #: `timeout` of an account that sets none: connect, write and the wait for the answer, each.
 DEFAULT_TIMEOUT = "10s"
@@ -45,17 +48,22 @@ class SmsProvider(ABC):
         self.client = httpx.Client(timeout=timeout)
 
     def send(self, to: str, text: str, delivery_id: str) -> Result:
-        """One attempt to send `text` to `to` (E.164); transport failures are transient."""
+        """One attempt to send `text` to `to` (E.164); what `attempt` raises is transient."""
+        provider = self.account.provider
         try:
             return self.attempt(to, text, delivery_id)
         except httpx.TimeoutException:
-            return Result.transient(f"{self.account.provider}: no answer in time")
-        except httpx.HTTPError as error:
-            return Result.transient(f"{self.account.provider}: {type(error).__name__}")
+            return Result.transient(f"{provider}: no answer in time")
+        except Exception as error:
+            # A transport error, or a bug that must not escape the contract either. Only the
+            # type is kept: an error's text may quote the request (its number, its keys).
+            if not isinstance(error, httpx.HTTPError):
+                log.error("sms.provider_raised", provider=provider, error=type(error).__name__)
+            return Result.transient(f"{provider}: {type(error).__name__}")
 
     @abstractmethod
     def attempt(self, to: str, text: str, delivery_id: str) -> Result:
-        """Call the provider once; may raise httpx's errors, nothing else."""
+        """Call the provider once and classify its answer; may raise (see `send`)."""
 
     def close(self) -> None:
         self.client.close()
