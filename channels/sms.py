@@ -14,6 +14,7 @@ would hold its claim for longer than the worker lets a claim stand.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -75,16 +76,20 @@ class SmsChannel(Channel):
         return list(self._threads.map(self.send, deliveries))
 
     def _attempt(self, account: Account, delivery: OutboundDelivery, to: str, text: str) -> Result:
+        started = time.monotonic()
         result = self.providers[account.name].send(to, text, delivery.delivery_id)
         (log.info if result.outcome is Outcome.SENT else log.warning)(
             "sms.attempt",
+            app=delivery.app_id,
+            message_id=delivery.message_id,
+            delivery_id=delivery.delivery_id,
+            channel=self.name,
             account=account.name,
             provider=account.provider,
             to=mask_address(to),
-            delivery_id=delivery.delivery_id,
-            message_id=delivery.message_id,
-            outcome=result.outcome.value,
+            status=result.outcome.value,
             detail=result.detail,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         # The account's name leads the detail: it is what an operator looks at first.
         detail = f"{account.name}: {result.detail}" if result.detail else account.name

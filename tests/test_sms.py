@@ -212,7 +212,7 @@ def test_logs_and_details_mask_the_number_and_never_hold_a_credential(settings: 
             sent = channel.send(sms_delivery())
     assert rejected.outcome is Outcome.PERMANENT and sent.account == "g"
     attempts = [entry for entry in logs if entry["event"] == "sms.attempt"]
-    assert [(e["account"], e["outcome"]) for e in attempts] == [
+    assert [(e["account"], e["status"]) for e in attempts] == [
         ("t", "permanent"),
         ("t", "transient"),
         ("a", "deferred"),
