@@ -28,7 +28,9 @@ from shared.config_file import Account, seconds_of
 log = structlog.get_logger(__name__)
 
 #: `timeout` of an account that sets none: connect, write and the wait for the answer, each.
-DEFAULT_TIMEOUT = "10s"
+#: Well under the worker's claim (`CLAIM_SECONDS`), so a hanging account fails over before
+#: another worker may take the claim over.
+DEFAULT_TIMEOUT = "5s"
 #: How long a 429 without a usable `Retry-After` pauses the account.
 DEFAULT_SLOW_DOWN_SECONDS = 1.0
 
