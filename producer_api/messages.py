@@ -265,6 +265,7 @@ def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
         "expires_at": message.expires_at,
         "dedup_key": message.dedup_key,
         "callback_url": message.callback_url,
+        "fallback": message.fallback,
         "created_at": message.created_at,
         "updated_at": message.updated_at,
         "deliveries": deliveries,
