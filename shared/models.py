@@ -226,6 +226,8 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     delivered_at: Mapped[datetime | None] = mapped_column()
     read_at: Mapped[datetime | None] = mapped_column()
+    # The failed delivery to the same recipient that this one replaces (channels.fallback).
+    fallback_of: Mapped[str | None] = mapped_column(String(40))
 
 
 class Endpoint(Base):
