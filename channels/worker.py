@@ -54,6 +54,7 @@ from shared.config_file import Delay
 from shared.ids import utcnow
 from shared.models import Delivery, Device, Endpoint, Message, User, table_of
 from shared.outbound import OutboundPolicy
+from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
@@ -490,7 +491,8 @@ class ChannelWorker(BatchConsumer):
     def _settle_messages(
         self, connection: Connection, message_ids: set[str]
     ) -> list[dict[str, Any]]:
-        """Mark messages whose deliveries are all final as completed / failed."""
+        """Mark messages whose deliveries are all final as completed / failed, each with its
+        status callback (`shared.outbox`)."""
         if not message_ids:
             return []
         rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
@@ -507,6 +509,7 @@ class ChannelWorker(BatchConsumer):
             params = {"ids": ids, "outcome": outcome, "now": now}
             settled = connection.scalars(_SETTLE, params).all()
             events += [event_row(message_id, outcome) for message_id in settled]
+            enqueue_callbacks(connection, settled, now)
         return events
 
     def _retry_message(self, source: Inbound, tier: str) -> Outgoing:
