@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import insert, select
 from standardwebhooks.webhooks import Webhook
 
@@ -290,3 +291,24 @@ def test_the_back_off_doubles_up_to_its_cap_with_jitter_below(
     ]
     assert all(low <= wait <= high for wait in waits)
     assert max(waits) - min(waits) > (high - low) / 2  # jittered, not fixed
+
+
+def test_a_message_canceled_before_dispatch_gets_its_callback_too(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    send_at = (utcnow() + timedelta(hours=1)).isoformat()
+    body = {
+        "to": [{"user_id": "gina"}],
+        "channels": ["web"],
+        "content": {"title": "Sale tomorrow"},
+        "send_at": send_at,
+        "callback_url": "https://shop.example/hooks/omnipush",
+    }
+    headers = {"Authorization": f"Bearer {tenant.api_key}"}
+    message_id = client.post("/v1/messages", json=body, headers=headers).get_json()["id"]
+    assert client.delete(f"/v1/messages/{message_id}", headers=headers).status_code == 200
+    with runtime.engine.connect() as connection:
+        (row,) = connection.execute(select(Callback).where(Callback.message_id == message_id))
+    assert (row.url, row.status) == ("https://shop.example/hooks/omnipush", "pending")
+    assert row.payload["type"] == "message.canceled"
+    assert row.payload["data"] == {"id": message_id, "status": "canceled", "deliveries": {}}
