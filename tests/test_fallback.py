@@ -23,7 +23,7 @@ from dispatcher.relay import OutboxRelay
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Event, Message, User
+from shared.models import Delivery, Event, Message, OutboxEntry, User
 from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from tests.conftest import AMQP_URL, new_tenant, publish
@@ -231,6 +231,11 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
             row.channel: row
             for row in connection.execute(select(Delivery).where(Delivery.message_id == message_id))
         }
+        outbox = connection.execute(
+            select(OutboxEntry.routing_key, OutboxEntry.published_at).where(
+                OutboxEntry.message_id == message_id
+            )
+        ).all()
         stages = list(
             connection.execute(
                 select(Event.stage, Event.delivery_id, Event.detail)
@@ -239,6 +244,10 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
             )
         )
     web = deliveries["web"]
+    # Published through the outbox, marked once confirmed, and not a second `queued` message.
+    assert [(row.routing_key, row.published_at is not None) for row in outbox] == [
+        ("channel.web", True)
+    ]
     assert (deliveries["pager"].status, deliveries["pager"].last_error) == ("failed", error)
     assert (web.status, web.recipient, web.user_id, web.fallback_of) == (
         "sent",
