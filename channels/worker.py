@@ -496,8 +496,9 @@ class ChannelWorker(BatchConsumer):
         if not message_ids:
             return []
         rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-        for message_id, *row in connection.execute(_STATUSES, {"ids": list(message_ids)}):
-            rows[message_id].append((row[0], row[1], row[2]))
+        found = connection.execute(_STATUSES, {"ids": list(message_ids)})
+        for message_id, delivery_id, status, fallback_of in found:
+            rows[message_id].append((delivery_id, status, fallback_of))
         by_outcome: dict[str, list[str]] = defaultdict(list)
         for message_id, deliveries in rows.items():
             outcome = message_outcome(standing(deliveries))

@@ -2,12 +2,11 @@
 
 The API commits a message and its outbox row together; the relay publishes due rows in batches
 with asynchronous confirms and marks them published, with a `queued` event, only for the
-messages the broker confirmed. A channel worker's fallback delivery (`channels.fallback`)
-comes the same way, to its channel's queue, and is published without a `queued` event. A row
-claimed by a relay that crashed is simply still unmarked,
-so the next pass publishes it again (consumers are idempotent). On PostgreSQL the rows are
-claimed with SKIP LOCKED, so several relays can run, and LISTEN/NOTIFY wakes the relay as soon
-as the API commits; on SQLite it polls briefly.
+messages the broker confirmed. A channel worker's fallback delivery (`channels.fallback`) comes
+the same way, to its channel's queue, without a `queued` event. A row claimed by a relay that
+crashed is simply still unmarked, so the next pass publishes it again (consumers are
+idempotent). On PostgreSQL the rows are claimed with SKIP LOCKED, so several relays can run,
+and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly.
 """
 
 from __future__ import annotations
