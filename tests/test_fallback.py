@@ -15,13 +15,14 @@ import pika
 import pytest
 from sqlalchemy import insert, select
 
-from channels.base import Channel, ChannelContext, OutboundDelivery, Result
+from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
 from channels.fallback import next_channel, standing
 from channels.web import WebChannel
 from channels.worker import ChannelWorker, channel_context
 from dispatcher.relay import OutboxRelay
 from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
+from shared.config_file import Delay
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message, OutboxEntry, User
 from shared.payloads import DeliveryPayload, encode
@@ -29,6 +30,7 @@ from shared.runtime import Runtime
 from tests.conftest import AMQP_URL, new_tenant, publish
 from tests.stack import wait_until
 
+ONE_SECOND = Delay("1s", 1.0)
 REACHES = {
     "web": frozenset({"user"}),
     "pager": frozenset({"user", "phone"}),
@@ -95,24 +97,31 @@ class Pager(Channel):
     reaches = frozenset({"phone"})
     address_kind = "phone"
 
-    def __init__(self, context: ChannelContext) -> None:
+    def __init__(self, context: ChannelContext, outcome: Outcome) -> None:
         super().__init__(context)
+        self.outcome = outcome
         self.attempts: list[str] = []
 
     def send(self, delivery: OutboundDelivery) -> Result:
         self.attempts.append(delivery.delivery_id)
+        if self.outcome is Outcome.TRANSIENT:
+            return Result.transient("carrier unavailable")
         return Result.permanent("number blocked by the carrier")
 
 
 @pytest.fixture
 def two_channels(isolated_runtime: Runtime) -> Iterator[Runtime]:
-    """The runtime with a `pager` queue beside the web one (deleted afterwards)."""
-    runtime = replace(
-        isolated_runtime, topology=replace(isolated_runtime.topology, channels=("web", "pager"))
+    """The runtime with a `pager` queue beside the web one and a single retry tier of a
+    second, so that a delivery runs out of retries quickly (deleted afterwards)."""
+    topology = replace(
+        isolated_runtime.topology, channels=("web", "pager"), retry_delays=(ONE_SECOND,)
     )
+    runtime = replace(isolated_runtime, topology=topology)
     yield runtime
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    connection.channel().queue_delete(runtime.topology.channel_queue("pager"))
+    channel = connection.channel()
+    channel.queue_delete(topology.channel_queue("pager"))
+    channel.queue_delete(topology.retry_queue(ONE_SECOND.label))
     connection.close()
 
 
@@ -206,18 +215,19 @@ def fell_back(runtime: Runtime, message_id: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("phone", "sent_to_pager", "error"),
+    ("phone", "outcome", "pager_attempts", "error"),
     [
-        ("+33612345678", True, "number blocked by the carrier"),
-        (None, False, "the user has no phone address"),
+        ("+33612345678", Outcome.PERMANENT, 1, "number blocked by the carrier"),
+        ("+33612345678", Outcome.TRANSIENT, 2, "carrier unavailable"),
+        (None, Outcome.PERMANENT, 0, "the user has no phone address"),
     ],
-    ids=["permanent-failure", "no-address"],
+    ids=["permanent-failure", "retries-used-up", "no-address"],
 )
 def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message_completes(
-    two_channels: Runtime, phone: str | None, sent_to_pager: bool, error: str
+    two_channels: Runtime, phone: str | None, outcome: Outcome, pager_attempts: int, error: str
 ) -> None:
     runtime = two_channels
-    pager = Pager(channel_context(runtime, "pager"))
+    pager = Pager(channel_context(runtime, "pager"), outcome)
     with running_relay(runtime), running(runtime, pager):
         message_id, pager_delivery = paged_message(runtime, phone)
         wait_until(lambda: fell_back(runtime, message_id), 20, "the fallback")
@@ -225,7 +235,7 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
         assert message_status(runtime, message_id) == "dispatched"
         with running(runtime, WebChannel(channel_context(runtime, "web"))):
             wait_until(lambda: message_status(runtime, message_id) == "completed", 20, "completed")
-    assert pager.attempts == ([pager_delivery] if sent_to_pager else [])
+    assert pager.attempts == [pager_delivery] * pager_attempts
     with runtime.engine.connect() as connection:
         deliveries = {
             row.channel: row
@@ -255,7 +265,14 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
         "gina",
         pager_delivery,
     )
-    assert [stage for stage, _d, _detail in stages] == ["failed", "fallback", "sent", "completed"]
-    _stage, traced_delivery, detail = stages[1]
+    retried = ["retrying"] * (pager_attempts - 1)
+    assert [stage for stage, _d, _detail in stages] == [
+        *retried,
+        "failed",
+        "fallback",
+        "sent",
+        "completed",
+    ]
+    _stage, traced_delivery, detail = stages[len(retried) + 1]
     assert traced_delivery == pager_delivery
     assert detail == {"from": "pager", "to": "web", "delivery": web.id}
