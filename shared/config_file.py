@@ -178,6 +178,8 @@ class _SmsAccountSchema(_Section):
     # http
     url = fields.String(validate=_URL)
     token = fields.String()
+    # every provider: connect, send and the wait for the answer, each
+    timeout = fields.String(validate=_duration)
 
 
 #: The keys each SMS provider cannot do without.
