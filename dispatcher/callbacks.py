@@ -19,7 +19,6 @@ import json
 import random
 import signal
 import threading
-import time
 from datetime import timedelta
 from types import FrameType
 
@@ -35,9 +34,9 @@ from shared.outbox import (
     callback_secret,
     claim_due,
     record,
-    signature,
 )
 from shared.runtime import Runtime
+from shared.standard_webhooks import signed_headers
 
 log = structlog.get_logger(__name__)
 
@@ -122,14 +121,8 @@ class CallbackSender:
 
     def _attempt(self, client: httpx.Client, callback: DueCallback) -> Outcome:
         body = json.dumps(callback.payload, separators=(",", ":")).encode()
-        timestamp = int(time.time())
         secret = callback_secret(self.runtime.settings.secret_key, callback.app_id)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": callback.id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(secret, callback.id, timestamp, body),
-        }
+        headers = {"content-type": "application/json", **signed_headers(secret, callback.id, body)}
         try:
             response = client.post(callback.url, content=body, headers=headers)
         except OutboundRefused as refused:

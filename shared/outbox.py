@@ -28,9 +28,8 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from shared.ids import new_id
 from shared.models import App, Callback, Delivery, Message, table_of
+from shared.standard_webhooks import PREFIX
 from shared.trace import event_row, record_events
-
-SECRET_PREFIX = "whsec_"
 
 _A = table_of(App)
 _C = table_of(Callback)
@@ -80,14 +79,7 @@ _RECORD = (
 def callback_secret(secret_key: str, app_id: str) -> str:
     """The app's Standard Webhooks secret (`whsec_` and base64 of 32 bytes); see the docstring."""
     key = hmac.new(secret_key.encode(), f"omnipush callback {app_id}".encode(), hashlib.sha256)
-    return SECRET_PREFIX + base64.b64encode(key.digest()).decode()
-
-
-def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header of one request, as Standard Webhooks defines it."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return PREFIX + base64.b64encode(key.digest()).decode()
 
 
 def enqueue_callbacks(connection: Connection, message_ids: Sequence[str], now: datetime) -> int:
