@@ -21,6 +21,7 @@ import ipaddress
 import ssl
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -171,7 +172,7 @@ class _Handler:
                 message=message,
                 connection=self.server._number_of(smtp),
                 login=_login_of(session),
-                tls=session.ssl is not None,
+                tls=_over_tls(smtp),
             )
         )
         return "250 2.0.0 Ok: queued"
@@ -260,8 +261,14 @@ class SmtpServer:
         elif self.security is Security.STARTTLS:
             kwargs.update(tls_context=self._tls, require_starttls=True)
         if self.credentials is not None:
+            # AUTH only over TLS; aiosmtpd sees only STARTTLS's, implicit TLS is all TLS (and
+            # its warning about AUTH without TLS does not apply to it).
+            if self.security is Security.IMPLICIT_TLS:
+                warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
             kwargs.update(
-                authenticator=self._authenticate, auth_required=True, auth_require_tls=True
+                authenticator=self._authenticate,
+                auth_required=True,
+                auth_require_tls=self.security is Security.STARTTLS,
             )
         controller = Controller(
             _Handler(self), hostname=HOST, port=self.port, server_hostname="smtp.test", **kwargs
@@ -304,3 +311,8 @@ def _login_of(session: Session) -> str | None:
     return (
         data.login.decode() if session.authenticated and isinstance(data, LoginPassword) else None
     )
+
+
+def _over_tls(smtp: SMTP) -> bool:
+    transport = smtp.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
