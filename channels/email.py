@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from channels._mail import compose, envelope_sender
 from channels.accounts import send_through
 from channels.base import Channel, ChannelContext, OutboundDelivery, Result
-from shared.config_file import Account
+from shared.config_file import Account, ConfigError
 from shared.masking import mask_address
 from shared.settings import Settings
 
@@ -84,15 +84,15 @@ class SmtpServer:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpServer:
-        """`smtp://user:pass@host:port?starttls=true` or `smtps://...`; ValueError (never
+        """`smtp://user:pass@host:port?starttls=true` or `smtps://...`; `ConfigError` (never
         naming the password) when it is not one."""
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ValueError("email.smtp_url: use smtp://host:port or smtps://host:port")
+            raise ConfigError("email.smtp_url: use smtp://host:port or smtps://host:port")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError("email.smtp_url: the port is not a number") from None
+            raise ConfigError("email.smtp_url: the port is not a number") from None
         implicit = parts.scheme == "smtps"
         options = dict(p.partition("=")[::2] for p in parts.query.split("&") if p)
         starttls = not implicit and options.get("starttls", "").lower() in _TRUE
@@ -121,7 +121,7 @@ class EmailChannel(Channel):
         super().__init__(context)
         config = context.settings.config.email
         if not config.smtp_url:
-            raise ValueError("email.smtp_url is not set (or OMNIPUSH_SMTP_URL)")
+            raise ConfigError("email.smtp_url: not set (nor OMNIPUSH_SMTP_URL)")
         self._server = SmtpServer.from_url(config.smtp_url)
         self._sender = context.settings.smtp_from
         self._envelope_from = envelope_sender(self._sender)
@@ -131,7 +131,7 @@ class EmailChannel(Channel):
         try:
             self._tls = ssl.create_default_context(cafile=config.ca_file)
         except (OSError, ssl.SSLError) as error:
-            raise ValueError(f"email.ca_file: cannot be used: {error}") from None
+            raise ConfigError(f"email.ca_file: cannot be used: {error}") from None
         self._local_hostname = socket.getfqdn()
         self._marker_prefix = f"{context.settings.queue_prefix}:email:accepted:"
         self._smtp: smtplib.SMTP | None = None

@@ -3,8 +3,11 @@ protection, on how many connections, and what the logs may say about it."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from shared.settings import Settings
 from tests.channel_harness import Answer, channel_settings, context_for
 from tests.rigs.email import ADDRESS, email_delivery, email_settings
 from tests.smtp_server import Security, SmtpServer
+from tests.stack import run_omnipush
 
 USER, PASSWORD = "mailer", "s3cret-Pass/word"
 UNSUBSCRIBE = "https://shop.example/unsubscribe?app={app_id}&to={address}"
@@ -238,3 +242,21 @@ def test_the_email_keys_are_read() -> None:
         3.0,
     )
     assert not EmailChannel.configured(Settings())
+
+
+@pytest.mark.parametrize(
+    ("smtp_url", "error"),
+    [
+        ("smtp://mailer:s3cret@127.0.0.1:port", "email.smtp_url: the port is not a number"),
+        ("smtp://", "email.smtp_url: use smtp://host:port"),
+    ],
+    ids=["bad port", "no host"],
+)
+def test_a_worker_on_a_bad_smtp_url_stops_with_one_line_naming_it(
+    tmp_path: Path, smtp_url: str, error: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIPUSH_")}
+    env.update(OMNIPUSH_SMTP_URL=smtp_url, OMNIPUSH_SECRET_KEY=secrets.token_urlsafe(48))
+    result = run_omnipush("serve", "worker", "--channel", "email", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and error in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
