@@ -22,6 +22,7 @@ from shared.ids import utcnow
 #: that no server has to support 8BITMIME.
 SMTP_POLICY = policy.SMTP.clone(cte_type="7bit")
 _WHITESPACE = re.compile(r"\s+")
+_BARE_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+")
 #: The category whose mail carries `List-Unsubscribe`.
 MARKETING = "marketing"
 
@@ -44,7 +45,7 @@ def compose(
         text = f"{text}\n\n{url}" if text else str(url)
     mail = EmailMessage(policy=SMTP_POLICY)
     mail["From"] = sender
-    mail["To"] = delivery.address or ""
+    mail["To"] = smtp_address(delivery.address or "")
     # A template may render line breaks into the subject; a header cannot hold them.
     mail["Subject"] = _WHITESPACE.sub(" ", str(subject)).strip()
     mail["Date"] = format_datetime(utcnow())
@@ -57,9 +58,21 @@ def compose(
             mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     mail.set_content(text)
     mail.add_alternative(part.get("html") or _html_of(text), subtype="html")
-    if not mail["To"].addresses:
-        raise ValueError("the recipient's address is not an email address")
     return mail
+
+
+def smtp_address(address: str) -> str:
+    """`address` as SMTP carries it without SMTPUTF8 (an international domain in IDNA);
+    ValueError when it is not a bare address or its local part is not ASCII."""
+    local, at, domain = address.rpartition("@")
+    if not at or not _BARE_ADDRESS.fullmatch(address):
+        raise ValueError("the recipient's address is not a bare email address")
+    if not local.isascii():
+        raise ValueError("the recipient's address has a non-ASCII local part (no SMTPUTF8)")
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        raise ValueError("the recipient's address has a domain IDNA cannot write") from None
 
 
 def unsubscribe_url(template: str, delivery: OutboundDelivery) -> str:

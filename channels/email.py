@@ -51,7 +51,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from redis.exceptions import RedisError
 
-from channels._mail import compose, envelope_sender
+from channels._mail import compose, envelope_sender, smtp_address
 from channels.accounts import send_through
 from channels.base import Channel, ChannelContext, OutboundDelivery, Result
 from shared.config_file import Account, ConfigError
@@ -124,7 +124,10 @@ class EmailChannel(Channel):
             raise ConfigError("email.smtp_url: not set (nor OMNIPUSH_SMTP_URL)")
         self._server = SmtpServer.from_url(config.smtp_url)
         self._sender = context.settings.smtp_from
-        self._envelope_from = envelope_sender(self._sender)
+        try:
+            self._envelope_from = smtp_address(envelope_sender(self._sender))
+        except ValueError as error:
+            raise ConfigError(f"email.from: {error} (OMNIPUSH_SMTP_FROM)") from None
         self._list_unsubscribe = config.list_unsubscribe
         self._timeout = config.timeout
         self._account = Account(name="smtp", provider="smtp", rate=config.rate)
@@ -167,27 +170,27 @@ class EmailChannel(Channel):
 
     def _attempt(self, delivery: OutboundDelivery, _account: Account) -> Result:
         try:
+            address = smtp_address(delivery.address or "")
             mail = compose(delivery, self._sender, self._list_unsubscribe).as_bytes()
         except (ValueError, TypeError, IndexError) as error:
             return Result.permanent(f"the mail cannot be written: {masked(str(error))}")
         reused = self._smtp is not None
-        result = self._on_connection(delivery, mail)
+        result = self._on_connection(delivery.delivery_id, address, mail)
         if result is None and reused:
             self._log.info("email.reconnect", reason="the server closed the connection")
-            result = self._on_connection(delivery, mail)
+            result = self._on_connection(delivery.delivery_id, address, mail)
         if result is None:
             closed = smtplib.SMTPServerDisconnected("closed by the server")
             return self._server_failed(closed, "MAIL FROM")
         return result
 
-    def _on_connection(self, delivery: OutboundDelivery, mail: bytes) -> Result | None:
+    def _on_connection(self, delivery_id: str, address: str, mail: bytes) -> Result | None:
         """One MAIL, RCPT, DATA on the open connection (opened if none is); None when the
         connection turned out closed before the mail began."""
         try:
             smtp = self._smtp or self._connect()
         except (OSError, smtplib.SMTPException) as error:
             return self._server_failed(error, "connecting")
-        address = delivery.address or ""
         try:
             code, reply = smtp.mail(self._envelope_from)
         except (smtplib.SMTPServerDisconnected, ConnectionError):
@@ -210,7 +213,7 @@ class EmailChannel(Channel):
             return self._server_failed(error, stage)
         if code != 250:
             return self._refused(smtp, stage, code, reply, address)
-        self._mark_accepted(delivery.delivery_id)
+        self._mark_accepted(delivery_id)
         return Result.sent()
 
     def _connect(self) -> smtplib.SMTP:

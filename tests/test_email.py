@@ -203,6 +203,24 @@ def test_a_server_gone_mid_batch_fails_one_mail_and_defers_the_rest_unattempted(
     assert results[1].detail and results[1].detail.startswith("not attempted")
 
 
+@pytest.mark.parametrize(
+    "address", ["bob@example.com\r\nBcc: eve@example.com", "bøb@example.com", "Bob <b@x.y>"]
+)
+def test_an_address_no_mail_can_carry_fails_for_good_without_a_call(
+    settings: Settings, address: str
+) -> None:
+    with SmtpServer() as server, email_channel(settings, server) as channel:
+        result = channel.send(email_delivery(address=address))
+    assert result.outcome is Outcome.PERMANENT and server.connections == 0
+
+
+def test_an_international_domain_is_sent_in_idna(settings: Settings) -> None:
+    with SmtpServer() as server, email_channel(settings, server) as channel:
+        assert channel.send(email_delivery(address="ann@bücher.example")).outcome is Outcome.SENT
+    (mail,) = server.received
+    assert mail.recipients == ("ann@xn--bcher-kva.example",)
+
+
 def test_logs_and_failure_details_mask_the_address_and_never_show_the_password(
     settings: Settings,
 ) -> None:
