@@ -157,28 +157,33 @@ class EmailChannel(Channel):
         for delivery in deliveries:
             if delivery.delivery_id in accepted:
                 results.append(Result.sent("already accepted by the SMTP server"))
-            elif self._failure is not None:
+                continue
+            try:
+                address = smtp_address(delivery.address or "")
+                mail = compose(delivery, self._sender, self._list_unsubscribe).as_bytes()
+            except (ValueError, TypeError, IndexError) as error:
+                # Not the server's doing: it neither costs a token nor counts for its breaker.
+                results.append(
+                    Result.permanent(f"the mail cannot be written: {masked(str(error))}")
+                )
+                continue
+            if self._failure is not None:
                 detail = f"not attempted: {self._failure}"
                 results.append(Result.deferred(detail, retry_after=NOT_ATTEMPTED_SECONDS))
-            else:
-                attempt = partial(self._attempt, delivery)
-                results.append(send_through(self.context.accounts, [self._account], attempt))
+                continue
+            attempt = partial(self._attempt, delivery.delivery_id, address, mail)
+            results.append(send_through(self.context.accounts, [self._account], attempt))
         return results
 
     def close(self) -> None:
         self._drop(polite=True)
 
-    def _attempt(self, delivery: OutboundDelivery, _account: Account) -> Result:
-        try:
-            address = smtp_address(delivery.address or "")
-            mail = compose(delivery, self._sender, self._list_unsubscribe).as_bytes()
-        except (ValueError, TypeError, IndexError) as error:
-            return Result.permanent(f"the mail cannot be written: {masked(str(error))}")
+    def _attempt(self, delivery_id: str, address: str, mail: bytes, _account: Account) -> Result:
         reused = self._smtp is not None
-        result = self._on_connection(delivery.delivery_id, address, mail)
+        result = self._on_connection(delivery_id, address, mail)
         if result is None and reused:
             self._log.info("email.reconnect", reason="the server closed the connection")
-            result = self._on_connection(delivery.delivery_id, address, mail)
+            result = self._on_connection(delivery_id, address, mail)
         if result is None:
             closed = smtplib.SMTPServerDisconnected("closed by the server")
             return self._server_failed(closed, "MAIL FROM")
