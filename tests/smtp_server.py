@@ -160,6 +160,8 @@ class _Handler:
             return "421 4.7.0 Try again later, closing connection"
         if mode is Answer.SERVER_ERROR:
             return "450 4.3.0 Temporary server error, try again"
+        if self.server.data_reply is not None:
+            return self.server.data_reply
         if self.server.data_delay:
             await asyncio.sleep(self.server.data_delay)
         content = envelope.original_content or b""
@@ -191,6 +193,8 @@ class SmtpServer:
         self.credentials = credentials
         #: Seconds the server takes over each accepted mail (to slow a stream down).
         self.data_delay = data_delay
+        #: When set, the reply to every DATA (and the mail is not kept), e.g. "452 4.3.1 Full".
+        self.data_reply: str | None = None
         self.port = free_port()
         self.mode = Answer.OK
         self.received: list[Received] = []

@@ -191,6 +191,37 @@ def test_try_later_pauses_the_server_for_the_rest_of_the_batch_and_for_other_wor
     assert server.received == [] and server.connections == 1
 
 
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        ("451 4.3.0 Local error, try later", Outcome.DEFERRED),
+        ("452 4.3.1 Insufficient system storage", Outcome.DEFERRED),
+        ("454 4.7.0 Temporary authentication failure", Outcome.TRANSIENT),
+        ("550 5.7.1 <alice@example.com> refused", Outcome.PERMANENT),
+        ("553 5.1.3 Bad recipient address syntax", Outcome.PERMANENT),
+        ("554 5.6.0 Message content rejected", Outcome.PERMANENT),
+    ],
+    ids=lambda value: value.split()[0] if isinstance(value, str) else None,
+)
+def test_each_reply_to_data_is_classified_and_the_connection_serves_the_next_mail(
+    settings: Settings, reply: str, outcome: Outcome
+) -> None:
+    with SmtpServer() as server, email_channel(settings, server) as channel:
+        server.data_reply = reply
+        result = channel.send(email_delivery())
+        server.data_reply = None
+        follow_up = channel.send(email_delivery())
+    assert result.outcome is outcome and result.detail
+    assert (
+        result.detail.startswith(("SMTP ", "recipient refused: SMTP "))
+        and reply[:3] in result.detail
+    )
+    assert "alice@example.com" not in result.detail
+    # A "try later" pauses the server for a while; anything else leaves it to be used.
+    expected = Outcome.DEFERRED if outcome is Outcome.DEFERRED else Outcome.SENT
+    assert follow_up.outcome is expected and server.connections == 1
+
+
 def test_a_server_gone_mid_batch_fails_one_mail_and_defers_the_rest_unattempted(
     settings: Settings,
 ) -> None:
