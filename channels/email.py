@@ -198,7 +198,7 @@ class EmailChannel(Channel):
             return self._server_failed(error, "connecting")
         try:
             code, reply = smtp.mail(self._envelope_from)
-        except (smtplib.SMTPServerDisconnected, ConnectionError):
+        except (smtplib.SMTPServerDisconnected, ConnectionError, ssl.SSLEOFError):
             self._drop()
             return None
         except (OSError, smtplib.SMTPException) as error:

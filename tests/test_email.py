@@ -146,11 +146,13 @@ def test_a_server_that_cannot_be_used_safely_is_a_transient_failure_and_nothing_
     assert PASSWORD not in str(logs) + result.detail and "wrong" not in result.detail
 
 
+@pytest.mark.parametrize("security", list(Security), ids=str)
 def test_one_connection_carries_a_batch_and_the_next_and_a_dropped_one_is_reopened(
-    settings: Settings,
+    settings: Settings, security: Security
 ) -> None:
+    credentials = None if security is Security.PLAIN else (USER, PASSWORD)
     with (
-        SmtpServer(Security.STARTTLS, credentials=(USER, PASSWORD)) as server,
+        SmtpServer(security, credentials=credentials) as server,
         email_channel(settings, server) as channel,
     ):
         first = [email_delivery() for _ in range(5)]
