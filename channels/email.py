@@ -3,9 +3,9 @@
 `[email] smtp_url` (or `OMNIPUSH_SMTP_URL`) names the server:
 `smtp://user:pass@host:587?starttls=true` upgrades a plain connection with STARTTLS (and fails
 rather than send in clear when the server does not offer it), `smtps://host:465` speaks TLS
-from the start; AUTH is used when the URL has
-credentials. `[email] ca_file` trusts a private CA or a self-signed server, `timeout` bounds
-every wait on the server. What is sent is `channels._mail.compose`.
+from the start; AUTH is used when the URL has credentials. `[email] ca_file` trusts a private
+CA or a self-signed server, `timeout` bounds every wait on the server. What is sent is
+`channels._mail.compose`.
 
 One SMTP connection is opened on first use and reused by every mail of a batch and by the
 batches after it while it stays healthy. A reused connection that turns out closed when a mail
@@ -24,6 +24,10 @@ with `[email] rate`):
 | any other 4xx                 | transient                                                  |
 | 550, 553 and every other 5xx  | permanent (550/553: the recipient is refused)              |
 | refused, timeout, TLS or AUTH | transient, counted towards the account's breaker          |
+| (an address no mail can carry)| permanent, before the gate and without a call             |
+
+A "try later" pauses the whole account, as the server asked: a greylisting 451 to one
+recipient slows every mail down for a while too.
 
 Sending once. The worker's claim keeps a redelivered delivery from being sent again while its
 first send is known (`channels.worker`); it leaves one window, a worker killed between the
