@@ -37,6 +37,7 @@ from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
+from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -230,6 +231,7 @@ class DispatchConsumer(BatchConsumer):
             if ids:
                 connection.execute(_MARK_FINISHED, {"ids": ids, "now": now, "status": status})
                 record_events(connection, [event_row(mid, status, deliveries=0) for mid in ids])
+                enqueue_callbacks(connection, ids, now)
         # A message whose rows were all written just now needs no lookup; one seen before (a
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
         expected = Counter(row["message_id"] for row in rows)

@@ -28,6 +28,7 @@ from dispatcher.targets import Target, delivery_targets
 from shared.db import insert_for
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message, MessageExpansion, Subscription, table_of
+from shared.outbox import enqueue_callbacks
 from shared.trace import event_row, record_events
 
 #: Statuses of a message that is due and not yet dispatched.
@@ -261,6 +262,7 @@ class PagedExpansion:
         events = [event_row(message_id, "dispatched", deliveries=deliveries)]
         if not deliveries:
             events.append(event_row(message_id, "completed", deliveries=0))
+            enqueue_callbacks(connection, [message_id], now)
         record_events(connection, events)
         connection.execute(_DONE, {"message": message_id})
 
@@ -272,4 +274,5 @@ class PagedExpansion:
         if event:
             connection.execute(_SET_STATUS, {"message": message_id, "status": status, "now": now})
             record_events(connection, [event_row(message_id, status, deliveries=0)])
+            enqueue_callbacks(connection, [message_id], now)
         connection.execute(_DONE, {"message": message_id})

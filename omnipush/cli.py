@@ -1,4 +1,4 @@
-"""The `omnipush` command line: migrations, apps, browser tokens and `serve <service>`."""
+"""The `omnipush` command line: migrations, apps, browser tokens, VAPID keys, `serve <service>`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from producer_api.api_keys import KeyInfo
 
-SERVICES = ("api", "relay", "dispatcher", "worker", "gateway")
+SERVICES = ("api", "relay", "dispatcher", "worker", "callbacks", "gateway")
 
 
 @contextmanager
@@ -212,6 +212,38 @@ def apps_limit(
     )
 
 
+@apps.command("callback")
+@click.argument("app_id")
+@click.option("--url", default=None, help="Where the app's messages' final status is POSTed.")
+@click.option("--clear", is_flag=True, help="Remove the app's default callback URL.")
+def apps_callback(app_id: str, url: str | None, clear: bool) -> None:
+    """Show or set APP_ID's default status callback URL (for messages that name none), and
+    print the secret its callbacks are signed with (Standard Webhooks)."""
+    from sqlalchemy import select
+
+    from shared.models import App
+    from shared.outbound import OutboundPolicy, OutboundRefused
+    from shared.outbox import callback_secret
+
+    if url is not None and clear:
+        raise click.UsageError("give --url or --clear, not both")
+    settings = _settings()
+    if url is not None:
+        try:
+            OutboundPolicy(allow=settings.outbound_allow).check_url(url)
+        except OutboundRefused as refused:
+            raise click.ClickException(f"--url: {refused}") from refused
+    with _store_transaction() as session:
+        app = session.scalar(select(App).where(App.id == app_id))
+        if app is None:
+            raise click.ClickException(f"no app {app_id}")
+        if url is not None or clear:
+            app.callback_url = url
+        shown = app.callback_url
+    secret = callback_secret(settings.secret_key, app_id)
+    click.echo(json.dumps({"app_id": app_id, "callback_url": shown, "secret": secret}))
+
+
 def _key_json(key: KeyInfo) -> dict[str, str | None]:
     return {
         "key_id": key.key_id,
@@ -302,6 +334,24 @@ def trace(message_id: str, as_json: bool) -> None:
 
 
 @main.group()
+def vapid() -> None:
+    """The Web Push (VAPID) key of `[webpush]`."""
+
+
+@vapid.command("generate")
+def vapid_generate() -> None:
+    """Print a new VAPID key pair as a `[webpush]` section to paste into omnipush.toml."""
+    from channels.vapid import VapidKey
+
+    key = VapidKey.generate()
+    click.echo("[webpush]")
+    click.echo(f'vapid_private_key = "{key.private_b64()}"')
+    click.echo('vapid_subject = "mailto:ops@example.com"  # a contact of yours (or https://)')
+    click.echo("# applicationServerKey for PushManager.subscribe() in the browser:")
+    click.echo(f"# {key.public_b64()}")
+
+
+@main.group()
 def dev() -> None:
     """Local development helpers used by `make run`."""
 
@@ -343,6 +393,7 @@ def serve(service: str, channel: str | None, workers: int | None) -> None:
         "api": lambda: services.run_api(settings, workers),
         "relay": lambda: services.run_relay(settings),
         "dispatcher": lambda: services.run_dispatcher(settings),
+        "callbacks": lambda: services.run_callbacks(settings),
         "gateway": lambda: services.run_gateway(settings),
     }
     runners[service]()

@@ -96,12 +96,19 @@ class MessageCreateSchema(StrictSchema):
         validate=validate.Length(max=2000),
         metadata={"format": "uri"},
     )
+    # Channels to try in turn, per recipient, when a delivery fails for good (channels.fallback).
+    fallback = fields.List(
+        fields.String(validate=known_channel),
+        allow_none=True,
+        validate=validate.Length(min=1),
+    )
 
     @validates_schema
     def distinct_channels(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        channels = data.get("channels") or []
-        if len(set(channels)) != len(channels):
-            raise ValidationError("Each channel may appear once.", field_name="channels")
+        for name in ("channels", "fallback"):
+            listed = data.get(name) or []
+            if len(set(listed)) != len(listed):
+                raise ValidationError("Each channel may appear once.", field_name=name)
 
     @validates_schema
     def content_or_template(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -248,6 +255,7 @@ class MessageSchema(Schema):
     expires_at = fields.DateTime(allow_none=True)
     dedup_key = fields.String(allow_none=True)
     callback_url = fields.String(allow_none=True)
+    fallback = fields.List(fields.String(), allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     deliveries = fields.List(fields.Nested(DeliverySchema))

@@ -89,6 +89,8 @@ class WebPushConfig:
     vapid_private_key: str | None = None
     vapid_subject: str | None = None
     rate: float | None = None
+    # How long a push service may take to answer one request.
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class _SmsAccountSchema(_Section):
     # http
     url = fields.String(validate=_URL)
     token = fields.String()
+    # every provider: connect, send and the wait for the answer, each
+    timeout = fields.String(validate=_duration)
 
 
 #: The keys each SMS provider cannot do without.
@@ -229,6 +233,7 @@ class _WebPushSchema(_Section):
         validate=validate.Regexp(r"^(mailto:|https://)", error="Use mailto: or https://.")
     )
     rate = _RATE
+    timeout = fields.String(validate=_duration)
 
 
 class _FcmSchema(_Section):
@@ -311,6 +316,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
     email = data.get("email", {})
     breaker = data.get("breaker", {})
     delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_LABELS)
+    webpush = dict(data.get("webpush", {}))
+    if "timeout" in webpush:
+        webpush["timeout"] = seconds_of(webpush["timeout"])
     return FileConfig(
         email=EmailConfig(
             smtp_url=email.get("smtp_url"),
@@ -321,7 +329,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
             timeout=seconds_of(email["timeout"]) if "timeout" in email else EmailConfig.timeout,
         ),
         sms_accounts=tuple(_account(a) for a in accounts),
-        webpush=WebPushConfig(**data.get("webpush", {})),
+        webpush=WebPushConfig(**webpush),
         fcm=FcmConfig(**data.get("fcm", {})),
         apns=ApnsConfig(**data.get("apns", {})),
         outbound_allow=tuple(

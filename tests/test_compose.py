@@ -47,6 +47,7 @@ REAL_VERBS: frozenset[tuple[str, ...]] = frozenset(
         ("serve", "relay"),
         ("serve", "dispatcher"),
         ("serve", "gateway"),
+        ("serve", "callbacks"),
         ("serve", "worker", "--channel", "web"),
     }
 )
@@ -58,6 +59,7 @@ EXPECTED_COMMANDS: dict[str, tuple[str, ...]] = {
     "relay": ("omnipush", "serve", "relay"),
     "dispatcher": ("omnipush", "serve", "dispatcher"),
     "worker-web": ("omnipush", "serve", "worker", "--channel", "web"),
+    "callbacks": ("omnipush", "serve", "callbacks"),
     "gateway": ("omnipush", "serve", "gateway"),
 }
 
