@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from shared.config_file import ConfigError
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -385,6 +386,8 @@ def serve(service: str, channel: str | None, workers: int | None) -> None:
             services.run_worker(settings, channel)
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from error
+        except ConfigError as error:  # the channel refused its settings, naming the key
+            raise click.ClickException(str(error)) from error
         return
     runners = {
         "api": lambda: services.run_api(settings, workers),
