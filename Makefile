@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python -m bench.publish
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.channels
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,7 +6,8 @@ never send the same delivery at once), resolves what each is sent to (the user's
 the channel's kind, their devices, the app's endpoint; a delivery with nothing to send to fails
 for good without a call), hands them to the channel, then in one transaction
 records `sent`, `retrying` or `failed` with their trace events (each naming its attempt; the
-short-lived `sending` claim itself is not traced) and settles the message when all
+short-lived `sending` claim itself is not traced), hands each recipient that failed for good to
+the message's next fallback channel (`channels.fallback`), and settles the message when all
 its deliveries are final. A transient failure goes to the retry tier for its attempt (a
 jitter slot of it chosen at random, see shared/amqp/topology.py, so a burst of failures does
 not come back all at once) and comes back under its own routing key; one that has used every
@@ -28,6 +29,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -57,6 +59,8 @@ from channels.base import (
     Outcome,
     Result,
 )
+from channels.fallback import fall_back, standing
+from channels.registry import reach_table
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import JITTER_SLOTS, retry_slot
@@ -65,6 +69,7 @@ from shared.config_file import Delay
 from shared.ids import new_id, utcnow
 from shared.models import DeadLetter, Delivery, Device, Endpoint, Message, User, table_of
 from shared.outbound import OutboundPolicy
+from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, decode
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
@@ -161,7 +166,7 @@ _MARK_DEFERRED = (
         updated_at=bindparam("now"),
     )
 )
-_STATUSES = select(_D.c.message_id, _D.c.status).where(
+_STATUSES = select(_D.c.message_id, _D.c.id, _D.c.status, _D.c.fallback_of).where(
     _D.c.message_id.in_(bindparam("ids", expanding=True))
 )
 _SETTLE = (
@@ -192,11 +197,14 @@ class ChannelWorker(BatchConsumer):
         link: AmqpLink,
         channel: Channel,
         claim_seconds: float = CLAIM_SECONDS,
+        reaches: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__(link)
         self.runtime = runtime
         self.channel = channel
         self.claim_seconds = claim_seconds
+        #: What each channel reaches, for choosing a fallback channel (`reach_table`).
+        self.reaches = reach_table() if reaches is None else reaches
         self.delays = tuple(runtime.topology.retry_delays)
         #: The first attempt, then one after each delay.
         self.max_attempts = len(self.delays) + 1
@@ -397,6 +405,7 @@ class ChannelWorker(BatchConsumer):
         follow_ups: list[tuple[Inbound, Outgoing]] = []
         gone: list[int] = []
         dead: list[dict[str, Any]] = []
+        failed: list[OutboundDelivery] = []
         # Past their message's expires_at: not sent, and final (nothing to retry or park).
         for delivery in expired:
             groups[("expired", None)].append(delivery.delivery_id)
@@ -472,6 +481,7 @@ class ChannelWorker(BatchConsumer):
                         "created_at": now,
                     }
                 )
+                failed.append(delivery)
             groups[(status, error)].append(delivery.delivery_id)
             if status not in ("sent", "deferred"):
                 self._log.warning(
@@ -495,6 +505,8 @@ class ChannelWorker(BatchConsumer):
             connection.execute(_FORGET_DEVICES, {"ids": gone})
         if dead:
             connection.execute(_DEAD, dead)
+        # Before settling: a message with a fallback delivery pending is not final.
+        events += fall_back(connection, failed, self.reaches, now)
         settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
         events += self._settle_messages(connection, settling)
         record_events(connection, events)
@@ -519,15 +531,17 @@ class ChannelWorker(BatchConsumer):
     def _settle_messages(
         self, connection: Connection, message_ids: set[str]
     ) -> list[dict[str, Any]]:
-        """Mark messages whose deliveries are all final as completed / failed."""
+        """Mark messages whose deliveries are all final as completed / failed, each with its
+        status callback (`shared.outbox`)."""
         if not message_ids:
             return []
-        statuses: dict[str, list[str]] = defaultdict(list)
-        for message_id, status in connection.execute(_STATUSES, {"ids": list(message_ids)}):
-            statuses[message_id].append(status)
+        rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+        found = connection.execute(_STATUSES, {"ids": list(message_ids)})
+        for message_id, delivery_id, status, fallback_of in found:
+            rows[message_id].append((delivery_id, status, fallback_of))
         by_outcome: dict[str, list[str]] = defaultdict(list)
-        for message_id, delivery_statuses in statuses.items():
-            outcome = message_outcome(delivery_statuses)
+        for message_id, deliveries in rows.items():
+            outcome = message_outcome(standing(deliveries))
             if outcome is not None:
                 by_outcome[outcome].append(message_id)
         events = []
@@ -536,6 +550,7 @@ class ChannelWorker(BatchConsumer):
             params = {"ids": ids, "outcome": outcome, "now": now}
             settled = connection.scalars(_SETTLE, params).all()
             events += [event_row(message_id, outcome) for message_id in settled]
+            enqueue_callbacks(connection, settled, now)
         return events
 
     def _retry_message(self, source: Inbound, tier: str) -> Outgoing:

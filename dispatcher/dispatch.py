@@ -26,6 +26,8 @@ from dispatcher.expansion import (
     PagedExpansion,
     Written,
     delivery_rows,
+    endpoint_channels,
+    endpoints_of,
     first_pages,
     insert_deliveries,
     progress_of,
@@ -37,6 +39,7 @@ from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
+from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
@@ -204,6 +207,9 @@ class DispatchConsumer(BatchConsumer):
             self.page_size + 1,
         )
         fresh = []
+        routes = endpoint_channels(
+            connection, {e for m in due for e in endpoints_of(m.app_id, m.recipients)}
+        )
         for message in due:
             topical = sum(len(members[(message.app_id, t)]) for t in topics_of(message.recipients))
             if topical > self.page_size:
@@ -216,6 +222,7 @@ class DispatchConsumer(BatchConsumer):
                 message.channels,
                 functools.partial(subscribers_of, members, message.app_id),
                 self._reaches,
+                routes.get(message.app_id),
             )
             rows.extend(delivery_rows(message.id, message.app_id, targets, now))
             events.append(event_row(message.id, "dispatched", deliveries=len(targets)))
@@ -230,6 +237,7 @@ class DispatchConsumer(BatchConsumer):
             if ids:
                 connection.execute(_MARK_FINISHED, {"ids": ids, "now": now, "status": status})
                 record_events(connection, [event_row(mid, status, deliveries=0) for mid in ids])
+                enqueue_callbacks(connection, ids, now)
         # A message whose rows were all written just now needs no lookup; one seen before (a
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
         expected = Counter(row["message_id"] for row in rows)

@@ -26,8 +26,10 @@ from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, upda
 
 from dispatcher.targets import Target, delivery_targets
 from shared.db import insert_for
+from shared.endpoint_kinds import channel_for
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Message, MessageExpansion, Subscription, table_of
+from shared.models import Delivery, Endpoint, Message, MessageExpansion, Subscription, table_of
+from shared.outbox import enqueue_callbacks
 from shared.trace import event_row, record_events
 
 #: Statuses of a message that is due and not yet dispatched.
@@ -37,6 +39,7 @@ _D = table_of(Delivery)
 _M = table_of(Message)
 _S = table_of(Subscription)
 _X = table_of(MessageExpansion)
+_E = table_of(Endpoint)
 # INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
 # One per store dialect; RETURNING says which rows were new.
 _INSERT_DELIVERIES = {
@@ -165,6 +168,29 @@ def first_pages(
     return members
 
 
+def endpoint_channels(
+    connection: Connection, endpoints: set[tuple[str, str]]
+) -> dict[str, dict[str, str]]:
+    """app_id -> endpoint name -> the channel that reaches it, of the (app_id, name) pairs
+    that exist."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    if not endpoints:
+        return found
+    rows = connection.execute(
+        select(_E.c.app_id, _E.c.name, _E.c.kind).where(
+            tuple_(_E.c.app_id, _E.c.name).in_(list(endpoints))
+        )
+    )
+    for app_id, name, kind in rows:
+        found[app_id][name] = channel_for(kind)
+    return found
+
+
+def endpoints_of(app_id: str, recipients: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """(app_id, name) of each endpoint a message's `to` names."""
+    return {(app_id, r["endpoint"]) for r in recipients if "endpoint" in r}
+
+
 def topics_of(recipients: Sequence[Mapping[str, Any]]) -> list[str]:
     """A message's topics, each once, in the order of its `to` entries."""
     return list(dict.fromkeys(r["topic"] for r in recipients if "topic" in r))
@@ -221,7 +247,14 @@ class PagedExpansion:
         topics = topics_of(message.recipients)
         if step == 0:
             direct = [r for r in message.recipients if "topic" not in r]
-            targets = delivery_targets(direct, message.channels, _no_subscribers, self.reaches)
+            routes = endpoint_channels(connection, endpoints_of(message.app_id, direct))
+            targets = delivery_targets(
+                direct,
+                message.channels,
+                _no_subscribers,
+                self.reaches,
+                routes.get(message.app_id),
+            )
             step, after = 1, ""
         else:
             topic = topics[step - 1]
@@ -261,6 +294,7 @@ class PagedExpansion:
         events = [event_row(message_id, "dispatched", deliveries=deliveries)]
         if not deliveries:
             events.append(event_row(message_id, "completed", deliveries=0))
+            enqueue_callbacks(connection, [message_id], now)
         record_events(connection, events)
         connection.execute(_DONE, {"message": message_id})
 
@@ -272,4 +306,5 @@ class PagedExpansion:
         if event:
             connection.execute(_SET_STATUS, {"message": message_id, "status": status, "now": now})
             record_events(connection, [event_row(message_id, status, deliveries=0)])
+            enqueue_callbacks(connection, [message_id], now)
         connection.execute(_DONE, {"message": message_id})

@@ -2,10 +2,11 @@
 
 The API commits a message and its outbox row together; the relay publishes due rows in batches
 with asynchronous confirms and marks them published, with a `queued` event, only for the
-messages the broker confirmed. A row claimed by a relay that crashed is simply still unmarked,
-so the next pass publishes it again (consumers are idempotent). On PostgreSQL the rows are
-claimed with SKIP LOCKED, so several relays can run, and LISTEN/NOTIFY wakes the relay as soon
-as the API commits; on SQLite it polls briefly.
+messages the broker confirmed. A channel worker's fallback delivery (`channels.fallback`) comes
+the same way, to its channel's queue, without a `queued` event. A row claimed by a relay that
+crashed is simply still unmarked, so the next pass publishes it again (consumers are
+idempotent). On PostgreSQL the rows are claimed with SKIP LOCKED, so several relays can run,
+and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.topology import DISPATCH_KEY
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
-from shared.payloads import DispatchPayload, encode
+from shared.payloads import DeliveryPayload, DispatchPayload, encode
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
 
@@ -94,7 +96,9 @@ class OutboxRelay:
         # After a wake-up, wait this long for more rows: one batch instead of many tiny ones.
         self.linger_seconds = linger_seconds
         self._stopping = threading.Event()
-        self._schema = DispatchPayload()
+        # Most rows are messages to dispatch; a fallback delivery goes to its channel's queue.
+        self._dispatch = DispatchPayload()
+        self._delivery = DeliveryPayload()
         # On PostgreSQL rows are locked while in flight and skipped by other relays.
         self._claim = _DUE.with_for_update(skip_locked=True) if self._postgres else _DUE
         self._listener: PoolProxiedConnection | None = None
@@ -139,7 +143,10 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = self.link.publish_batch(
-                [Outgoing(row.routing_key, encode(self._schema, row.payload)) for row in rows]
+                [
+                    Outgoing(row.routing_key, self._encode(row.routing_key, row.payload))
+                    for row in rows
+                ]
             )
             wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
             confirmed = [
@@ -156,12 +163,16 @@ class OutboxRelay:
             log.info("relay.published", count=len(confirmed))
         return len(confirmed)
 
+    def _encode(self, routing_key: str, payload: dict[str, Any]) -> bytes:
+        return encode(self._dispatch if routing_key == DISPATCH_KEY else self._delivery, payload)
+
     def _mark_published(
         self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any]]]
     ) -> None:
         now = utcnow()
         ids = [row.id for row in rows]
-        message_ids = [row.message_id for row in rows]
+        # Only a message handed to the dispatcher is `queued`, not one getting a fallback.
+        message_ids = [row.message_id for row in rows if row.routing_key == DISPATCH_KEY]
         if self._postgres:
             params = {"ids": ids, "message_ids": message_ids, "message_id_array": message_ids}
             connection.execute(_MARK_ALL_AS_ONE, params | {"now": now})

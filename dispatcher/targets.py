@@ -2,7 +2,8 @@
 
 A user (named, or a topic's subscriber at dispatch time) is reached on every channel of the
 message that serves users; a bare email address or phone number, or an app's endpoint, only on
-the channels that deliver to such an address. Each recipient gets one delivery per channel
+the channels that deliver to such an address; an endpoint only on the one channel its kind
+needs (`shared.endpoint_kinds`) when it is known. Each recipient gets one delivery per channel
 however many entries name it.
 """
 
@@ -34,11 +35,14 @@ def delivery_targets(
     channels: Iterable[str],
     subscribers: Callable[[str], list[str]],
     reaches: Mapping[str, frozenset[str]],
+    endpoint_channels: Mapping[str, str] | None = None,
 ) -> list[Target]:
     """The deliveries of one message, in the order of its `to` entries then its channels.
 
     `subscribers(topic)` lists a topic's users now; `reaches[channel]` names the kinds of
-    recipient a channel delivers to (`USER`, and bare address kinds such as `email`).
+    recipient a channel delivers to (`USER`, and bare address kinds such as `email`);
+    `endpoint_channels[name]` is the channel of the app's endpoint `name` (one that is gone
+    keeps every channel that reaches endpoints, whose worker then records it as failed).
     """
     channel_list = list(channels)
     user_channels = [c for c in channel_list if USER in reaches.get(c, frozenset())]
@@ -60,5 +64,8 @@ def delivery_targets(
         else:
             ((kind, address),) = entry.items()
             reaching = [c for c in channel_list if kind in reaches.get(c, frozenset())]
+            routed = (endpoint_channels or {}).get(address) if kind == "endpoint" else None
+            if routed is not None:
+                reaching = [c for c in reaching if c == routed]
             add(recipient_key(kind, address), None, address, reaching)
     return targets

@@ -1,5 +1,5 @@
-"""The `omnipush` command line: migrations, apps, browser tokens, traces, stats, dead letters
-and `serve <service>`."""
+"""The `omnipush` command line: migrations, apps, browser tokens, VAPID keys, traces, stats,
+dead letters and `serve <service>`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from shared.config_file import ConfigError
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from producer_api.api_keys import KeyInfo
 
-SERVICES = ("api", "relay", "dispatcher", "worker", "gateway")
+SERVICES = ("api", "relay", "dispatcher", "worker", "callbacks", "gateway")
 
 
 @contextmanager
@@ -210,6 +211,38 @@ def apps_limit(
             }
         )
     )
+
+
+@apps.command("callback")
+@click.argument("app_id")
+@click.option("--url", default=None, help="Where the app's messages' final status is POSTed.")
+@click.option("--clear", is_flag=True, help="Remove the app's default callback URL.")
+def apps_callback(app_id: str, url: str | None, clear: bool) -> None:
+    """Show or set APP_ID's default status callback URL (for messages that name none), and
+    print the secret its callbacks are signed with (Standard Webhooks)."""
+    from sqlalchemy import select
+
+    from shared.models import App
+    from shared.outbound import OutboundPolicy, OutboundRefused
+    from shared.outbox import callback_secret
+
+    if url is not None and clear:
+        raise click.UsageError("give --url or --clear, not both")
+    settings = _settings()
+    if url is not None:
+        try:
+            OutboundPolicy(allow=settings.outbound_allow).check_url(url)
+        except OutboundRefused as refused:
+            raise click.ClickException(f"--url: {refused}") from refused
+    with _store_transaction() as session:
+        app = session.scalar(select(App).where(App.id == app_id))
+        if app is None:
+            raise click.ClickException(f"no app {app_id}")
+        if url is not None or clear:
+            app.callback_url = url
+        shown = app.callback_url
+    secret = callback_secret(settings.secret_key, app_id)
+    click.echo(json.dumps({"app_id": app_id, "callback_url": shown, "secret": secret}))
 
 
 def _key_json(key: KeyInfo) -> dict[str, str | None]:
@@ -423,6 +456,24 @@ def dead_replay(
 
 
 @main.group()
+def vapid() -> None:
+    """The Web Push (VAPID) key of `[webpush]`."""
+
+
+@vapid.command("generate")
+def vapid_generate() -> None:
+    """Print a new VAPID key pair as a `[webpush]` section to paste into omnipush.toml."""
+    from channels.vapid import VapidKey
+
+    key = VapidKey.generate()
+    click.echo("[webpush]")
+    click.echo(f'vapid_private_key = "{key.private_b64()}"')
+    click.echo('vapid_subject = "mailto:ops@example.com"  # a contact of yours (or https://)')
+    click.echo("# applicationServerKey for PushManager.subscribe() in the browser:")
+    click.echo(f"# {key.public_b64()}")
+
+
+@main.group()
 def dev() -> None:
     """Local development helpers used by `make run`."""
 
@@ -457,11 +508,14 @@ def serve(service: str, channel: str | None, workers: int | None) -> None:
             services.run_worker(settings, channel)
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from error
+        except ConfigError as error:  # the channel refused its settings, naming the key
+            raise click.ClickException(str(error)) from error
         return
     runners = {
         "api": lambda: services.run_api(settings, workers),
         "relay": lambda: services.run_relay(settings),
         "dispatcher": lambda: services.run_dispatcher(settings),
+        "callbacks": lambda: services.run_callbacks(settings),
         "gateway": lambda: services.run_gateway(settings),
     }
     runners[service]()

@@ -40,6 +40,7 @@ def procfile(channels: tuple[str, ...]) -> str:
         "relay: omnipush serve relay",
         "dispatcher: omnipush serve dispatcher",
         *(f"worker-{name}: omnipush serve worker --channel {name}" for name in channels),
+        "callbacks: omnipush serve callbacks",
         "gateway: omnipush serve gateway",
     ]
     return "\n".join(lines) + "\n"

@@ -60,6 +60,14 @@ def run_dispatcher(settings: Settings) -> None:
     consumer.run()
 
 
+def run_callbacks(settings: Settings) -> None:
+    from dispatcher.callbacks import CallbackSender
+
+    sender = CallbackSender(Runtime.build(settings))
+    sender.install_signal_handlers()
+    sender.run()
+
+
 def run_worker(settings: Settings, channel: str) -> None:
     from channels.registry import channel_class, channel_names
     from channels.worker import ChannelWorker, channel_context

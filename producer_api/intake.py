@@ -1,7 +1,8 @@
 """Message intake: turns validated message bodies into stored messages.
 
-A body that passed its schema still has to name topics and a template this app has, and its
-template has to render with its params; `resolve` checks a whole batch with one query per kind
+A body that passed its schema still has to name topics, endpoints and a template this app has
+(each endpoint on a channel of the message that reaches its kind), and its template has to
+render with its params; `resolve` checks a whole batch with one query per kind
 and renders each template once per body. `store` then writes the accepted messages, their outbox
 rows and their first trace event into the caller's transaction: on commit the relay is woken
 (a scheduled message's outbox row waits for its `send_at`).
@@ -22,8 +23,10 @@ from sqlalchemy.dialects import postgresql
 from producer_api.rendering import Unrenderable, render_message
 from producer_api.templates import load_template_parts
 from shared.amqp.topology import DISPATCH_KEY
+from shared.endpoint_kinds import channel_for
 from shared.ids import new_id, utcnow
 from shared.models import (
+    Endpoint,
     Event,
     JsonType,
     Message,
@@ -175,6 +178,39 @@ def _topic_sizes(
     return {key: int(count) for key, count in rows}
 
 
+def _endpoint_kinds(
+    connection: Connection, app_id: str, bodies: Sequence[dict[str, Any]]
+) -> dict[str, str]:
+    """The app's endpoints that the bodies name, with their kinds."""
+    wanted = {r["endpoint"] for body in bodies for r in body["to"] if "endpoint" in r}
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(Endpoint.name, Endpoint.kind).where(
+            Endpoint.app_id == app_id, Endpoint.name.in_(wanted)
+        )
+    )
+    return {name: kind for name, kind in rows}
+
+
+def _unreachable_endpoints(body: dict[str, Any], kinds: dict[str, str]) -> dict[str, list[str]]:
+    """The field errors of endpoints the app does not have, or that no channel of the message
+    reaches (a webhook needs `webhook`, a robot `chat`)."""
+    errors: dict[str, list[str]] = {}
+    for index, recipient in enumerate(body["to"]):
+        name = recipient.get("endpoint")
+        if name is None:
+            continue
+        kind = kinds.get(name)
+        if kind is None:
+            errors[f"to.{index}.endpoint"] = [f"No endpoint {name} for this app."]
+        elif channel_for(kind) not in body["channels"]:
+            errors[f"to.{index}.endpoint"] = [
+                f"Endpoint {name} is a {kind} endpoint: it needs channel {channel_for(kind)}."
+            ]
+    return errors
+
+
 def _recipients(body: dict[str, Any], sizes: dict[str, int]) -> int:
     return sum(sizes[r["topic"]] if "topic" in r else 1 for r in body["to"])
 
@@ -255,8 +291,11 @@ def _accepted(
 
 
 def is_plain(body: dict[str, Any]) -> bool:
-    """Whether `resolve` needs nothing from the store for this body (no topic, no template)."""
-    return body.get("template") is None and not any("topic" in r for r in body["to"])
+    """Whether `resolve` needs nothing from the store for this body (no topic, endpoint or
+    template)."""
+    return body.get("template") is None and not any(
+        "topic" in r or "endpoint" in r for r in body["to"]
+    )
 
 
 def plain_connection(engine: Engine) -> AbstractContextManager[Connection]:
@@ -278,9 +317,10 @@ def accept_plain(app_id: str, body: dict[str, Any]) -> Accepted:
 def resolve(
     connection: Connection, app_id: str, bodies: Sequence[dict[str, Any]]
 ) -> list[Accepted | Rejected]:
-    """Check each validated body against this app's topics and templates, in order; the
+    """Check each validated body against this app's topics, endpoints and templates, in order; the
     templates of all the bodies render within one `RenderBudget`."""
     known = _topic_sizes(connection, app_id, bodies)
+    kinds = _endpoint_kinds(connection, app_id, bodies)
     templates: dict[str, dict[str, dict[str, str]] | None] = {}
     budget = RenderBudget()
     results: list[Accepted | Rejected] = []
@@ -288,6 +328,11 @@ def resolve(
         unknown = _unknown_topics(body, known)
         if unknown:
             results.append(Rejected("The message names topics this app does not have.", unknown))
+            continue
+        unreachable = _unreachable_endpoints(body, kinds)
+        if unreachable:
+            detail = "The message names endpoints this app does not have, or cannot reach."
+            results.append(Rejected(detail, unreachable))
             continue
         try:
             if body.get("template") is not None:

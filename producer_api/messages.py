@@ -37,6 +37,7 @@ from shared.field_errors import flatten_errors
 from shared.flask_runtime import runtime_of
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Message, OutboxEntry, table_of
+from shared.outbox import enqueue_callbacks
 from shared.problems import problem_document
 from shared.trace import event_row, record_events
 
@@ -265,6 +266,7 @@ def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
         "expires_at": message.expires_at,
         "dedup_key": message.dedup_key,
         "callback_url": message.callback_url,
+        "fallback": message.fallback,
         "created_at": message.created_at,
         "updated_at": message.updated_at,
         "deliveries": deliveries,
@@ -299,4 +301,5 @@ class MessageResource(MethodView):
                     fail(404, f"No message {message_id} for this app.")
                 fail(409, f"Message {message_id} is {status}: too late to cancel.")
             record_events(connection, [event_row(message_id, "canceled")])
+            enqueue_callbacks(connection, [message_id], utcnow())
         return _message_view(message_id, app_id)

@@ -1,14 +1,15 @@
 """The URLs a request asks omnipush to call later, held to the outbound guard when they arrive.
 
-A message's `callback_url` and a Web Push device's `subscription.endpoint` pass their schema
-first (a well-formed http(s) URL); here they must also lead to an address omnipush may call
-(see `shared.outbound`): otherwise the request is a 422 naming the field. The check resolves
+A message's `callback_url`, an app endpoint's `url` and a Web Push device's
+`subscription.endpoint` pass their schema first (a well-formed http(s) URL); here they must
+also lead to an address omnipush may call (see `shared.outbound`): otherwise the request is a
+422 naming the field. The check resolves
 hosts, so it runs before any store transaction opens, and each host is resolved once a request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import Flask, current_app
@@ -38,10 +39,14 @@ def _refusal(policy: OutboundPolicy, url: str | None) -> list[str]:
     return []
 
 
+def url_errors(policy: OutboundPolicy, urls: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """The field errors of URLs by their field's name (empty when all may be called)."""
+    return {name: refused for name, url in urls.items() if (refused := _refusal(policy, url))}
+
+
 def callback_errors(policy: OutboundPolicy, message: dict[str, Any]) -> dict[str, list[str]]:
     """The field errors of a loaded message's `callback_url` (empty when it may be called)."""
-    refused = _refusal(policy, message.get("callback_url"))
-    return {"callback_url": refused} if refused else {}
+    return url_errors(policy, {"callback_url": message.get("callback_url")})
 
 
 def endpoint_errors(

@@ -10,14 +10,16 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from channels.registry import channel_names, channels_reaching
 from producer_api.fields import PhoneNumber, StrictSchema
 from producer_api.quick_check import quick_load
+from producer_api.user_schemas import FullMatch
 from producer_api.vocabulary import CATEGORIES, MAX_RECIPIENTS, PRIORITIES
+from shared.endpoint_kinds import NAME, NAME_RULE
 from shared.ids import utcnow
 from shared.openapi import ProblemSchema
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 #: The kinds of a `to` entry; the address kinds need a channel that reaches bare addresses.
-RECIPIENT_KINDS = ("user_id", "topic", "email", "phone")
-ADDRESS_KINDS = ("email", "phone")
+RECIPIENT_KINDS = ("user_id", "topic", "email", "phone", "endpoint")
+ADDRESS_KINDS = ("email", "phone", "endpoint")
 
 
 def known_channel(name: str) -> None:
@@ -28,13 +30,15 @@ def known_channel(name: str) -> None:
 
 
 class RecipientSchema(StrictSchema):
-    """One entry of `to`: a user of the app, a topic (its subscribers at dispatch time), or a
-    bare email address or phone number that is nobody's user."""
+    """One entry of `to`: a user of the app, a topic (its subscribers at dispatch time), a
+    bare email address or phone number that is nobody's user, or one of the app's endpoints
+    (`PUT /v1/endpoints/{name}`: a webhook or a chat robot)."""
 
     user_id = fields.String(validate=validate.Length(min=1, max=200))
     topic = fields.String(validate=validate.Length(min=1, max=100))
     email = fields.Email(validate=validate.Length(max=320))
     phone = PhoneNumber()
+    endpoint = fields.String(validate=FullMatch(NAME, error=NAME_RULE))
 
     @validates_schema
     def exactly_one_kind(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -96,12 +100,19 @@ class MessageCreateSchema(StrictSchema):
         validate=validate.Length(max=2000),
         metadata={"format": "uri"},
     )
+    # Channels to try in turn, per recipient, when a delivery fails for good (channels.fallback).
+    fallback = fields.List(
+        fields.String(validate=known_channel),
+        allow_none=True,
+        validate=validate.Length(min=1),
+    )
 
     @validates_schema
     def distinct_channels(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        channels = data.get("channels") or []
-        if len(set(channels)) != len(channels):
-            raise ValidationError("Each channel may appear once.", field_name="channels")
+        for name in ("channels", "fallback"):
+            listed = data.get(name) or []
+            if len(set(listed)) != len(listed):
+                raise ValidationError("Each channel may appear once.", field_name=name)
 
     @validates_schema
     def content_or_template(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -248,6 +259,7 @@ class MessageSchema(Schema):
     expires_at = fields.DateTime(allow_none=True)
     dedup_key = fields.String(allow_none=True)
     callback_url = fields.String(allow_none=True)
+    fallback = fields.List(fields.String(), allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     deliveries = fields.List(fields.Nested(DeliverySchema))

@@ -9,6 +9,7 @@ from zoneinfo import available_timezones
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from channels.vapid import b64url_decode, public_key_of
 from producer_api.fields import PhoneNumber, StrictSchema
 from producer_api.vocabulary import CATEGORIES
 
@@ -16,6 +17,7 @@ from producer_api.vocabulary import CATEGORIES
 PREFERENCE_CHANNELS = ("web", "email", "sms", "push", "webhook")
 PLATFORMS = ("fcm", "apns", "webpush")
 MAX_DEVICES = 100
+AUTH_SECRET_BYTES = 16  # RFC 8291 section 3.2
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 MAX_LOCALE = 35  # the column's size (BCP 47 tags in practice are far shorter)
@@ -41,9 +43,31 @@ def known_timezone(name: str) -> None:
         raise ValidationError("Must be an IANA time zone such as Europe/Paris.")
 
 
+def browser_public_key(value: str) -> None:
+    """`keys.p256dh`: the browser's P-256 public key, an uncompressed point in base64url."""
+    try:
+        public_key_of(b64url_decode(value))
+    except ValueError:
+        raise ValidationError(
+            "Must be the subscription's P-256 public key (65 bytes) in base64url."
+        ) from None
+
+
+def auth_secret(value: str) -> None:
+    """`keys.auth`: the subscription's 16-byte authentication secret in base64url."""
+    try:
+        secret = b64url_decode(value)
+    except ValueError:
+        secret = b""
+    if len(secret) != AUTH_SECRET_BYTES:
+        raise ValidationError("Must be the subscription's 16-byte auth secret in base64url.")
+
+
 class WebPushKeysSchema(StrictSchema):
-    p256dh = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    auth = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    p256dh = fields.String(
+        required=True, validate=[validate.Length(min=1, max=200), browser_public_key]
+    )
+    auth = fields.String(required=True, validate=[validate.Length(min=1, max=100), auth_secret])
 
 
 class WebPushSubscriptionSchema(StrictSchema):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,9 +72,16 @@ class Account:
 
 @dataclass(frozen=True)
 class EmailConfig:
+    """`[email]`: the SMTP server, the sender, and `list_unsubscribe`, the URL template of the
+    `List-Unsubscribe` header of marketing mail (`{app_id}`, `{user_id}`, `{address}`,
+    `{message_id}`, `{delivery_id}`, each URL-quoted); `ca_file` trusts a private CA."""
+
     smtp_url: str | None = None
     sender: str = "omnipush@localhost"
     rate: float | None = None
+    list_unsubscribe: str | None = None
+    ca_file: str | None = None
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class WebPushConfig:
     vapid_private_key: str | None = None
     vapid_subject: str | None = None
     rate: float | None = None
+    # How long a push service may take to answer one request.
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -148,12 +158,37 @@ class _Section(Schema):
         unknown = RAISE
 
 
+#: What a `[email] list_unsubscribe` template may name.
+UNSUBSCRIBE_FIELDS = ("app_id", "user_id", "address", "message_id", "delivery_id")
+
+
+def _unsubscribe_template(value: str) -> None:
+    if not value.startswith(("https://", "mailto:")):
+        raise ValidationError("Use an https:// or mailto: URL.")
+    try:
+        named = {
+            name
+            for _text, name, _spec, _conv in string.Formatter().parse(value)
+            if name is not None
+        }
+    except ValueError as error:
+        raise ValidationError(f"Not a URL template: {error}.") from None
+    unknown = sorted(named - set(UNSUBSCRIBE_FIELDS))
+    if unknown:
+        raise ValidationError(
+            f"Unknown field {{{unknown[0]}}}; use {', '.join(UNSUBSCRIBE_FIELDS)}."
+        )
+
+
 class _EmailSchema(_Section):
     smtp_url = fields.String(
         validate=validate.Regexp(r"^smtps?://", error="Use smtp:// or smtps://.")
     )
     from_ = fields.String(data_key="from", validate=validate.Length(min=3))
     rate = _RATE
+    list_unsubscribe = fields.String(validate=_unsubscribe_template)
+    ca_file = fields.String(validate=validate.Length(min=1))
+    timeout = fields.String(validate=_duration)
 
 
 class _SmsAccountSchema(_Section):
@@ -176,6 +211,8 @@ class _SmsAccountSchema(_Section):
     # http
     url = fields.String(validate=_URL)
     token = fields.String()
+    # every provider: connect, send and the wait for the answer, each
+    timeout = fields.String(validate=_duration)
 
 
 #: The keys each SMS provider cannot do without.
@@ -196,6 +233,7 @@ class _WebPushSchema(_Section):
         validate=validate.Regexp(r"^(mailto:|https://)", error="Use mailto: or https://.")
     )
     rate = _RATE
+    timeout = fields.String(validate=_duration)
 
 
 class _FcmSchema(_Section):
@@ -278,14 +316,20 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
     email = data.get("email", {})
     breaker = data.get("breaker", {})
     delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_LABELS)
+    webpush = dict(data.get("webpush", {}))
+    if "timeout" in webpush:
+        webpush["timeout"] = seconds_of(webpush["timeout"])
     return FileConfig(
         email=EmailConfig(
             smtp_url=email.get("smtp_url"),
             sender=email.get("from_", EmailConfig.sender),
             rate=email.get("rate"),
+            list_unsubscribe=email.get("list_unsubscribe"),
+            ca_file=email.get("ca_file"),
+            timeout=seconds_of(email["timeout"]) if "timeout" in email else EmailConfig.timeout,
         ),
         sms_accounts=tuple(_account(a) for a in accounts),
-        webpush=WebPushConfig(**data.get("webpush", {})),
+        webpush=WebPushConfig(**webpush),
         fcm=FcmConfig(**data.get("fcm", {})),
         apns=ApnsConfig(**data.get("apns", {})),
         outbound_allow=tuple(

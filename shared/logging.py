@@ -55,6 +55,8 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # httpx logs every request's whole URL at INFO: a signed query holds numbers and keys.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
 
 

@@ -226,6 +226,8 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     delivered_at: Mapped[datetime | None] = mapped_column()
     read_at: Mapped[datetime | None] = mapped_column()
+    # The failed delivery to the same recipient that this one replaces (channels.fallback).
+    fallback_of: Mapped[str | None] = mapped_column(String(40))
 
 
 class Endpoint(Base):
@@ -312,6 +314,36 @@ class OutboxEntry(Base):
     available_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Callback(Base):
+    """A message's final status, waiting to be POSTed to its callback URL (`shared.outbox`)."""
+
+    __tablename__ = "callbacks"
+    __table_args__ = (
+        Index(
+            "ix_callbacks_due",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    # Also the `webhook-id` of every attempt, so that a receiver can tell a retry from news.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    # pending (until sent or given up), sent, failed.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a sender may take it next: due, after a back-off, or once a sender's claim lapses.
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):

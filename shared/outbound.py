@@ -41,6 +41,10 @@ class OutboundRefused(ValueError):
     """A URL omnipush will not call; the message says why, for the caller to read."""
 
 
+class Unresolvable(OutboundRefused):
+    """A URL whose host does not resolve now: at call time, maybe only for a while."""
+
+
 @functools.cache
 def _resolver_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="outbound-dns")
@@ -149,9 +153,9 @@ class OutboundPolicy:
         try:
             answers = tuple(self.resolver(host, port))
         except (OSError, UnicodeError) as error:
-            raise OutboundRefused(f"{host} does not resolve ({error}).") from None
+            raise Unresolvable(f"{host} does not resolve ({error}).") from None
         if not answers:
-            raise OutboundRefused(f"{host} does not resolve.")
+            raise Unresolvable(f"{host} does not resolve.")
         # A scope (`fe80::1%eth0`) is not part of the address to judge.
         return tuple(answer.partition("%")[0] for answer in answers)
 

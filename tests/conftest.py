@@ -21,6 +21,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from channels.registry import channel_names
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.app import create_app
 from shared.amqp.link import AmqpLink, Outgoing
@@ -76,7 +77,7 @@ def queue_prefix() -> Iterator[str]:
     try:
         yield prefix
     finally:
-        topology = Topology(prefix=prefix, channels=("web",))
+        topology = Topology(prefix=prefix, channels=channel_names())
         connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         topology.delete_blocking(connection.channel())
         connection.close()

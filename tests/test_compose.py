@@ -19,6 +19,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from channels.registry import channel_names
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -47,7 +49,8 @@ REAL_VERBS: frozenset[tuple[str, ...]] = frozenset(
         ("serve", "relay"),
         ("serve", "dispatcher"),
         ("serve", "gateway"),
-        ("serve", "worker", "--channel", "web"),
+        ("serve", "callbacks"),
+        *(("serve", "worker", "--channel", name) for name in channel_names()),
     }
 )
 
@@ -58,6 +61,7 @@ EXPECTED_COMMANDS: dict[str, tuple[str, ...]] = {
     "relay": ("omnipush", "serve", "relay"),
     "dispatcher": ("omnipush", "serve", "dispatcher"),
     "worker-web": ("omnipush", "serve", "worker", "--channel", "web"),
+    "callbacks": ("omnipush", "serve", "callbacks"),
     "gateway": ("omnipush", "serve", "gateway"),
 }
 
@@ -204,13 +208,22 @@ def test_every_container_command_is_a_contract_verb(label: str, argv: tuple[str,
     assert argv[1:] in REAL_VERBS, f"{label}: {argv} is not one of {sorted(REAL_VERBS)}"
 
 
-def test_there_is_a_worker_for_the_web_channel() -> None:
+def test_there_is_a_worker_for_every_channel() -> None:
     workers = [
         _argv(svc["command"])
         for svc in _project_services().values()
         if _argv(svc.get("command") or [])[1:3] == ("serve", "worker")
     ]
-    assert ("omnipush", "serve", "worker", "--channel", "web") in workers
+    for name in channel_names():
+        assert ("omnipush", "serve", "worker", "--channel", name) in workers
+
+
+def test_provider_workers_read_the_mounted_configuration_file() -> None:
+    services = _project_services()
+    for name in ("worker-email", "worker-sms", "worker-push"):
+        assert services[name]["profiles"] == ["providers"]
+        assert services[name]["environment"]["OMNIPUSH_CONFIG"] == "/etc/omnipush/omnipush.toml"
+        assert services[name]["environment"]["OMNIPUSH_SECRET_KEY"]
 
 
 @pytest.mark.parametrize(("name", "bind_var"), sorted(HTTP_SERVICES.items()))

@@ -58,6 +58,7 @@ def test_the_procfile_runs_every_service_with_a_worker_per_channel() -> None:
         "dispatcher: omnipush serve dispatcher",
         "worker-web: omnipush serve worker --channel web",
         "worker-email: omnipush serve worker --channel email",
+        "callbacks: omnipush serve callbacks",
         "gateway: omnipush serve gateway",
     ]
 

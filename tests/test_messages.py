@@ -74,6 +74,7 @@ def test_the_optional_fields_are_kept_and_shown(
         expires_at=expires_at.isoformat(),
         dedup_key="order-42-shipped",
         callback_url="https://shop.example/hooks/omnipush",
+        fallback=["web"],
         category="verification",
         priority="high",
     )
@@ -82,6 +83,7 @@ def test_the_optional_fields_are_kept_and_shown(
     body = shown.get_json()
     assert body["dedup_key"] == "order-42-shipped"
     assert body["callback_url"] == "https://shop.example/hooks/omnipush"
+    assert body["fallback"] == ["web"]
     assert body["expires_at"] == expires_at.isoformat()
     assert (body["category"], body["priority"], body["send_at"]) == ("verification", "high", None)
 
@@ -107,6 +109,10 @@ def test_the_optional_fields_are_kept_and_shown(
         ({"to": [{"user_id": "a", "email": "a@example.com"}]}, "to.0._schema"),
         ({"template": "welcome"}, "content"),
         ({"params": {"name": "Ann"}}, "params"),
+        ({"fallback": ["web", "carrier-pigeon"]}, "fallback.1"),
+        ({"fallback": ["web", "web"]}, "fallback"),
+        ({"fallback": []}, "fallback"),
+        ({"fallback": "web"}, "fallback"),
     ],
 )
 def test_bad_fields_are_422_naming_the_field(

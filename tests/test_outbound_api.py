@@ -16,6 +16,7 @@ from shared.settings import Settings
 from tests.conftest import bearer
 from tests.offline_dns import offline_resolver
 from tests.test_api import assert_problem
+from tests.webpush_receiver import AUTH, P256DH
 
 MESSAGE = {"to": [{"user_id": "ann"}], "channels": ["web"], "content": {"title": "Hi"}}
 INTERNAL = [
@@ -28,7 +29,7 @@ INTERNAL = [
 
 
 def subscription(endpoint: str) -> dict[str, Any]:
-    return {"endpoint": endpoint, "keys": {"p256dh": "BNc", "auth": "tBH"}}
+    return {"endpoint": endpoint, "keys": {"p256dh": P256DH, "auth": AUTH}}
 
 
 @pytest.mark.parametrize("url", INTERNAL)

@@ -14,10 +14,11 @@ from shared.models import Delivery
 from shared.runtime import Runtime
 from tests.conftest import bearer as auth
 from tests.conftest import new_tenant
+from tests.webpush_receiver import AUTH, P256DH
 
 SUBSCRIPTION = {
     "endpoint": "https://push.example.net/send/abc",
-    "keys": {"p256dh": "BNc...", "auth": "tBH..."},
+    "keys": {"p256dh": P256DH, "auth": AUTH},
     "expirationTime": None,
 }
 FULL = {

@@ -1,0 +1,278 @@
+"""Fallback: a recipient that one channel fails for good is tried on the next channel.
+
+The decision is a table; the runtime tests run a pager channel that always fails (or finds no
+phone number), the real web channel and the real relay, against the real store and broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pika
+import pytest
+from sqlalchemy import insert, select
+
+from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
+from channels.fallback import next_channel, standing
+from channels.web import WebChannel
+from channels.worker import ChannelWorker, channel_context
+from dispatcher.relay import OutboxRelay
+from shared.amqp.link import AmqpLink
+from shared.amqp.topology import channel_key
+from shared.config_file import Delay
+from shared.ids import new_id, utcnow
+from shared.models import Delivery, Event, Message, OutboxEntry, User
+from shared.payloads import DeliveryPayload, encode
+from shared.runtime import Runtime
+from tests.conftest import AMQP_URL, new_tenant, publish
+from tests.stack import wait_until
+
+ONE_SECOND = Delay("1s", 1.0)
+REACHES = {
+    "web": frozenset({"user"}),
+    "pager": frozenset({"user", "phone"}),
+    "sms": frozenset({"user", "phone"}),
+    "email": frozenset({"user", "email"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("failed", "kind", "fallback", "used", "expected"),
+    [
+        ("push", "user", ["push", "sms"], {"push"}, "sms"),
+        ("web", "user", ["pager", "sms"], {"web"}, "pager"),
+        ("pager", "user", ["pager", "sms"], {"web", "pager"}, "sms"),
+        ("sms", "user", ["pager", "sms"], {"pager", "sms"}, None),
+        ("web", "user", ["sms"], {"web", "sms"}, None),
+        ("web", "user", None, {"web"}, None),
+        ("web", "user", [], {"web"}, None),
+        # A bare phone number cannot go to the browser inbox or to email.
+        ("pager", "phone", ["web", "email", "sms"], {"pager"}, "sms"),
+        ("sms", "email", ["sms", "pager"], {"sms"}, None),
+        # A channel this installation does not have reaches nobody.
+        ("web", "user", ["carrier-pigeon", "sms"], {"web"}, "sms"),
+    ],
+    ids=[
+        "next-in-list",
+        "first-unused",
+        "skips-used",
+        "list-exhausted",
+        "already-used-by-the-message",
+        "no-fallback",
+        "empty-fallback",
+        "skips-channels-not-reaching-a-phone",
+        "none-reaches-an-email",
+        "skips-unknown",
+    ],
+)
+def test_the_next_channel_is_the_first_unused_one_that_reaches_the_recipient(
+    failed: str, kind: str, fallback: list[str] | None, used: set[str], expected: str | None
+) -> None:
+    assert next_channel(failed, kind, fallback, used, REACHES) == expected
+
+
+@pytest.mark.parametrize(
+    ("rows", "statuses"),
+    [
+        ([("a", "failed", None), ("b", "sent", "a")], ["sent"]),
+        ([("a", "failed", None), ("b", "failed", "a"), ("c", "sent", "b")], ["sent"]),
+        ([("a", "failed", None), ("b", "queued", "a")], ["queued"]),
+        ([("a", "failed", None), ("b", "sent", None)], ["failed", "sent"]),
+    ],
+    ids=["replaced", "chain", "pending", "no-fallback"],
+)
+def test_a_replaced_delivery_gives_way_to_its_fallback(
+    rows: list[tuple[str, str, str | None]], statuses: list[str]
+) -> None:
+    assert standing(rows) == statuses
+
+
+class Pager(Channel):
+    """A test channel to phone numbers whose provider refuses every one of them."""
+
+    name = "pager"
+    reaches = frozenset({"phone"})
+    address_kind = "phone"
+
+    def __init__(self, context: ChannelContext, outcome: Outcome) -> None:
+        super().__init__(context)
+        self.outcome = outcome
+        self.attempts: list[str] = []
+
+    def send(self, delivery: OutboundDelivery) -> Result:
+        self.attempts.append(delivery.delivery_id)
+        if self.outcome is Outcome.TRANSIENT:
+            return Result.transient("carrier unavailable")
+        return Result.permanent("number blocked by the carrier")
+
+
+@pytest.fixture
+def two_channels(isolated_runtime: Runtime) -> Iterator[Runtime]:
+    """The runtime with a `pager` queue beside the web one and a single retry tier of a
+    second, so that a delivery runs out of retries quickly (deleted afterwards)."""
+    topology = replace(
+        isolated_runtime.topology, channels=("web", "pager"), retry_delays=(ONE_SECOND,)
+    )
+    runtime = replace(isolated_runtime, topology=topology)
+    yield runtime
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.queue_delete(topology.channel_queue("pager"))
+    channel.queue_delete(topology.retry_queue(ONE_SECOND.label))
+    connection.close()
+
+
+@contextmanager
+def running(runtime: Runtime, channel: Channel) -> Iterator[None]:
+    queue = runtime.topology.channel_queue(channel.name)
+    worker = ChannelWorker(
+        runtime, AmqpLink(AMQP_URL, runtime.topology, consume_queue=queue), channel, reaches=REACHES
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(20)
+
+
+@contextmanager
+def running_relay(runtime: Runtime) -> Iterator[None]:
+    relay = OutboxRelay(runtime, AmqpLink(AMQP_URL, runtime.topology))
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        relay.stop()
+        thread.join(20)
+
+
+def paged_message(runtime: Runtime, phone: str | None) -> tuple[str, str]:
+    """A dispatched message to user gina on the pager, falling back to the web inbox."""
+    tenant = new_tenant(runtime)
+    now = utcnow()
+    message_id, delivery_id = new_id("msg"), new_id("dlv")
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(User), {"app_id": tenant.app_id, "user_id": "gina", "phone": phone}
+        )
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": tenant.app_id,
+                "status": "dispatched",
+                "recipients": [{"user_id": "gina"}],
+                "channels": ["pager"],
+                "fallback": ["pager", "web"],
+                "content": {"title": "Your code is 1234"},
+                "category": "notification",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        connection.execute(
+            insert(Delivery),
+            {
+                "id": delivery_id,
+                "message_id": message_id,
+                "app_id": tenant.app_id,
+                "recipient": "user:gina",
+                "user_id": "gina",
+                "channel": "pager",
+                "status": "queued",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    payload = {
+        "delivery_id": delivery_id,
+        "message_id": message_id,
+        "app_id": tenant.app_id,
+        "channel": "pager",
+    }
+    publish(runtime, channel_key("pager"), encode(DeliveryPayload(), payload))
+    return message_id, delivery_id
+
+
+def message_status(runtime: Runtime, message_id: str) -> str | None:
+    with runtime.engine.connect() as connection:
+        return connection.scalar(select(Message.status).where(Message.id == message_id))
+
+
+def fell_back(runtime: Runtime, message_id: str) -> bool:
+    with runtime.engine.connect() as connection:
+        found = connection.scalar(
+            select(Event.id).where(Event.message_id == message_id, Event.stage == "fallback")
+        )
+    return found is not None
+
+
+@pytest.mark.parametrize(
+    ("phone", "outcome", "pager_attempts", "error"),
+    [
+        ("+33612345678", Outcome.PERMANENT, 1, "number blocked by the carrier"),
+        ("+33612345678", Outcome.TRANSIENT, 2, "carrier unavailable"),
+        (None, Outcome.PERMANENT, 0, "the user has no phone address"),
+    ],
+    ids=["permanent-failure", "retries-used-up", "no-address"],
+)
+def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message_completes(
+    two_channels: Runtime, phone: str | None, outcome: Outcome, pager_attempts: int, error: str
+) -> None:
+    runtime = two_channels
+    pager = Pager(channel_context(runtime, "pager"), outcome)
+    with running_relay(runtime), running(runtime, pager):
+        message_id, pager_delivery = paged_message(runtime, phone)
+        wait_until(lambda: fell_back(runtime, message_id), 20, "the fallback")
+        # The web delivery is pending (no web worker yet): the message is not final.
+        assert message_status(runtime, message_id) == "dispatched"
+        with running(runtime, WebChannel(channel_context(runtime, "web"))):
+            wait_until(lambda: message_status(runtime, message_id) == "completed", 20, "completed")
+    assert pager.attempts == [pager_delivery] * pager_attempts
+    with runtime.engine.connect() as connection:
+        deliveries = {
+            row.channel: row
+            for row in connection.execute(select(Delivery).where(Delivery.message_id == message_id))
+        }
+        outbox = connection.execute(
+            select(OutboxEntry.routing_key, OutboxEntry.published_at).where(
+                OutboxEntry.message_id == message_id
+            )
+        ).all()
+        stages = list(
+            connection.execute(
+                select(Event.stage, Event.delivery_id, Event.detail)
+                .where(Event.message_id == message_id)
+                .order_by(Event.id)
+            )
+        )
+    web = deliveries["web"]
+    # Published through the outbox, marked once confirmed, and not a second `queued` message.
+    assert [(row.routing_key, row.published_at is not None) for row in outbox] == [
+        ("channel.web", True)
+    ]
+    assert (deliveries["pager"].status, deliveries["pager"].last_error) == ("failed", error)
+    assert (web.status, web.recipient, web.user_id, web.fallback_of) == (
+        "sent",
+        "user:gina",
+        "gina",
+        pager_delivery,
+    )
+    retried = ["retrying"] * (pager_attempts - 1)
+    assert [stage for stage, _d, _detail in stages] == [
+        *retried,
+        "failed",
+        "fallback",
+        "sent",
+        "completed",
+    ]
+    _stage, traced_delivery, detail = stages[len(retried) + 1]
+    assert traced_delivery == pager_delivery
+    assert detail == {"from": "pager", "to": "web", "delivery": web.id}
