@@ -9,6 +9,10 @@ its AMQP message republished to the channel's queue.
 A replayed row is kept and marked (`replayed_at`), not deleted: the history of what was
 replayed stays readable (`include_replayed`), and a second replay of the same row is refused
 (already replayed), so it cannot send twice. A delivery that fails again gets a new row.
+The AMQP copy the worker parked in the dead queue stays there (a queue cannot give up one
+chosen message); the row is what an operator works from. A row is written for every delivery
+that failed for good, also one a fallback channel took over (`channels.fallback`): replaying
+that one sends on its first channel again, which is the operator's call.
 
 The store update and the publish are one step: the rows are updated inside a transaction, the
 messages are published, and the transaction commits only once the broker has confirmed them.
