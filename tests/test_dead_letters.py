@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from producer_api.app import create_app
 from shared.config_file import Delay
 from shared.dead_letters import (
     DeadLetterFilter,
+    DeadLetterView,
     ReplayFailed,
     find_dead_letter,
     list_dead_letters,
@@ -39,6 +41,7 @@ from tests.conftest import (
     bearer,
     isolated_settings,
     new_tenant,
+    queue_depth,
     queue_prefix,
     service_env,
 )
@@ -280,11 +283,9 @@ def test_listing_filters_by_app_and_channel_and_pages_in_id_order(
     assert len(others) == 1
 
 
-def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Runtime) -> None:
-    runtime = isolated_runtime
-    tenant = new_tenant(runtime)
-    # A channel no queue is bound for: the broker returns the republished message.
-    (dead_id,) = _dead_letters(runtime, tenant.app_id, ["nowhere"])
+def _failed_dead_letter(runtime: Runtime, app_id: str, channel: str) -> DeadLetterView:
+    """A dead letter of `app_id` on `channel` whose delivery is `failed` in the store."""
+    (dead_id,) = _dead_letters(runtime, app_id, [channel])
     with runtime.engine.begin() as connection:
         dead = find_dead_letter(connection, dead_id)
         assert dead is not None
@@ -294,20 +295,27 @@ def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Run
             {
                 "id": dead.delivery_id,
                 "message_id": dead.message_id,
-                "app_id": tenant.app_id,
+                "app_id": app_id,
                 "recipient": "user:u",
                 "user_id": "u",
-                "channel": "nowhere",
+                "channel": channel,
                 "status": "failed",
                 "attempts": 6,
                 "created_at": now,
                 "updated_at": now,
             },
         )
+    return dead
+
+
+def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    # A channel no queue is bound for: the broker returns the republished message.
+    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "nowhere")
     with replay_link(runtime.settings, []) as link, pytest.raises(ReplayFailed, match="no queue"):
-        replay(runtime.engine, link, [dead_id])
+        replay(runtime.engine, link, [dead.id])
     with runtime.engine.connect() as connection:
-        found = find_dead_letter(connection, dead_id)
+        found = find_dead_letter(connection, dead.id)
         delivery = connection.execute(
             select(Delivery.status, Delivery.attempts).where(Delivery.id == dead.delivery_id)
         ).one()
@@ -315,6 +323,16 @@ def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Run
     assert found is not None and found.replayed_at is None
     assert tuple(delivery) == ("failed", 6) and message == "failed"
     assert _stages(runtime, dead.delivery_id) == []
+
+
+def test_two_replays_at_once_republish_the_delivery_once(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "web")
+    with replay_link(runtime.settings, ["web"]) as link, ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: replay(runtime.engine, link, [dead.id]), range(2)))
+    assert sorted(results) == [[], [dead.id]]
+    assert queue_depth(runtime.topology.channel_queue("web")) == 1
+    assert _stages(runtime, dead.delivery_id) == ["replayed"]
 
 
 def test_a_delivery_out_of_attempts_is_a_dead_letter_too(inprocess_settings: Settings) -> None:
