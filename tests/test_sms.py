@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -410,6 +411,52 @@ def test_the_worker_fails_over_between_two_sms_accounts_end_to_end(
     assert (
         sorted((stage, detail["note"]) for _id, stage, detail in events) == [("sent", "backup")] * 3
     )
+
+
+def test_a_gateway_down_for_30_s_loses_no_text_and_sends_none_twice(
+    inprocess_settings: Settings,
+) -> None:
+    with GatewayServer() as gateway, queue_prefix() as prefix:
+        settings = sms_settings(
+            inprocess_settings.with_overrides(queue_prefix=prefix),
+            gateway.account("only", timeout="1s"),
+            retry={"delays": ["1s", "2s", "4s", "8s", "15s", "30s"]},
+            breaker={"failures": 3, "open_for": "5s"},
+        )
+        with sms_runtime(settings) as runtime:
+            channel = SmsChannel(channel_context(runtime, "sms"))
+            try:
+                with sms_worker(runtime, channel):
+                    # Nothing listens for the first half of the outage, then the gateway
+                    # answers 502 to everything: 30 s in all, by the clock, which is what
+                    # the retries and the breaker must outlast.
+                    gateway.answer(Answer.DOWN)
+                    back_at = time.monotonic() + 30
+                    made = queue_sms(runtime, "hana", 20)
+                    wait_until(lambda: retried(runtime, list(made)), 20, "every text retried")
+                    time.sleep(max(0.0, back_at - 15 - time.monotonic()))
+                    gateway.answer(Answer.SERVER_ERROR)
+                    time.sleep(max(0.0, back_at - time.monotonic()))
+                    failed_requests = gateway.requests
+                    gateway.answer(Answer.OK)
+                    wait_until(lambda: len(gateway.received) >= 20, 60, "twenty texts sent")
+                    wait_until(lambda: all_completed(runtime, list(made.values())), 20, "done")
+            finally:
+                channel.close()
+            with runtime.engine.connect() as connection:
+                rows = connection.execute(
+                    select(Delivery.status).where(Delivery.id.in_(list(made)))
+                ).all()
+    assert Counter(m.id for m in gateway.received) == Counter(list(made))
+    assert [status for (status,) in rows] == ["sent"] * 20
+    # The 502s were answered, and the breaker kept most retries from asking at all.
+    assert failed_requests > 0
+
+
+def retried(runtime: Runtime, delivery_ids: list[str]) -> bool:
+    with runtime.engine.connect() as connection:
+        statuses = connection.scalars(select(Delivery.status).where(Delivery.id.in_(delivery_ids)))
+        return set(statuses) == {"retrying"}
 
 
 def all_completed(runtime: Runtime, message_ids: list[str]) -> bool:
