@@ -17,6 +17,9 @@ from sqlalchemy import insert, select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
 from channels.fallback import next_channel, standing
+from channels.push import PushChannel
+from channels.sms import SmsChannel
+from channels.vapid import VapidKey
 from channels.web import WebChannel
 from channels.worker import ChannelWorker, channel_context
 from dispatcher.relay import OutboxRelay
@@ -24,15 +27,21 @@ from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.config_file import Delay
 from shared.ids import new_id, utcnow
-from shared.models import Delivery, Event, Message, OutboxEntry, User
+from shared.models import Delivery, Device, Event, Message, OutboxEntry, User
 from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
-from tests.conftest import AMQP_URL, new_tenant, publish
+from shared.settings import Settings
+from tests.channel_harness import Answer
+from tests.conftest import AMQP_URL, new_tenant, publish, queue_prefix
+from tests.rigs.push_webpush import LOOPBACK, SUBJECT
+from tests.sms_providers import GatewayServer, sms_settings
 from tests.stack import wait_until
+from tests.webpush_receiver import WebPushReceiver
 
 ONE_SECOND = Delay("1s", 1.0)
 REACHES = {
     "web": frozenset({"user"}),
+    "push": frozenset({"user"}),
     "pager": frozenset({"user", "phone"}),
     "sms": frozenset({"user", "phone"}),
     "email": frozenset({"user", "email"}),
@@ -276,3 +285,116 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
     _stage, traced_delivery, detail = stages[len(retried) + 1]
     assert traced_delivery == pager_delivery
     assert detail == {"from": "pager", "to": "web", "delivery": web.id}
+
+
+def test_a_user_whose_push_device_is_gone_gets_the_message_by_sms(
+    inprocess_settings: Settings,
+) -> None:
+    key = VapidKey.generate()
+    with (
+        WebPushReceiver(SUBJECT, key.public_b64()) as push_service,
+        GatewayServer() as gateway,
+        queue_prefix() as prefix,
+    ):
+        push_service.answer(Answer.REJECT_ADDRESS)
+        settings = sms_settings(
+            inprocess_settings.with_overrides(queue_prefix=prefix),
+            gateway.account("gateway"),
+            webpush={"vapid_private_key": key.private_b64(), "vapid_subject": SUBJECT},
+        ).with_overrides(outbound_allow=LOOPBACK)
+        runtime = Runtime.build(settings, channels=("push", "sms"))
+        push = PushChannel(channel_context(runtime, "push"))
+        sms = SmsChannel(channel_context(runtime, "sms"))
+        try:
+            message_id = pushed_message(runtime, push_service.subscribe().as_json())
+            with running_relay(runtime), running(runtime, push), running(runtime, sms):
+                wait_until(lambda: message_status(runtime, message_id) == "completed", 30, "done")
+            with runtime.engine.connect() as connection:
+                deliveries = {
+                    row.channel: row
+                    for row in connection.execute(
+                        select(Delivery).where(Delivery.message_id == message_id)
+                    )
+                }
+                stages = [
+                    (stage, detail)
+                    for stage, detail in connection.execute(
+                        select(Event.stage, Event.detail)
+                        .where(Event.message_id == message_id)
+                        .order_by(Event.id)
+                    )
+                ]
+        finally:
+            push.close()
+            sms.close()
+            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            runtime.topology.delete_blocking(connection.channel())
+            connection.close()
+            runtime.close()
+    assert len(push_service.received) == 1
+    assert [text.id for text in gateway.received] == [deliveries["sms"].id]
+    assert deliveries["push"].status == "failed" and deliveries["sms"].status == "sent"
+    assert deliveries["sms"].fallback_of == deliveries["push"].id
+    names = [stage for stage, _detail in stages]
+    assert names.index("device_removed") < names.index("fallback") < names.index("sent")
+    assert dict(stages)["fallback"]["from"] == "push"
+    assert dict(stages)["fallback"]["to"] == "sms"
+
+
+def pushed_message(runtime: Runtime, subscription: dict[str, object]) -> str:
+    """A dispatched push message to user wendy (one Web Push device and a phone), falling back
+    to SMS, published to the push queue."""
+    tenant = new_tenant(runtime)
+    now = utcnow()
+    message_id, delivery_id = new_id("msg"), new_id("dlv")
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(User), {"app_id": tenant.app_id, "user_id": "wendy", "phone": "+33612345678"}
+        )
+        connection.execute(
+            insert(Device),
+            {
+                "app_id": tenant.app_id,
+                "user_id": "wendy",
+                "platform": "webpush",
+                "subscription": subscription,
+            },
+        )
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": tenant.app_id,
+                "status": "dispatched",
+                "recipients": [{"user_id": "wendy"}],
+                "channels": ["push"],
+                "fallback": ["push", "sms"],
+                "content": {"title": "Your parcel", "body": "It arrives today."},
+                "category": "notification",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        connection.execute(
+            insert(Delivery),
+            {
+                "id": delivery_id,
+                "message_id": message_id,
+                "app_id": tenant.app_id,
+                "recipient": "user:wendy",
+                "user_id": "wendy",
+                "channel": "push",
+                "status": "queued",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    payload = {
+        "delivery_id": delivery_id,
+        "message_id": message_id,
+        "app_id": tenant.app_id,
+        "channel": "push",
+    }
+    publish(runtime, channel_key("push"), encode(DeliveryPayload(), payload))
+    return message_id
