@@ -29,15 +29,18 @@ from channels.base import Outcome, Result
 from shared.best_effort_redis import BestEffortRedis
 from shared.config_file import Account, BreakerConfig
 
-# KEYS: bucket, paused, open.  ARGV: rate per second (0: unlimited).
-# Returns 0 when the caller may send now (and takes a token), else milliseconds to wait.
+# KEYS: bucket, paused, open, failures, tripped.  ARGV: rate per second (0: unlimited).
+# Returns milliseconds to wait, or when the caller may send now (and takes a token) 0, or -1
+# if the account has failures or a recent trip on record, which its next success clears.
 _ADMIT = """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
 local open = redis.call('PTTL', KEYS[3])
 if open > 0 then return open end
+local go = 0
+if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then go = -1 end
 local rate = tonumber(ARGV[1])
-if rate <= 0 then return 0 end
+if rate <= 0 then return go end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 local burst = math.max(1, rate)
@@ -53,6 +56,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+if wait == 0 then return go end
 return wait
 """
 
@@ -95,6 +99,9 @@ class AccountGate:
         self._base = f"{prefix}:account:{channel}:"
         self._admit: Callable[..., int] | None = None
         self._failed: Callable[..., int] | None = None
+        # Accounts admitted with failures on record: only their successes need a round trip
+        # to clear them, so that a healthy account costs one Redis call per send, not two.
+        self._to_clear: set[str] = set()
 
     def _key(self, account: Account, what: str) -> str:
         return f"{self._base}{account.name}:{what}"
@@ -105,9 +112,14 @@ class AccountGate:
         def admit(client: redis.Redis) -> float:
             if self._admit is None:
                 self._admit = client.register_script(_ADMIT)
-            keys = [self._key(account, k) for k in ("bucket", "paused", "open")]
-            waited = self._admit(keys=keys, args=[account.rate or 0], client=client)
-            return int(waited) / 1000
+            keys = [
+                self._key(account, k) for k in ("bucket", "paused", "open", "failures", "tripped")
+            ]
+            waited = int(self._admit(keys=keys, args=[account.rate or 0], client=client))
+            if waited < 0:
+                self._to_clear.add(account.name)
+                return 0.0
+            return waited / 1000
 
         return self.redis.call("account admit", admit, 0.0)
 
@@ -118,7 +130,8 @@ class AccountGate:
             self.pause(account, result.retry_after)
         elif result.outcome is Outcome.TRANSIENT:
             self._count_failure(account)
-        else:
+        elif account.name in self._to_clear:
+            self._to_clear.discard(account.name)
             self.redis.call(
                 "account succeeded",
                 lambda client: client.delete(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -143,6 +144,11 @@ class Channel(ABC):
     serves_users: ClassVar[bool] = True
     address_kind: ClassVar[str | None] = None
     needs_devices: ClassVar[bool] = False
+    #: Sends of one batch in flight at once. A channel whose send is one round trip to a
+    #: provider sets more, so that a batch of 100 does not hold its claims for 100 round trips
+    #: in a row (the worker lets a claim stand for `CLAIM_SECONDS`); its `send` is then called
+    #: from several threads.
+    send_threads: ClassVar[int] = 1
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context
@@ -158,9 +164,12 @@ class Channel(ABC):
         """Make one attempt; never raise."""
 
     def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Result]:
-        """One attempt each, results in order; a channel that can share round trips overrides
-        this (the worker always calls it with a whole batch)."""
-        return [self.send(delivery) for delivery in deliveries]
+        """One attempt each, results in order, `send_threads` at a time; a channel that can
+        share round trips overrides this (the worker always calls it with a whole batch)."""
+        if self.send_threads <= 1 or len(deliveries) <= 1:
+            return [self.send(delivery) for delivery in deliveries]
+        with ThreadPoolExecutor(min(self.send_threads, len(deliveries))) as pool:
+            return list(pool.map(self.send, deliveries))
 
     def close(self) -> None:  # noqa: B027 - optional hook, most channels hold nothing
         """Release connections; the worker calls it on shutdown."""

@@ -7,16 +7,13 @@ an open breaker, failing over to the next on a transient failure or a slow-down,
 the delivery when no account may be called now.
 
 The text is the message's rendered `sms` part (`text`), or else its content's `body`. A batch is
-sent on a few threads: each send is one round trip to a provider, and a batch sent one by one
-would hold its claim for longer than the worker lets a claim stand.
+sent on `send_threads` threads: each send is one round trip to a provider.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import structlog
@@ -30,9 +27,6 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-#: Sends of one batch in flight at once.
-SEND_THREADS = 16
-
 
 class SmsChannel(Channel):
     """Sends each delivery's text to its phone number; see the module docstring.
@@ -43,13 +37,13 @@ class SmsChannel(Channel):
     name = "sms"
     reaches = frozenset({"phone"})
     address_kind = "phone"
+    send_threads = 16
 
     def __init__(self, context: ChannelContext, chooser: random.Random | None = None) -> None:
         super().__init__(context)
         self.accounts: tuple[Account, ...] = context.settings.config.sms_accounts
         self.providers: dict[str, SmsProvider] = {a.name: open_provider(a) for a in self.accounts}
         self.chooser = chooser or random.Random()
-        self._threads = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="sms-send")
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:
@@ -69,11 +63,6 @@ class SmsChannel(Channel):
             lambda account: self._attempt(account, delivery, to, str(text)),
             self.chooser,
         )
-
-    def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Result]:
-        if len(deliveries) <= 1:
-            return [self.send(delivery) for delivery in deliveries]
-        return list(self._threads.map(self.send, deliveries))
 
     def _attempt(self, account: Account, delivery: OutboundDelivery, to: str, text: str) -> Result:
         started = time.monotonic()
@@ -96,6 +85,5 @@ class SmsChannel(Channel):
         return replace(result, detail=detail)
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True)
         for provider in self.providers.values():
             provider.close()
