@@ -14,12 +14,17 @@ those that may not be called now, failing over to the next on a transient failur
 slow-down, and deferring the delivery (no attempt used up) when none may be called.
 
 These are protections, not what a send needs: when Redis does not answer within its
-best-effort timeout, every account may be called (`shared.best_effort_redis`).
+best-effort timeout, every account may be called (`shared.best_effort_redis`). For the same
+reason an account without a `rate` that Redis found clear is taken as clear for
+`CLEAR_SECONDS` without asking again: a pause or a breaker that another worker sets reaches
+this one that much later, and a healthy account costs Redis a call per worker every
+`CLEAR_SECONDS` rather than one per send. This worker's own failures and pauses end it at once.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -74,6 +79,10 @@ return 0
 """
 
 
+#: How long an account without a rate that Redis found clear is not asked about again.
+CLEAR_SECONDS = 0.1
+
+
 @dataclass(frozen=True)
 class OpenBreaker:
     """An account nobody calls for now, and for how long yet."""
@@ -102,12 +111,16 @@ class AccountGate:
         # Accounts admitted with failures on record: only their successes need a round trip
         # to clear them, so that a healthy account costs one Redis call per send, not two.
         self._to_clear: set[str] = set()
+        self._clear_until: dict[str, float] = {}
 
     def _key(self, account: Account, what: str) -> str:
         return f"{self._base}{account.name}:{what}"
 
     def admit(self, account: Account) -> float:
         """0 when `account` may be called now (a token is taken), else seconds to wait."""
+        unlimited = not account.rate
+        if unlimited and self._clear_until.get(account.name, 0.0) > time.monotonic():
+            return 0.0
 
         def admit(client: redis.Redis) -> float:
             if self._admit is None:
@@ -119,6 +132,8 @@ class AccountGate:
             if waited < 0:
                 self._to_clear.add(account.name)
                 return 0.0
+            if waited == 0 and unlimited:
+                self._clear_until[account.name] = time.monotonic() + CLEAR_SECONDS
             return waited / 1000
 
         return self.redis.call("account admit", admit, 0.0)
@@ -129,6 +144,7 @@ class AccountGate:
         if result.outcome is Outcome.DEFERRED and result.retry_after:
             self.pause(account, result.retry_after)
         elif result.outcome is Outcome.TRANSIENT:
+            self._clear_until.pop(account.name, None)
             self._count_failure(account)
         elif account.name in self._to_clear:
             self._to_clear.discard(account.name)
@@ -142,6 +158,7 @@ class AccountGate:
 
     def pause(self, account: Account, seconds: float) -> None:
         """Nobody calls `account` for `seconds` (a provider's `Retry-After`)."""
+        self._clear_until.pop(account.name, None)
         milliseconds = max(1, round(seconds * 1000))
         self.redis.call(
             "account pause",
