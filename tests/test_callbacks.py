@@ -36,8 +36,8 @@ from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import new_tenant, publish, service_env
+from tests.queued import running_worker
 from tests.stack import run_omnipush, wait_until
-from tests.test_worker import running_worker
 
 LOOPBACK = OutboundPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
 QUICK = {"base_delay": timedelta(milliseconds=100), "poll_seconds": 0.05}

@@ -46,8 +46,9 @@ from tests.conftest import (
     service_env,
 )
 from tests.offline_dns import offline_resolver
+from tests.queued import queued_delivery, running_worker
 from tests.stack import run_omnipush, wait_until
-from tests.test_worker import ScriptedChannel, queued_delivery, running_worker, state
+from tests.test_worker import ScriptedChannel, state
 
 
 def _api(runtime: Runtime) -> FlaskClient:

@@ -21,18 +21,16 @@ from channels.push import PushChannel
 from channels.sms import SmsChannel
 from channels.vapid import VapidKey
 from channels.web import WebChannel
-from channels.worker import ChannelWorker, channel_context
+from channels.worker import channel_context
 from dispatcher.relay import OutboxRelay
 from shared.amqp.link import AmqpLink
-from shared.amqp.topology import channel_key
 from shared.config_file import Delay
-from shared.ids import new_id, utcnow
 from shared.models import Delivery, Device, Event, Message, OutboxEntry, User
-from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.channel_harness import Answer
-from tests.conftest import AMQP_URL, new_tenant, publish, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, queue_prefix
+from tests.queued import queued_delivery, running_worker
 from tests.rigs.push_webpush import LOOPBACK, SUBJECT
 from tests.sms_providers import GatewayServer, sms_settings
 from tests.stack import wait_until
@@ -135,21 +133,6 @@ def two_channels(isolated_runtime: Runtime) -> Iterator[Runtime]:
 
 
 @contextmanager
-def running(runtime: Runtime, channel: Channel) -> Iterator[None]:
-    queue = runtime.topology.channel_queue(channel.name)
-    worker = ChannelWorker(
-        runtime, AmqpLink(AMQP_URL, runtime.topology, consume_queue=queue), channel, reaches=REACHES
-    )
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(20)
-
-
-@contextmanager
 def running_relay(runtime: Runtime) -> Iterator[None]:
     relay = OutboxRelay(runtime, AmqpLink(AMQP_URL, runtime.topology))
     thread = threading.Thread(target=relay.run, daemon=True)
@@ -164,50 +147,17 @@ def running_relay(runtime: Runtime) -> Iterator[None]:
 def paged_message(runtime: Runtime, phone: str | None) -> tuple[str, str]:
     """A dispatched message to user gina on the pager, falling back to the web inbox."""
     tenant = new_tenant(runtime)
-    now = utcnow()
-    message_id, delivery_id = new_id("msg"), new_id("dlv")
     with runtime.engine.begin() as connection:
         connection.execute(
             insert(User), {"app_id": tenant.app_id, "user_id": "gina", "phone": phone}
         )
-        connection.execute(
-            insert(Message),
-            {
-                "id": message_id,
-                "app_id": tenant.app_id,
-                "status": "dispatched",
-                "recipients": [{"user_id": "gina"}],
-                "channels": ["pager"],
-                "fallback": ["pager", "web"],
-                "content": {"title": "Your code is 1234"},
-                "category": "notification",
-                "priority": "normal",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        connection.execute(
-            insert(Delivery),
-            {
-                "id": delivery_id,
-                "message_id": message_id,
-                "app_id": tenant.app_id,
-                "recipient": "user:gina",
-                "user_id": "gina",
-                "channel": "pager",
-                "status": "queued",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": tenant.app_id,
-        "channel": "pager",
-    }
-    publish(runtime, channel_key("pager"), encode(DeliveryPayload(), payload))
-    return message_id, delivery_id
+    return queued_delivery(
+        runtime,
+        "pager",
+        app_id=tenant.app_id,
+        fallback=["pager", "web"],
+        content={"title": "Your code is 1234"},
+    )
 
 
 def message_status(runtime: Runtime, message_id: str) -> str | None:
@@ -237,12 +187,12 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
 ) -> None:
     runtime = two_channels
     pager = Pager(channel_context(runtime, "pager"), outcome)
-    with running_relay(runtime), running(runtime, pager):
+    with running_relay(runtime), running_worker(runtime, pager, reaches=REACHES):
         message_id, pager_delivery = paged_message(runtime, phone)
         wait_until(lambda: fell_back(runtime, message_id), 20, "the fallback")
         # The web delivery is pending (no web worker yet): the message is not final.
         assert message_status(runtime, message_id) == "dispatched"
-        with running(runtime, WebChannel(channel_context(runtime, "web"))):
+        with running_worker(runtime, WebChannel(channel_context(runtime, "web")), reaches=REACHES):
             wait_until(lambda: message_status(runtime, message_id) == "completed", 20, "completed")
     assert pager.attempts == [pager_delivery] * pager_attempts
     with runtime.engine.connect() as connection:
@@ -307,7 +257,11 @@ def test_a_user_whose_push_device_is_gone_gets_the_message_by_sms(
         sms = SmsChannel(channel_context(runtime, "sms"))
         try:
             message_id = pushed_message(runtime, push_service.subscribe().as_json())
-            with running_relay(runtime), running(runtime, push), running(runtime, sms):
+            with (
+                running_relay(runtime),
+                running_worker(runtime, push, reaches=REACHES),
+                running_worker(runtime, sms, reaches=REACHES),
+            ):
                 wait_until(lambda: message_status(runtime, message_id) == "completed", 30, "done")
             with runtime.engine.connect() as connection:
                 deliveries = {
@@ -345,8 +299,6 @@ def pushed_message(runtime: Runtime, subscription: dict[str, object]) -> str:
     """A dispatched push message to user wendy (one Web Push device and a phone), falling back
     to SMS, published to the push queue."""
     tenant = new_tenant(runtime)
-    now = utcnow()
-    message_id, delivery_id = new_id("msg"), new_id("dlv")
     with runtime.engine.begin() as connection:
         connection.execute(
             insert(User), {"app_id": tenant.app_id, "user_id": "wendy", "phone": "+33612345678"}
@@ -360,41 +312,12 @@ def pushed_message(runtime: Runtime, subscription: dict[str, object]) -> str:
                 "subscription": subscription,
             },
         )
-        connection.execute(
-            insert(Message),
-            {
-                "id": message_id,
-                "app_id": tenant.app_id,
-                "status": "dispatched",
-                "recipients": [{"user_id": "wendy"}],
-                "channels": ["push"],
-                "fallback": ["push", "sms"],
-                "content": {"title": "Your parcel", "body": "It arrives today."},
-                "category": "notification",
-                "priority": "normal",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        connection.execute(
-            insert(Delivery),
-            {
-                "id": delivery_id,
-                "message_id": message_id,
-                "app_id": tenant.app_id,
-                "recipient": "user:wendy",
-                "user_id": "wendy",
-                "channel": "push",
-                "status": "queued",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": tenant.app_id,
-        "channel": "push",
-    }
-    publish(runtime, channel_key("push"), encode(DeliveryPayload(), payload))
+    message_id, _delivery_id = queued_delivery(
+        runtime,
+        "push",
+        app_id=tenant.app_id,
+        user_id="wendy",
+        fallback=["push", "sms"],
+        content={"title": "Your parcel", "body": "It arrives today."},
+    )
     return message_id

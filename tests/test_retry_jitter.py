@@ -14,8 +14,9 @@ from shared.amqp.topology import JITTER_SLOTS, JITTER_SPAN, Topology, retry_slot
 from shared.config_file import DEFAULT_RETRY_DELAYS, Delay
 from shared.runtime import Runtime
 from tests.conftest import queue_depth
+from tests.queued import queued_delivery, running_worker
 from tests.stack import wait_until
-from tests.test_worker import ScriptedChannel, queued_delivery, running_worker, state
+from tests.test_worker import ScriptedChannel, state
 
 BURST = 12
 

@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,18 +26,15 @@ from structlog.testing import capture_logs
 from channels.base import Outcome
 from channels.sms import SmsChannel
 from channels.sms_providers import aliyun as aliyun_provider
-from channels.worker import ChannelWorker, channel_context
-from shared.amqp.link import AmqpLink
-from shared.amqp.topology import channel_key
+from channels.worker import channel_context
 from shared.config_file import ConfigError, parse_config
-from shared.ids import new_id, utcnow
 from shared.masking import mask_address
 from shared.models import Delivery, Event, Message, User
-from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.channel_harness import Answer, channel_settings, context_for
-from tests.conftest import AMQP_URL, new_tenant, publish, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, queue_prefix
+from tests.queued import queued_delivery, running_worker
 from tests.sms_providers import (
     AliyunServer,
     GatewayServer,
@@ -292,19 +288,6 @@ def test_an_account_timeout_is_a_duration_and_sms_is_configured_by_its_accounts(
 
 
 @contextmanager
-def sms_worker(runtime: Runtime, channel: SmsChannel) -> Iterator[None]:
-    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("sms"))
-    worker = ChannelWorker(runtime, link, channel)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(20)
-
-
-@contextmanager
 def sms_runtime(settings: Settings) -> Iterator[Runtime]:
     """A runtime on `settings` whose topology has the sms queue, deleted afterwards."""
     runtime = Runtime.build(settings, channels=("sms",))
@@ -321,50 +304,22 @@ def queue_sms(runtime: Runtime, user_id: str, count: int) -> dict[str, str]:
     """`count` dispatched messages to a user with a phone, one sms delivery each, published
     to the sms queue: delivery id -> message id."""
     tenant = new_tenant(runtime)
-    now = utcnow()
-    made = {new_id("dlv"): new_id("msg") for _ in range(count)}
     with runtime.engine.begin() as connection:
         connection.execute(
             insert(User), {"app_id": tenant.app_id, "user_id": user_id, "phone": PHONE}
         )
-        for delivery_id, message_id in made.items():
-            connection.execute(
-                insert(Message),
-                {
-                    "id": message_id,
-                    "app_id": tenant.app_id,
-                    "status": "dispatched",
-                    "recipients": [{"user_id": user_id}],
-                    "channels": ["sms"],
-                    "content": {"title": "Code", "body": f"Your code is {message_id[-4:]}"},
-                    "category": "verification",
-                    "priority": "high",
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            connection.execute(
-                insert(Delivery),
-                {
-                    "id": delivery_id,
-                    "message_id": message_id,
-                    "app_id": tenant.app_id,
-                    "recipient": f"user:{user_id}",
-                    "user_id": user_id,
-                    "channel": "sms",
-                    "status": "queued",
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-    for delivery_id, message_id in made.items():
-        payload = {
-            "delivery_id": delivery_id,
-            "message_id": message_id,
-            "app_id": tenant.app_id,
-            "channel": "sms",
-        }
-        publish(runtime, channel_key("sms"), encode(DeliveryPayload(), payload))
+    made: dict[str, str] = {}
+    for _ in range(count):
+        message_id, delivery_id = queued_delivery(
+            runtime,
+            "sms",
+            app_id=tenant.app_id,
+            user_id=user_id,
+            content={"title": "Code", "body": f"Your code is {len(made):04d}"},
+            category="verification",
+            priority="high",
+        )
+        made[delivery_id] = message_id
     return made
 
 
@@ -385,7 +340,7 @@ def test_the_worker_fails_over_between_two_sms_accounts_end_to_end(
         with sms_runtime(settings) as runtime:
             channel = SmsChannel(channel_context(runtime, "sms"), chooser=Heaviest())
             try:
-                with sms_worker(runtime, channel):
+                with running_worker(runtime, channel):
                     made = queue_sms(runtime, "gina", 3)
                     wait_until(lambda: len(backup.received) == 3, 20, "three texts at the backup")
                     wait_until(lambda: all_completed(runtime, list(made.values())), 20, "completed")
@@ -426,7 +381,7 @@ def test_a_gateway_down_for_30_s_loses_no_text_and_sends_none_twice(
         with sms_runtime(settings) as runtime:
             channel = SmsChannel(channel_context(runtime, "sms"))
             try:
-                with sms_worker(runtime, channel):
+                with running_worker(runtime, channel):
                     # Nothing listens for the first half of the outage, then the gateway
                     # answers 502 to everything: 30 s in all, by the clock, which is what
                     # the retries and the breaker must outlast.

@@ -6,7 +6,6 @@ its payload with the private key of a subscription made as a browser makes one.
 
 from __future__ import annotations
 
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -24,18 +23,15 @@ from channels.base import DeviceTarget, Outcome
 from channels.push import PushChannel
 from channels.push_platforms.webpush import retry_after_seconds
 from channels.vapid import TOKEN_SECONDS, VapidKey, origin_of
-from channels.worker import ChannelWorker, channel_context
+from channels.worker import channel_context
 from producer_api.api_keys import NewApp
-from shared.amqp.link import AmqpLink
-from shared.amqp.topology import channel_key
 from shared.config_file import ConfigError, parse_config
-from shared.ids import new_id, utcnow
-from shared.models import Delivery, Device, Event, Message, User
-from shared.payloads import DeliveryPayload, encode
+from shared.models import Delivery, Device, Event, User
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.channel_harness import Answer, channel_settings, context_for, delivery_for
-from tests.conftest import AMQP_URL, bearer, new_tenant, publish, queue_prefix, service_env
+from tests.conftest import AMQP_URL, bearer, new_tenant, queue_prefix, service_env
+from tests.queued import queued_delivery, running_worker
 from tests.rigs.push_webpush import SUBJECT, webpush_settings
 from tests.stack import run_omnipush, wait_until
 from tests.webpush_receiver import AUTH, P256DH, WebPushReceiver
@@ -316,8 +312,6 @@ def delete_queues(runtime: Runtime) -> None:
 def queued_push(runtime: Runtime, receiver: WebPushReceiver) -> tuple[str, str, int]:
     """A dispatched push message to a user with one Web Push subscription, published."""
     tenant = new_tenant(runtime)
-    now = utcnow()
-    message_id, delivery_id = new_id("msg"), new_id("dlv")
     with runtime.engine.begin() as connection:
         connection.execute(insert(User), {"app_id": tenant.app_id, "user_id": "wendy"})
         device_id = connection.scalar(
@@ -330,61 +324,20 @@ def queued_push(runtime: Runtime, receiver: WebPushReceiver) -> tuple[str, str, 
             )
             .returning(Device.id)
         )
-        connection.execute(
-            insert(Message),
-            {
-                "id": message_id,
-                "app_id": tenant.app_id,
-                "status": "dispatched",
-                "recipients": [{"user_id": "wendy"}],
-                "channels": ["push"],
-                "content": {"title": "t", "body": "b"},
-                "category": "notification",
-                "priority": "normal",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        connection.execute(
-            insert(Delivery),
-            {
-                "id": delivery_id,
-                "message_id": message_id,
-                "app_id": tenant.app_id,
-                "recipient": "user:wendy",
-                "user_id": "wendy",
-                "channel": "push",
-                "status": "queued",
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": tenant.app_id,
-        "channel": "push",
-    }
-    publish(runtime, channel_key("push"), encode(DeliveryPayload(), payload))
+    message_id, delivery_id = queued_delivery(
+        runtime, "push", app_id=tenant.app_id, user_id="wendy", content={"title": "t", "body": "b"}
+    )
     assert device_id is not None
     return message_id, delivery_id, device_id
 
 
 @contextmanager
 def running_push_worker(runtime: Runtime) -> Iterator[None]:
-    link = AmqpLink(
-        AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("push")
-    )
     channel = PushChannel(channel_context(runtime, "push"))
-    worker = ChannelWorker(runtime, link, channel)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
     try:
-        yield
+        with running_worker(runtime, channel):
+            yield
     finally:
-        worker.stop()
-        thread.join(20)
         channel.close()
 
 

@@ -6,24 +6,22 @@ records, retry tiers, the dead queue, message settlement) is the real runtime.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
-from channels.worker import CLAIM_SECONDS, ChannelWorker, channel_context
-from shared.amqp.link import AmqpLink
+from channels.worker import channel_context
 from shared.amqp.topology import channel_key
-from shared.ids import new_id, utcnow
+from shared.ids import utcnow
 from shared.models import Delivery, Event, Message
 from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.statuses import message_outcome
-from tests.conftest import AMQP_URL, new_tenant, publish, queue_depth
+from tests.conftest import publish, queue_depth
+from tests.queued import queued_delivery, running_worker
 from tests.stack import wait_until
 
 
@@ -45,71 +43,6 @@ class ScriptedChannel(Channel):
         if outcome is Outcome.DEFERRED:
             return Result.deferred("scripted slow-down", retry_after=3, account="primary")
         return Result(outcome, f"scripted {outcome.value}")
-
-
-def queued_delivery(
-    runtime: Runtime, expires_at: datetime | None = None, claimed_at: datetime | None = None
-) -> tuple[str, str]:
-    """A dispatched message's delivery and its AMQP message; `claimed_at` makes it one a worker
-    claimed then (its first attempt) and never recorded the outcome of."""
-    tenant = new_tenant(runtime)
-    now = utcnow()
-    message_id, delivery_id = new_id("msg"), new_id("dlv")
-    with runtime.engine.begin() as connection:
-        connection.execute(
-            insert(Message),
-            {
-                "id": message_id,
-                "app_id": tenant.app_id,
-                "status": "dispatched",
-                "recipients": [{"user_id": "gina"}],
-                "channels": ["web"],
-                "content": {"title": "t"},
-                "category": "notification",
-                "priority": "normal",
-                "expires_at": expires_at,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        connection.execute(
-            insert(Delivery),
-            {
-                "id": delivery_id,
-                "message_id": message_id,
-                "app_id": tenant.app_id,
-                "recipient": "user:gina",
-                "user_id": "gina",
-                "channel": "web",
-                "status": "queued" if claimed_at is None else "sending",
-                "attempts": 0 if claimed_at is None else 1,
-                "created_at": now,
-                "updated_at": claimed_at or now,
-            },
-        )
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": tenant.app_id,
-        "channel": "web",
-    }
-    publish(runtime, channel_key("web"), encode(DeliveryPayload(), payload))
-    return message_id, delivery_id
-
-
-@contextmanager
-def running_worker(
-    runtime: Runtime, channel: Channel, claim_seconds: float = CLAIM_SECONDS
-) -> Iterator[None]:
-    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("web"))
-    worker = ChannelWorker(runtime, link, channel, claim_seconds=claim_seconds)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(20)
 
 
 def state(runtime: Runtime, message_id: str, delivery_id: str) -> tuple[str, str, list[str]]:
@@ -193,7 +126,9 @@ def test_a_delivery_whose_message_expired_is_not_sent(isolated_runtime: Runtime)
     runtime = isolated_runtime
     channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.SENT])
     with running_worker(runtime, channel):
-        message_id, delivery_id = queued_delivery(runtime, utcnow() - timedelta(seconds=1))
+        message_id, delivery_id = queued_delivery(
+            runtime, expires_at=utcnow() - timedelta(seconds=1)
+        )
         wait_until(lambda: state(runtime, message_id, delivery_id)[1] == "expired", 20, "expired")
     delivery_status, _message, stages = state(runtime, message_id, delivery_id)
     assert (delivery_status, stages) == ("expired", ["expired", "expired"])
