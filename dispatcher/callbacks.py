@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import threading
 from datetime import timedelta
-from types import FrameType
 
 import httpx
 import structlog
@@ -37,6 +35,7 @@ from shared.outbox import (
 )
 from shared.runtime import Runtime
 from shared.standard_webhooks import signed_headers
+from shared.stop_signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -84,12 +83,7 @@ class CallbackSender:
         self._stopping = threading.Event()
 
     def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("callbacks.stopping", signal=signal.Signals(signum).name)
-            self._stopping.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop_on_signals(self.stop, "callbacks.stopping")
 
     def stop(self) -> None:
         self._stopping.set()

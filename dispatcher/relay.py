@@ -12,10 +12,8 @@ and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls
 from __future__ import annotations
 
 import select
-import signal
 import threading
 from concurrent.futures import wait
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -32,6 +30,7 @@ from shared.ids import utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, encode
 from shared.runtime import Runtime
+from shared.stop_signals import stop_on_signals
 from shared.trace import event_row, record_events
 
 log = structlog.get_logger(__name__)
@@ -104,12 +103,7 @@ class OutboxRelay:
         self._listener: PoolProxiedConnection | None = None
 
     def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("relay.stopping", signal=signal.Signals(signum).name)
-            self._stopping.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop_on_signals(self.stop, "relay.stopping")
 
     def stop(self) -> None:
         self._stopping.set()

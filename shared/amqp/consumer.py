@@ -11,11 +11,9 @@ that keeps failing ends in the dead queue through the queue's delivery limit. No
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from abc import ABC, abstractmethod
-from types import FrameType
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.amqp.link import AmqpLink, Inbound
+from shared.stop_signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -59,12 +58,7 @@ class BatchConsumer(ABC):
             self.link.stop_consuming()
 
     def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("consumer.stopping", signal=signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop_on_signals(self.stop, "consumer.stopping")
 
     def run(self) -> None:
         """Consume until stopped, then drain what was already delivered and close."""
