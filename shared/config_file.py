@@ -98,6 +98,7 @@ class FcmConfig:
     service_account_file: str | None = None
     base_url: str = "https://fcm.googleapis.com"
     rate: float | None = None
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class _FcmSchema(_Section):
     service_account_file = fields.String(validate=validate.Length(min=1))
     base_url = fields.String(validate=_URL)
     rate = _RATE
+    timeout = fields.String(validate=_duration)
 
 
 class _ApnsSchema(_Section):
@@ -316,9 +318,6 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
     email = data.get("email", {})
     breaker = data.get("breaker", {})
     delays = data.get("retry", {}).get("delays", DEFAULT_RETRY_LABELS)
-    webpush = dict(data.get("webpush", {}))
-    if "timeout" in webpush:
-        webpush["timeout"] = seconds_of(webpush["timeout"])
     return FileConfig(
         email=EmailConfig(
             smtp_url=email.get("smtp_url"),
@@ -329,8 +328,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
             timeout=seconds_of(email["timeout"]) if "timeout" in email else EmailConfig.timeout,
         ),
         sms_accounts=tuple(_account(a) for a in accounts),
-        webpush=WebPushConfig(**webpush),
-        fcm=FcmConfig(**data.get("fcm", {})),
+        webpush=WebPushConfig(**_with_seconds(data.get("webpush", {}), "timeout")),
+        fcm=FcmConfig(**_with_seconds(data.get("fcm", {}), "timeout")),
         apns=ApnsConfig(**data.get("apns", {})),
         outbound_allow=tuple(
             ipaddress.ip_network(cidr, strict=False)
@@ -345,6 +344,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
         ),
         policy=data.get("policy", {}),
     )
+
+
+def _with_seconds(section: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`section` with its duration `key` (when set) in seconds."""
+    converted = dict(section)
+    if key in converted:
+        converted[key] = seconds_of(converted[key])
+    return converted
 
 
 def _account(loaded: Mapping[str, Any]) -> Account:
