@@ -11,34 +11,17 @@ is a URL the guard refuses. A robot that answers
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Callable, Mapping
 
 import httpx
 
 from channels.base import Outcome, Result
 from shared.outbound import OutboundRefused, Unresolvable
+from shared.retry_after import retry_after_seconds
 
 #: How long to wait when a 429 gives no (readable) Retry-After.
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 MAX_DETAIL = 200
-
-
-def retry_after_seconds(value: str | None, default: float = DEFAULT_RETRY_AFTER_SECONDS) -> float:
-    """A `Retry-After` header (seconds or an HTTP date) in seconds from now, at least 1 ms."""
-    if value:
-        text = value.strip()
-        try:
-            return max(0.001, float(text))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return default
-        return max(0.001, when.timestamp() - time.time())
-    return default
 
 
 def classify(response: httpx.Response) -> Result:
@@ -48,7 +31,10 @@ def classify(response: httpx.Response) -> Result:
         return Result.sent(f"HTTP {status}")
     reason = f"HTTP {status} {response.reason_phrase}".strip()
     if status == 429:
-        return Result.deferred(reason, retry_after_seconds(response.headers.get("retry-after")))
+        return Result.deferred(
+            reason,
+            retry_after_seconds(response.headers.get("retry-after"), DEFAULT_RETRY_AFTER_SECONDS),
+        )
     if status == 408 or status >= 500:
         return Result.transient(reason)
     return Result.permanent(reason)

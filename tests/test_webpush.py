@@ -21,7 +21,6 @@ from sqlalchemy import insert, select
 
 from channels.base import DeviceTarget, Outcome
 from channels.push import PushChannel
-from channels.push_platforms.webpush import retry_after_seconds
 from channels.vapid import TOKEN_SECONDS, VapidKey, origin_of
 from channels.worker import channel_context
 from producer_api.api_keys import NewApp
@@ -255,14 +254,6 @@ def test_an_unusable_vapid_key_leaves_web_push_unconfigured(receiver: WebPushRec
             channel.close()
     assert result.outcome is Outcome.PERMANENT
     assert result.detail == "webpush push is not configured"
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("120", 120.0), ("", None), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
-)
-def test_retry_after_is_read_as_seconds_or_a_date(value: str, seconds: float | None) -> None:
-    assert retry_after_seconds(value) == seconds
 
 
 # The worker runtime.

@@ -22,6 +22,7 @@ import httpx
 
 from channels.base import EndpointTarget, Result
 from shared.outbound import OutboundRefused
+from shared.retry_after import retry_after_seconds
 
 #: How long a 429 without a (readable) Retry-After keeps an endpoint paused, in seconds.
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
@@ -100,20 +101,13 @@ def post_json(client: httpx.Client, robot: Robot, url: str, request: RobotReques
     if response.status_code == 429:
         return Result.deferred(
             f"{robot.name} answered 429: slowing down",
-            retry_after=retry_after(response, DEFAULT_RETRY_AFTER_SECONDS),
+            retry_after=retry_after_seconds(
+                response.headers.get("retry-after"), DEFAULT_RETRY_AFTER_SECONDS
+            ),
         )
     if response.status_code >= 500:
         return Result.transient(f"{robot.name} answered {response.status_code}")
     return robot.outcome(response)
-
-
-def retry_after(response: httpx.Response, default: float) -> float:
-    """The answer's `Retry-After` in seconds (a number of seconds), else `default`."""
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return default
-    return seconds if seconds > 0 else default
 
 
 def json_answer(response: httpx.Response) -> dict[str, Any] | None:

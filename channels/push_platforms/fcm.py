@@ -27,8 +27,8 @@ import structlog
 
 from channels.accounts import send_through
 from channels.base import ChannelContext, DeviceTarget, OutboundDelivery, Result
-from channels.push_platforms.webpush import retry_after_seconds
 from shared.config_file import Account
+from shared.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -197,10 +197,8 @@ def _result(device: DeviceTarget, response: httpx.Response) -> Result:
     if code in _GONE_CODES or status == 404:
         return Result.permanent(f"fcm: token gone ({code or status})", gone_devices=(device.id,))
     if status in (429, 503):
-        wait = retry_after_seconds(response.headers.get("Retry-After"))
-        return Result.deferred(
-            f"fcm: slow down ({status})", retry_after=wait or DEFAULT_SLOW_DOWN_SECONDS
-        )
+        wait = retry_after_seconds(response.headers.get("Retry-After"), DEFAULT_SLOW_DOWN_SECONDS)
+        return Result.deferred(f"fcm: slow down ({status})", retry_after=wait)
     if status >= 500:
         return Result.transient(f"fcm: {status} {code}".rstrip())
     return Result.permanent(f"fcm: {status} {code or text}".rstrip())

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from email.utils import parsedate_to_datetime
 
 import http_ece
 import httpx
@@ -28,6 +26,7 @@ from channels.base import ChannelContext, DeviceTarget, OutboundDelivery, Result
 from channels.vapid import VapidKey, b64url_decode, origin_of, public_key_of
 from shared.config_file import Account
 from shared.outbound import OutboundRefused, outbound_client
+from shared.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -40,20 +39,6 @@ DEFAULT_SLOW_DOWN_SECONDS = 30.0
 _URGENCY = {"high": "high", "normal": "normal", "low": "low"}
 _SENT = frozenset({200, 201, 202})
 _GONE = frozenset({404, 410})
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now (delta-seconds or an HTTP date); None if unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
 
 
 def encrypted_body(payload: bytes, p256dh: bytes, auth: bytes) -> bytes:
@@ -147,10 +132,10 @@ class Sender:
                 f"webpush {origin}: subscription gone ({status})", gone_devices=(device.id,)
             )
         if status == 429:
-            wait = retry_after_seconds(response.headers.get("Retry-After"))
-            return Result.deferred(
-                f"webpush {origin}: slow down (429)", retry_after=wait or DEFAULT_SLOW_DOWN_SECONDS
+            wait = retry_after_seconds(
+                response.headers.get("Retry-After"), DEFAULT_SLOW_DOWN_SECONDS
             )
+            return Result.deferred(f"webpush {origin}: slow down (429)", retry_after=wait)
         if status >= 500:
             return Result.transient(f"webpush {origin}: {status}")
         return Result.permanent(f"webpush {origin}: {status} {_reason(response)}".rstrip())

@@ -14,9 +14,7 @@ Providers are imported only when an account names them, as kombu picks a transpo
 
 from __future__ import annotations
 
-import email.utils
 import importlib
-import time
 from abc import ABC, abstractmethod
 
 import httpx
@@ -24,6 +22,7 @@ import structlog
 
 from channels.base import Result
 from shared.config_file import Account, seconds_of
+from shared.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +83,10 @@ def http_result(provider: str, response: httpx.Response, sent_detail: str | None
     if 200 <= status < 300:
         return Result.sent(sent_detail)
     if status == 429:
-        return slow_down(provider, retry_after(response))
+        return slow_down(
+            provider,
+            retry_after_seconds(response.headers.get("Retry-After"), DEFAULT_SLOW_DOWN_SECONDS),
+        )
     if status >= 500:
         return Result.transient(f"{provider} answered {status}")
     return Result.permanent(f"{provider} answered {status}")
@@ -93,15 +95,3 @@ def http_result(provider: str, response: httpx.Response, sent_detail: str | None
 def slow_down(provider: str, seconds: float) -> Result:
     """The provider asks for fewer sends: the account pauses, the delivery is not charged."""
     return Result.deferred(f"{provider} asked to slow down", retry_after=seconds)
-
-
-def retry_after(response: httpx.Response) -> float:
-    """`Retry-After` in seconds (a number or an HTTP date), or the default pause."""
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return max(float(value), DEFAULT_SLOW_DOWN_SECONDS)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return DEFAULT_SLOW_DOWN_SECONDS
-    return max(when - time.time(), DEFAULT_SLOW_DOWN_SECONDS)
