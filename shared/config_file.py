@@ -109,6 +109,9 @@ class ApnsConfig:
     topic: str | None = None
     base_url: str = "https://api.push.apple.com"
     rate: float | None = None
+    timeout: float = 10.0
+    # A CA bundle to check the server's certificate against instead of the system's.
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,8 @@ class _ApnsSchema(_Section):
     topic = fields.String(validate=validate.Length(min=1))
     base_url = fields.String(validate=_URL)
     rate = _RATE
+    timeout = fields.String(validate=_duration)
+    ca_file = fields.String(validate=validate.Length(min=1))
 
 
 class _OutboundSchema(_Section):
@@ -330,7 +335,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
         sms_accounts=tuple(_account(a) for a in accounts),
         webpush=WebPushConfig(**_with_seconds(data.get("webpush", {}), "timeout")),
         fcm=FcmConfig(**_with_seconds(data.get("fcm", {}), "timeout")),
-        apns=ApnsConfig(**data.get("apns", {})),
+        apns=ApnsConfig(**_with_seconds(data.get("apns", {}), "timeout")),
         outbound_allow=tuple(
             ipaddress.ip_network(cidr, strict=False)
             for cidr in data.get("outbound", {}).get("allow", [])

@@ -1,4 +1,4 @@
-"""The push channel on FCM: its OAuth token, gone tokens, and devices of several platforms.
+"""The push channel on FCM and APNs: tokens, gone devices, and devices of several platforms.
 
 The provider answers are the contract table's (`tests/rigs/push_fcm.py`); these tests hold
 what the table does not: the access token is fetched once and again only when FCM refuses
@@ -8,7 +8,9 @@ and a user's FCM and Web Push devices are each sent to, one result for the deliv
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pika
 import pytest
@@ -23,10 +25,12 @@ from shared.config_file import ConfigError, FcmConfig, FileConfig, WebPushConfig
 from shared.models import Delivery, Device, Event, User
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.apns_server import running_apns
 from tests.channel_harness import Answer, channel_settings, context_for, delivery_for
 from tests.conftest import AMQP_URL, new_tenant, queue_prefix
 from tests.push_providers import FcmServer
 from tests.queued import queued_delivery, running_worker
+from tests.rigs.push_apns import apns_device, apns_settings
 from tests.rigs.push_fcm import fcm_settings
 from tests.rigs.push_webpush import LOOPBACK, SUBJECT
 from tests.stack import wait_until
@@ -161,3 +165,34 @@ def test_a_token_fcm_reports_unregistered_is_removed_from_its_user(
 def status_of(runtime: Runtime, delivery_id: str) -> str | None:
     with runtime.engine.connect() as connection:
         return connection.scalar(select(Delivery.status).where(Delivery.id == delivery_id))
+
+
+def test_a_user_with_an_fcm_and_an_apns_device_gets_it_on_both(fcm: FcmServer) -> None:
+    with (
+        running_apns() as apns,
+        tempfile.TemporaryDirectory() as directory,
+        channel_settings() as settings,
+    ):
+        base = f"https://127.0.0.1:{apns.server.port}"
+        both = apns_settings(fcm_settings(settings, fcm), apns, base, Path(directory))
+        channel = PushChannel(context_for(both, "push"))
+        iphone = apns_device()
+        try:
+            results = [
+                channel.send(delivery_for("push", priority="high", devices=(fcm_device(), iphone)))
+                for _ in range(2)
+            ]
+        finally:
+            channel.close()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 2
+    assert len(fcm.received) == 2
+    assert [(token, headers["apns-priority"]) for token, headers, _ in apns.sent] == [
+        (iphone.token, "10")
+    ] * 2
+    # One provider token for both pushes: APNs refuses one renewed too often.
+    assert len(apns.provider_tokens) == 1
+
+
+def test_apns_timeout_and_ca_file_are_read_from_the_file() -> None:
+    apns = parse_config({"apns": {"timeout": "3s", "ca_file": "ca.pem"}}).apns
+    assert (apns.timeout, apns.ca_file) == (3.0, "ca.pem")
