@@ -24,8 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,7 +32,7 @@ from channels.base import EndpointTarget, OutboundDelivery
 from channels.chat import ChatChannel
 from shared.settings import Settings
 from tests.channel_harness import Answer, Rig, context_for, delivery_for
-from tests.fault_proxy import FaultProxy
+from tests.proxied_server import ProxiedHttpServer
 
 #: Vendors refuse a signature whose timestamp is further than this from their clock.
 SIGNATURE_WINDOW_SECONDS = 3600
@@ -84,7 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the tests read `received` and `refusals` instead."""
 
 
-class RobotServer:
+class RobotServer(ProxiedHttpServer):
     """A vendor's webhook server; subclasses check requests and answer as the vendor does."""
 
     kind: ClassVar[str]
@@ -92,52 +91,21 @@ class RobotServer:
     path: ClassVar[str]
 
     def __init__(self, secret: str | None = None) -> None:
+        super().__init__(_Handler)
         self.secret = secret
-        self.mode = Answer.OK
         self.received: list[Received] = []
         self.refusals: list[str] = []
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._http.daemon_threads = True
-        self._http.robot = self  # type: ignore[attr-defined]
-        self._proxy = FaultProxy("127.0.0.1", self._http.server_address[1])
-
-    def __enter__(self) -> RobotServer:
-        # A short poll: stopping the server waits for one.
-        serve = threading.Thread(
-            target=self._http.serve_forever, args=(0.05,), name=self.kind, daemon=True
-        )
-        serve.start()
-        self._proxy.start()
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        self._proxy.close()
-        self._http.shutdown()
-        self._http.server_close()
+        self.http.robot = self  # type: ignore[attr-defined]
 
     @property
     def url(self) -> str:
-        return f"http://{self._proxy.address}{self.path}"
+        return f"http://{self.proxy.address}{self.path}"
 
     @property
     def connections(self) -> int:
         """How many TCP connections clients have opened to the server so far."""
-        return self._proxy.accepted
-
-    def answer(self, mode: Answer) -> None:
-        self.mode = mode
-        if mode is Answer.TIMEOUT:
-            self._proxy.hang()
-        elif mode is Answer.DOWN:
-            self._proxy.refuse()
-        else:
-            self._proxy.resume()
+        return self.proxy.accepted
 
     def handle(self, target: str, content_type: str, raw: bytes) -> Reply:
         parts = urlsplit(target)

@@ -19,7 +19,7 @@ import re
 import secrets
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from channels.push_platforms.fcm import JWT_BEARER, SCOPE
 from tests.channel_harness import Answer
-from tests.fault_proxy import FaultProxy
+from tests.proxied_server import ProxiedHttpServer
 
 PROJECT = "omnipush-test"
 CLIENT_EMAIL = f"sender@{PROJECT}.iam.gserviceaccount.com"
@@ -58,7 +58,7 @@ _ANSWERS: dict[Answer, tuple[int, dict[str, Any]]] = {
 }
 
 
-class FcmServer:
+class FcmServer(ProxiedHttpServer):
     """The token endpoint and the FCM v1 send endpoint; see the module docstring."""
 
     def __init__(self, token_lifetime: int = 3600) -> None:
@@ -68,18 +68,9 @@ class FcmServer:
         self.token_requests = 0
         self.received: list[dict[str, Any]] = []
         self.problems: list[str] = []
-        self.mode = Answer.OK
         self._lock = threading.Lock()
         self._files = tempfile.TemporaryDirectory()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.proxy = FaultProxy("127.0.0.1", self._server.server_address[1])
-        self.origin = f"http://{self.proxy.address}"
-
-    def __enter__(self) -> FcmServer:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.proxy.start()
-        return self
+        super().__init__(self._handler())
 
     def __exit__(
         self,
@@ -87,9 +78,7 @@ class FcmServer:
         _value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> None:
-        self.proxy.close()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(_type, _value, _traceback)
         self._files.cleanup()
 
     def service_account(self) -> str:
@@ -113,15 +102,6 @@ class FcmServer:
             )
         )
         return str(path)
-
-    def answer(self, mode: Answer) -> None:
-        self.mode = mode
-        if mode is Answer.TIMEOUT:
-            self.proxy.hang()
-        elif mode is Answer.DOWN:
-            self.proxy.refuse()
-        else:
-            self.proxy.resume()
 
     def revoke_tokens(self) -> None:
         """Every access token issued so far stops working (answered 401)."""

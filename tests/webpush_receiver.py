@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import http_ece
@@ -28,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from channels.vapid import b64url_decode, b64url_encode, public_key_of, uncompressed
 from tests.channel_harness import Answer
-from tests.fault_proxy import FaultProxy
+from tests.proxied_server import ProxiedHttpServer
 
 RETRY_AFTER_SECONDS = 7
 #: A well-formed subscription's keys, for tests that only store one: the user agent's public
@@ -75,7 +73,7 @@ class Received:
     claims: dict[str, Any]
 
 
-class WebPushReceiver:
+class WebPushReceiver(ProxiedHttpServer):
     """The push service; see the module docstring. Use it as a context manager."""
 
     def __init__(self, subject: str, application_server_key: str) -> None:
@@ -84,26 +82,7 @@ class WebPushReceiver:
         self.subscriptions: dict[str, BrowserSubscription] = {}
         self.received: list[Received] = []
         self.problems: list[str] = []
-        self.mode = Answer.OK
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.proxy = FaultProxy("127.0.0.1", self._server.server_address[1])
-        self.origin = f"http://{self.proxy.address}"
-
-    def __enter__(self) -> WebPushReceiver:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.proxy.start()
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        self.proxy.close()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def subscribe(self) -> BrowserSubscription:
         name = secrets.token_urlsafe(12)
@@ -115,15 +94,6 @@ class WebPushReceiver:
         )
         self.subscriptions[name] = subscription
         return subscription
-
-    def answer(self, mode: Answer) -> None:
-        self.mode = mode
-        if mode is Answer.TIMEOUT:
-            self.proxy.hang()
-        elif mode is Answer.DOWN:
-            self.proxy.refuse()
-        else:
-            self.proxy.resume()
 
     def check(self, path: str, headers: dict[str, str], body: bytes) -> Received | tuple[int, str]:
         """The request's message, or the status and reason a push service would refuse it."""
