@@ -234,6 +234,36 @@ class Pipeline:
         self.runtime.close()
 
 
+def through_worker(
+    channel: str,
+    count: int,
+    env: dict[str, str],
+    settings: Any,
+    arrivals: Arrivals,
+    to: dict[str, str],
+    prepare: Callable[[Pipeline], None] = lambda _pipeline: None,
+) -> dict[str, Any]:
+    """`count` messages to `to` on `channel` through a private pipeline, then a worker."""
+    pipeline = Pipeline(settings, env)
+    try:
+        pipeline.start()
+        prepare(pipeline)
+        body = "Your order has shipped."
+        pipeline.post(
+            [
+                {
+                    "to": [{key: value.format(index=index) for key, value in to.items()}],
+                    "channels": [channel],
+                    "content": {"title": f"bench {index}", "body": body},
+                }
+                for index in range(count)
+            ]
+        )
+        return pipeline.worker_rate(channel, arrivals, count)
+    finally:
+        pipeline.stop()
+
+
 def email_phase(count: int) -> dict[str, Any]:
     with sink(_serve_smtp) as (port, arrivals), isolated_settings() as settings:
         bare = baseline(arrivals, count, lambda: smtplib_loop(port, count))
@@ -241,22 +271,9 @@ def email_phase(count: int) -> dict[str, Any]:
             "OMNIPUSH_SMTP_URL": f"smtp://127.0.0.1:{port}",
             "OMNIPUSH_SMTP_FROM": "Shop <noreply@example.com>",
         }
-        pipeline = Pipeline(settings, env)
-        try:
-            pipeline.start()
-            pipeline.post(
-                [
-                    {
-                        "to": [{"email": f"user{index}@example.com"}],
-                        "channels": ["email"],
-                        "content": {"title": f"bench {index}", "body": "Your order has shipped."},
-                    }
-                    for index in range(count)
-                ]
-            )
-            worker = pipeline.worker_rate("email", arrivals, count)
-        finally:
-            pipeline.stop()
+        worker = through_worker(
+            "email", count, env, settings, arrivals, {"email": "user{index}@example.com"}
+        )
     return {
         "baseline_smtplib_per_s": round(bare, 1),
         "worker": worker,
@@ -268,26 +285,14 @@ def webhook_phase(count: int) -> dict[str, Any]:
     with sink(_serve_http) as (port, arrivals), isolated_settings() as settings:
         bare = baseline(arrivals, count, lambda: httpx_loop(port, count))
         env = service_env(settings) | {"OMNIPUSH_OUTBOUND_ALLOW": "127.0.0.1/32"}
-        pipeline = Pipeline(settings, env)
-        try:
-            pipeline.start()
-            pipeline.http.put(
-                "/v1/endpoints/bench",
-                json={"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook"},
-            ).raise_for_status()
-            pipeline.post(
-                [
-                    {
-                        "to": [{"endpoint": "bench"}],
-                        "channels": ["webhook"],
-                        "content": {"title": f"bench {index}", "body": "Your order has shipped."},
-                    }
-                    for index in range(count)
-                ]
-            )
-            worker = pipeline.worker_rate("webhook", arrivals, count)
-        finally:
-            pipeline.stop()
+
+        def endpoint(pipeline: Pipeline) -> None:
+            hook = {"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook"}
+            pipeline.http.put("/v1/endpoints/bench", json=hook).raise_for_status()
+
+        worker = through_worker(
+            "webhook", count, env, settings, arrivals, {"endpoint": "bench"}, endpoint
+        )
     return {
         "baseline_httpx_per_s": round(bare, 1),
         "worker": worker,
