@@ -35,6 +35,7 @@ def queued_delivery(
     priority: str = "normal",
     expires_at: datetime | None = None,
     claimed_at: datetime | None = None,
+    callback_url: str | None = None,
 ) -> tuple[str, str]:
     """A dispatched message's one delivery to user `user_id` on `channel`, and its AMQP message:
     (message id, delivery id). Without `app_id` it belongs to a new app. `claimed_at` makes it
@@ -56,6 +57,7 @@ def queued_delivery(
                 "category": category,
                 "priority": priority,
                 "expires_at": expires_at,
+                "callback_url": callback_url,
                 "created_at": now,
                 "updated_at": now,
             },

@@ -27,16 +27,14 @@ from channels.web import WebChannel
 from channels.worker import channel_context
 from dispatcher.callbacks import CallbackSender, backoff
 from producer_api.api_keys import NewApp
-from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
-from shared.models import Callback, Delivery, Event, Message
+from shared.models import Callback, Event, Message
 from shared.outbound import OutboundPolicy
 from shared.outbox import callback_secret, claim_due, enqueue_callbacks
-from shared.payloads import DeliveryPayload, encode
 from shared.runtime import Runtime
 from shared.settings import Settings
-from tests.conftest import new_tenant, publish, service_env
-from tests.queued import running_worker
+from tests.conftest import new_tenant, service_env
+from tests.queued import queued_delivery, running_worker
 from tests.stack import run_omnipush, wait_until
 
 LOOPBACK = OutboundPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
@@ -96,44 +94,12 @@ def sending(runtime: Runtime, **options: Any) -> Iterator[CallbackSender]:
 
 def dispatched_to_gina(runtime: Runtime, tenant: NewApp, callback_url: str | None) -> str:
     """A dispatched message with one queued web delivery, published to the web worker."""
-    now = utcnow()
-    message_id, delivery_id = new_id("msg"), new_id("dlv")
-    with runtime.engine.begin() as connection:
-        connection.execute(
-            insert(Message),
-            {
-                "id": message_id,
-                "app_id": tenant.app_id,
-                "status": "dispatched",
-                "recipients": [{"user_id": "gina"}],
-                "channels": ["web"],
-                "content": {"title": "Order shipped"},
-                "callback_url": callback_url,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        connection.execute(
-            insert(Delivery),
-            {
-                "id": delivery_id,
-                "message_id": message_id,
-                "app_id": tenant.app_id,
-                "recipient": "user:gina",
-                "user_id": "gina",
-                "channel": "web",
-                "status": "queued",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": tenant.app_id,
-        "channel": "web",
-    }
-    publish(runtime, channel_key("web"), encode(DeliveryPayload(), payload))
+    message_id, _delivery_id = queued_delivery(
+        runtime,
+        app_id=tenant.app_id,
+        content={"title": "Order shipped"},
+        callback_url=callback_url,
+    )
     return message_id
 
 
