@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 
 from channels.accounts import AccountGate
+from channels.attempt_outcome import attempt_outcome
 from channels.base import (
     Channel,
     ChannelContext,
@@ -65,7 +66,6 @@ from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import JITTER_SLOTS, retry_slot
 from shared.best_effort_redis import BestEffortRedis
-from shared.config_file import Delay
 from shared.ids import new_id, utcnow
 from shared.models import DeadLetter, Delivery, Device, Endpoint, Message, User, table_of
 from shared.outbound import OutboundPolicy
@@ -101,11 +101,6 @@ def build_channel_context(
         accounts=AccountGate(best_effort, settings.queue_prefix, channel, settings.config.breaker),
         outbound=OutboundPolicy(allow=settings.outbound_allow),
     )
-
-
-def tier_covering(delays: tuple[Delay, ...] | list[Delay], seconds: float) -> Delay:
-    """The shortest delay tier of at least `seconds` (the longest if none is that long)."""
-    return next((d for d in delays if d.seconds >= seconds), delays[-1])
 
 
 # The worker's statements, built once: on its hot path, building SQL costs more than running it.
@@ -206,8 +201,6 @@ class ChannelWorker(BatchConsumer):
         #: What each channel reaches, for choosing a fallback channel (`reach_table`).
         self.reaches = reach_table() if reaches is None else reaches
         self.delays = tuple(runtime.topology.retry_delays)
-        #: The first attempt, then one after each delay.
-        self.max_attempts = len(self.delays) + 1
         self._schema = DeliveryPayload()
         #: Picks the jitter slot of each transient failure's retry.
         self._jitter = random.Random()
@@ -426,11 +419,11 @@ class ChannelWorker(BatchConsumer):
                         platform=platform,
                     )
                 )
-            retry = self._retry_tier(delivery, result)
-            if retry is not None:
+            decided = attempt_outcome(delivery.attempt, result, self.delays)
+            status, error = decided.status, decided.error
+            if decided.tier is not None:
                 # A deferred delivery was not attempted: it waits without using up an attempt.
-                deferred = result.outcome is Outcome.DEFERRED
-                status, error = ("deferred" if deferred else "retrying"), result.detail
+                deferred = status == "deferred"
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -438,15 +431,14 @@ class ChannelWorker(BatchConsumer):
                         delivery.delivery_id,
                         attempt=delivery.attempt,
                         error=error,
-                        retry_in=retry,
+                        retry_in=decided.tier,
                         **({"deferred": True} if deferred else {}),
                         **({"account": result.account} if result.account else {}),
                     )
                 )
-                header = retry if deferred else self._jittered(retry)
+                header = decided.tier if deferred else self._jittered(decided.tier)
                 follow_ups.append((attempt.source, self._retry_message(attempt.source, header)))
-            elif result.outcome is Outcome.SENT:
-                status, error = "sent", None
+            elif status == "sent":
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -457,7 +449,6 @@ class ChannelWorker(BatchConsumer):
                     )
                 )
             else:
-                status, error = "failed", result.detail
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -511,16 +502,6 @@ class ChannelWorker(BatchConsumer):
         events += self._settle_messages(connection, settling)
         record_events(connection, events)
         return follow_ups
-
-    def _retry_tier(self, delivery: OutboundDelivery, result: Result) -> str | None:
-        """The delay tier a delivery waits in before it comes back, or None when it does not:
-        the tier covering a deferred one's `retry_after`, the next tier after a transient
-        failure, none once every tier is used up."""
-        if result.outcome is Outcome.DEFERRED:
-            return tier_covering(self.delays, result.retry_after or 0).label
-        if result.outcome is Outcome.TRANSIENT and delivery.attempt < self.max_attempts:
-            return self.delays[delivery.attempt - 1].label
-        return None
 
     def _jittered(self, tier: str) -> str:
         """The header of a random jitter slot of `tier`. Only transient failures are spread:
