@@ -2,21 +2,21 @@
 
 Every channel runs the same loop; the channel module only implements `send`. For a batch, the
 worker claims the deliveries in the store (status `sending`, one guarded UPDATE, so two workers
-never send the same delivery at once), resolves what each is sent to (the user's address of
-the channel's kind, their devices, the app's endpoint; a delivery with nothing to send to fails
-for good without a call), hands them to the channel, then in one transaction
-records `sent`, `retrying` or `failed` with their trace events (each naming its attempt; the
-short-lived `sending` claim itself is not traced), hands each recipient that failed for good to
-the message's next fallback channel (`channels.fallback`), and settles the message when all
-its deliveries are final. A transient failure goes to the retry tier for its attempt (a
-jitter slot of it chosen at random, see shared/amqp/topology.py, so a burst of failures does
-not come back all at once) and comes back under its own routing key; one that has used every
-tier, or a permanent one, is `failed`, its AMQP message is parked in the dead queue, and a
-`DeadLetter` row written in the same transaction as the `failed` record lets an operator list
-and replay it (shared/dead_letters.py). A deferred one (every provider account slowed down or
-busy) waits in the tier that covers its `retry_after` without using up an attempt. Devices the
-provider reports gone are removed from their user, traced. Sources are
-acked after all that is durable.
+never send the same delivery at once), resolves what each is sent to (the user's address of the
+channel's kind, their devices, the app's endpoint; a delivery with nothing to send to fails for
+good without a call), hands them to the channel, then in one transaction records `sent`,
+`retrying` or `failed` (as `channels.attempt_outcome` decides) with their trace events (each
+naming its attempt; the short-lived `sending` claim itself is not traced), hands each recipient
+that failed for good to the message's next fallback channel (`channels.fallback`), and settles
+the message when all its deliveries are final. A transient failure goes to the retry tier for
+its attempt (a jitter slot of it chosen at random, see shared/amqp/topology.py, so a burst of
+failures does not come back all at once) and comes back under its own routing key; one that has
+used every tier, or a permanent one, is `failed`, its AMQP message is parked in the dead queue,
+and a `DeadLetter` row written in the same transaction as the `failed` record lets an operator
+list and replay it (shared/dead_letters.py). A deferred one (every provider account slowed down
+or busy) waits in the tier that covers its `retry_after` without using up an attempt. Devices
+the provider reports gone are removed from their user, traced. Sources are acked after all that
+is durable.
 
 A delivery is sent at most once while its claim is known: a redelivered AMQP message finds it
 `sending` (held) or final (done). The one window for a second send is a worker killed between
