@@ -125,10 +125,9 @@ def two_channels(isolated_runtime: Runtime) -> Iterator[Runtime]:
     )
     runtime = replace(isolated_runtime, topology=topology)
     yield runtime
+    # Its own tiers (and their jitter slots) too: `queue_prefix` knows only the default ones.
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    channel = connection.channel()
-    channel.queue_delete(topology.channel_queue("pager"))
-    channel.queue_delete(topology.retry_queue(ONE_SECOND.label))
+    topology.delete_blocking(connection.channel())
     connection.close()
 
 
