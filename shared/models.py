@@ -209,6 +209,13 @@ class Delivery(Base):
         UniqueConstraint("message_id", "recipient", "channel", name="uq_deliveries_target"),
         # The gateway's replay and unread count: one user's web items by status, oldest first.
         Index("ix_deliveries_inbox", "app_id", "user_id", "channel", "status", "id"),
+        # The relay's look-up of deferred deliveries that are due.
+        Index(
+            "ix_deliveries_release",
+            "release_at",
+            postgresql_where=text("status = 'deferred'"),
+            sqlite_where=text("status = 'deferred'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -228,6 +235,8 @@ class Delivery(Base):
     read_at: Mapped[datetime | None] = mapped_column()
     # The failed delivery to the same recipient that this one replaces (channels.fallback).
     fallback_of: Mapped[str | None] = mapped_column(String(40))
+    # When a `deferred` delivery (quiet hours) is due to be handed to its channel.
+    release_at: Mapped[datetime | None] = mapped_column()
 
 
 class Endpoint(Base):
@@ -343,6 +352,17 @@ class Callback(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AppPolicy(Base):
+    """An app's own settings of the dispatcher's policy stages (`shared.policy`), over the
+    operator's `[policy]` defaults; set by `PUT /v1/policy`."""
+
+    __tablename__ = "app_policies"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
