@@ -209,13 +209,6 @@ class Delivery(Base):
         UniqueConstraint("message_id", "recipient", "channel", name="uq_deliveries_target"),
         # The gateway's replay and unread count: one user's web items by status, oldest first.
         Index("ix_deliveries_inbox", "app_id", "user_id", "channel", "status", "id"),
-        # The relay's look-up of deferred deliveries that are due.
-        Index(
-            "ix_deliveries_release",
-            "release_at",
-            postgresql_where=text("status = 'deferred'"),
-            sqlite_where=text("status = 'deferred'"),
-        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -235,7 +228,7 @@ class Delivery(Base):
     read_at: Mapped[datetime | None] = mapped_column()
     # The failed delivery to the same recipient that this one replaces (channels.fallback).
     fallback_of: Mapped[str | None] = mapped_column(String(40))
-    # When a `deferred` delivery (quiet hours) is due to be handed to its channel.
+    # When a `deferred` delivery (quiet hours) may be sent; its outbox row is published then.
     release_at: Mapped[datetime | None] = mapped_column()
 
 

@@ -33,18 +33,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("release_at", sa.DateTime(timezone=True), nullable=True))
-    op.create_index(
-        "ix_deliveries_release",
-        "deliveries",
-        ["release_at"],
-        postgresql_where=sa.text("status = 'deferred'"),
-        sqlite_where=sa.text("status = 'deferred'"),
-    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    op.drop_index("ix_deliveries_release", table_name="deliveries")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("release_at")
     op.drop_table("app_policies")
