@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from flask import Flask
 
-from producer_api import dead_letters, endpoints, messages, templates, tokens, topics, users
+from producer_api import (
+    dead_letters,
+    endpoints,
+    messages,
+    policy,
+    templates,
+    tokens,
+    topics,
+    users,
+)
 from producer_api.auth import ApiKeyGate, install_api_key_auth
 from producer_api.chunked_body import ChunkedBody
 from producer_api.fanout import FanoutGuard, install_fanout_guard
@@ -59,6 +68,7 @@ def create_app(
     api.register_blueprint(templates.blp)
     api.register_blueprint(endpoints.blp)
     api.register_blueprint(dead_letters.blp)
+    api.register_blueprint(policy.blp)
     app.register_blueprint(health_blueprint(("store", "broker", "redis")))
     document_health(app, api.spec)
     retry_reads_once_on_disconnect(app)

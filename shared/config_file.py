@@ -21,9 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.field_errors import flatten_errors
+from shared.policy import (
+    DAY_SECONDS,
+    MAX_CAP_LIMIT,
+    MAX_CAP_WINDOW,
+    MAX_DEDUP_WINDOW,
+    REDIS_STAGES,
+    Policy,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SMS_PROVIDERS = ("twilio", "aliyun", "http")
@@ -135,8 +143,8 @@ class FileConfig:
     outbound_allow: tuple[IPNetwork, ...] = ()
     retry_delays: tuple[Delay, ...] = DEFAULT_RETRY_DELAYS
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    # The dispatcher's stage defaults, read by the policy stages themselves.
-    policy: Mapping[str, Any] = field(default_factory=dict)
+    # The defaults of the dispatcher's policy stages, under each app's own (`shared.policy`).
+    policy: Policy = field(default_factory=Policy)
 
 
 def _duration(value: str) -> None:
@@ -151,6 +159,17 @@ def _cidr(value: str) -> None:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValidationError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
+
+
+def _duration_within(least: float, most: float) -> Any:
+    """A validator of a duration from `least` to `most` seconds (after `_duration`)."""
+
+    def check(value: str) -> None:
+        _duration(value)
+        if not least <= seconds_of(value) <= most:
+            raise ValidationError(f"Must be from {least:g}s to {most / DAY_SECONDS:g}d.")
+
+    return check
 
 
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -271,6 +290,40 @@ class _BreakerSchema(_Section):
     open_for = fields.String(validate=_duration)
 
 
+def _dedup_window() -> fields.String:
+    return fields.String(validate=_duration_within(0, MAX_DEDUP_WINDOW))
+
+
+class _DedupSchema(_Section):
+    notification = _dedup_window()
+    marketing = _dedup_window()
+    verification = _dedup_window()
+
+
+class _CapSchema(_Section):
+    limit = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=0, max=MAX_CAP_LIMIT)
+    )
+    window = fields.String(validate=_duration_within(1, MAX_CAP_WINDOW))
+
+    @validates_schema
+    def window_of_a_limit(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if data.get("limit") and "window" not in data:
+            raise ValidationError("Required with a limit other than 0.", "window")
+
+
+class _CapsSchema(_Section):
+    notification = fields.Nested(_CapSchema)
+    marketing = fields.Nested(_CapSchema)
+    verification = fields.Nested(_CapSchema)
+
+
+class _PolicySchema(_Section):
+    fail_open = fields.List(fields.String(validate=validate.OneOf(REDIS_STAGES)))
+    dedup_window = fields.Nested(_DedupSchema)
+    frequency_cap = fields.Nested(_CapsSchema)
+
+
 class _FileSchema(_Section):
     email = fields.Nested(_EmailSchema)
     sms = fields.Nested(_SmsSchema)
@@ -280,8 +333,7 @@ class _FileSchema(_Section):
     outbound = fields.Nested(_OutboundSchema)
     retry = fields.Nested(_RetrySchema)
     breaker = fields.Nested(_BreakerSchema)
-    # Checked by the dispatcher's stages, which own its keys.
-    policy = fields.Dict(keys=fields.String())
+    policy = fields.Nested(_PolicySchema)
 
 
 def load_config(path: str | Path, required: bool = False) -> FileConfig:
@@ -347,8 +399,27 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> FileC
             if "open_for" in breaker
             else BreakerConfig.open_seconds,
         ),
-        policy=data.get("policy", {}),
+        policy=Policy().with_document(_policy_document(data.get("policy", {}))),
     )
+
+
+def _policy_document(section: Mapping[str, Any]) -> dict[str, Any]:
+    """`[policy]` as a `shared.policy` document: durations in seconds, a limit of 0 as no cap."""
+    document: dict[str, Any] = {
+        "dedup_window": {
+            category: seconds_of(duration)
+            for category, duration in section.get("dedup_window", {}).items()
+        },
+        "frequency_cap": {
+            category: {"limit": cap["limit"], "window": seconds_of(cap["window"])}
+            if cap["limit"]
+            else None
+            for category, cap in section.get("frequency_cap", {}).items()
+        },
+    }
+    if "fail_open" in section:
+        document["fail_open"] = section["fail_open"]
+    return document
 
 
 def _with_seconds(section: Mapping[str, Any], key: str) -> dict[str, Any]:

@@ -32,6 +32,11 @@ CATEGORIES = ("notification", "marketing", "verification")
 REDIS_STAGES = ("dedup", "frequency_cap")
 DEFAULT_DEDUP_SECONDS = 300.0
 DAY_SECONDS = 86400.0
+#: The bounds of an app's settings (and of the operator's): a dedup window of at most 30 days,
+#: a frequency cap of at most a million deliveries in at most 31 days.
+MAX_DEDUP_WINDOW = 30 * DAY_SECONDS
+MAX_CAP_WINDOW = 31 * DAY_SECONDS
+MAX_CAP_LIMIT = 1_000_000
 
 _P = table_of(AppPolicy)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shared.config_file import ConfigError, Delay, load_config, parse_config
+from shared.policy import Cap, Policy
 from shared.settings import Settings
 from tests.stack import run_omnipush
 
@@ -90,6 +91,60 @@ def test_a_missing_default_file_is_an_empty_configuration(tmp_path: Path) -> Non
     config = load_config(tmp_path / "omnipush.toml")
     assert config.sms_accounts == () and config.email.smtp_url is None
     assert [d.label for d in config.retry_delays] == ["5s", "30s", "2m", "10m", "1h"]
+    assert config.policy == Policy()
+
+
+#: `[policy]` as the README shows it.
+POLICY_EXAMPLE = """
+[policy]
+fail_open = ["dedup"]
+[policy.dedup_window]
+marketing = "10m"
+[policy.frequency_cap.marketing]
+limit = 5
+window = "1d"
+"""
+
+DEFAULT_CAPS = Policy().frequency_cap
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            POLICY_EXAMPLE,
+            Policy(
+                dedup_window={"notification": 300, "marketing": 600, "verification": 300},
+                frequency_cap={**DEFAULT_CAPS, "marketing": Cap(5, 86400)},
+                fail_open=frozenset({"dedup"}),
+            ),
+        ),
+        ("[policy]\n", Policy()),
+        (
+            '[policy.dedup_window]\nnotification = "0s"\nverification = "90s"\n',
+            Policy(dedup_window={"notification": 0, "marketing": 300, "verification": 90}),
+        ),
+        (
+            "[policy.frequency_cap.marketing]\nlimit = 0\n",
+            Policy(frequency_cap={**DEFAULT_CAPS, "marketing": None}),
+        ),
+        (
+            '[policy.frequency_cap.notification]\nlimit = 20\nwindow = "1h"\n',
+            Policy(frequency_cap={**DEFAULT_CAPS, "notification": Cap(20, 3600)}),
+        ),
+        (
+            '[policy]\nfail_open = ["dedup", "frequency_cap"]\n',
+            Policy(fail_open=frozenset({"dedup", "frequency_cap"})),
+        ),
+    ],
+    ids=["example", "empty", "dedup-windows", "uncapped", "new-cap", "fail-open-both"],
+)
+def test_the_policy_section_sets_the_defaults_of_every_app(
+    tmp_path: Path, section: str, expected: Policy
+) -> None:
+    path = tmp_path / "omnipush.toml"
+    path.write_text(section)
+    assert load_config(path).policy == expected
 
 
 @pytest.mark.parametrize(
@@ -123,6 +178,39 @@ def test_a_missing_default_file_is_an_empty_configuration(tmp_path: Path) -> Non
         ({"retry": {"delays": ["5s", "soon"]}}, "retry.delays.1: 'soon' is not a duration"),
         ({"outbound": {"allow": ["10.0.0.300/8"]}}, "outbound.allow.0: '10.0.0.300/8' is not"),
         ({"apns": {"base_url": "ftp://apple"}}, "apns.base_url: Not a valid URL."),
+        (
+            {"policy": {"dedup_window": {"marketing": "soon"}}},
+            "policy.dedup_window.marketing: 'soon' is not a duration",
+        ),
+        (
+            {"policy": {"dedup_window": {"promo": "1m"}}},
+            "policy.dedup_window.promo: Unknown field.",
+        ),
+        (
+            {"policy": {"dedup_window": {"marketing": "31d"}}},
+            "policy.dedup_window.marketing: Must be from 0s to 30d.",
+        ),
+        (
+            {"policy": {"frequency_cap": {"marketing": {"limit": 5}}}},
+            "policy.frequency_cap.marketing.window: Required with a limit other than 0.",
+        ),
+        (
+            {"policy": {"frequency_cap": {"marketing": {"limit": -1, "window": "1d"}}}},
+            "policy.frequency_cap.marketing.limit: Must be greater than or equal to 0",
+        ),
+        (
+            {"policy": {"frequency_cap": {"marketing": {"limit": 5, "window": "0s"}}}},
+            "policy.frequency_cap.marketing.window: Must be from 1s to 31d.",
+        ),
+        (
+            {"policy": {"frequency_cap": {"marketing": {"limit": "5", "window": "1d"}}}},
+            "policy.frequency_cap.marketing.limit: Not a valid integer.",
+        ),
+        (
+            {"policy": {"fail_open": ["discard"]}},
+            "policy.fail_open.0: Must be one of: dedup, frequency_cap.",
+        ),
+        ({"policy": {"dedupe_window": {}}}, "policy.dedupe_window: Unknown field."),
     ],
     ids=[
         "unknown-section",
@@ -134,6 +222,15 @@ def test_a_missing_default_file_is_an_empty_configuration(tmp_path: Path) -> Non
         "bad-duration",
         "bad-cidr",
         "bad-url",
+        "policy-duration",
+        "policy-category",
+        "policy-window-too-long",
+        "policy-cap-without-window",
+        "policy-negative-limit",
+        "policy-zero-window",
+        "policy-limit-type",
+        "policy-fail-open-stage",
+        "policy-unknown-key",
     ],
 )
 def test_a_bad_key_is_named_in_one_line(document: dict[str, Any], named: str) -> None:

@@ -14,6 +14,7 @@ from tests.conftest import bearer, new_tenant
 from tests.test_api import assert_problem
 
 SEND = {"to": [{"user_id": "u"}], "channels": ["web"], "content": {"title": "t"}}
+B_POLICY = {"dedup_window": {"marketing": 0}, "discard": {"all": False, "templates": ["b-hello"]}}
 
 
 @pytest.fixture
@@ -33,6 +34,7 @@ def owners(client: FlaskClient, runtime: Runtime) -> dict[str, Any]:
             json={"parts": {"web": {"title": "Hello {{ name }}"}}},
             headers=bearer(b),
         ),
+        client.put("/v1/policy", json=B_POLICY, headers=bearer(b)),
         client.post("/v1/messages", json=SEND, headers=bearer(b)),
     ]
     assert all(r.status_code < 300 for r in made), [r.get_json() for r in made]
@@ -138,6 +140,21 @@ def test_b_s_things_are_unchanged_and_not_in_a_s_lists(
     listed = client.get("/v1/messages", headers=bearer(a)).get_json()["items"]
     assert owners["message"] not in [m["id"] for m in listed]
     assert client.get(f"/v1/messages/{owners['message']}", headers=bearer(b)).status_code == 200
+
+
+def test_a_s_policy_is_a_s_own_and_leaves_b_s_as_it_was(
+    client: FlaskClient, owners: dict[str, Any]
+) -> None:
+    a, b = owners["a"], owners["b"]
+    bs = client.get("/v1/policy", headers=bearer(b)).get_json()
+    assert bs["overrides"] == B_POLICY and bs["discard"]["templates"] == ["b-hello"]
+    theirs = client.get("/v1/policy", headers=bearer(a)).get_json()
+    assert theirs["overrides"] == {} and theirs["updated_at"] is None
+    assert theirs["discard"] == {"all": False, "templates": []}
+    # A's PUT and DELETE are of A's own policy (there is no path naming another app's).
+    assert client.put("/v1/policy", json={}, headers=bearer(a)).status_code == 200
+    assert client.delete("/v1/policy", headers=bearer(a)).status_code == 204
+    assert client.get("/v1/policy", headers=bearer(b)).get_json() == bs
 
 
 def test_a_browser_token_minted_by_a_names_a_only(
