@@ -116,6 +116,8 @@ _CLAIM = (
         _D.c.id.in_(bindparam("ids", expanding=True)),
         or_(
             _D.c.status.in_(DELIVERY_WAITING),
+            # Held for quiet hours: its outbox row is published once it may be sent.
+            and_(_D.c.status == "deferred", _D.c.release_at <= bindparam("now")),
             and_(_D.c.status == "sending", _D.c.updated_at < bindparam("stale")),
         ),
     )

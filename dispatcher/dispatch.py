@@ -16,16 +16,22 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
 
 from channels.registry import reach_table
+from dispatcher.decisions import (
+    DeliveryDecider,
+    Work,
+    message_facts,
+    settled_at_dispatch,
+    write_deferred,
+)
 from dispatcher.expansion import (
+    MESSAGE_COLUMNS,
     PagedExpansion,
     Written,
-    delivery_rows,
     endpoint_channels,
     endpoints_of,
     first_pages,
@@ -33,6 +39,7 @@ from dispatcher.expansion import (
     progress_of,
     topics_of,
 )
+from dispatcher.stages.pipeline import PolicyPipeline, standard_stages
 from dispatcher.targets import delivery_targets
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
@@ -54,7 +61,7 @@ DISPATCHABLE = ("accepted", "scheduled", "queued", "dispatched")
 _D = table_of(Delivery)
 _M = table_of(Message)
 _DISPATCHABLE = (
-    select(_M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels, _M.c.expires_at)
+    select(*MESSAGE_COLUMNS)
     .where(_M.c.id.in_(bindparam("ids", expanding=True)), _M.c.status.in_(DISPATCHABLE))
     .order_by(_M.c.id)
 )
@@ -81,6 +88,27 @@ _PENDING_PAGE = (
 )
 
 
+def log_dispatched(
+    message_id: str, app_id: str, recipients: int, counts: Counter[tuple[str, str]]
+) -> None:
+    """The operator's one line about a dispatched message: its deliveries per channel and
+    how many of them each stage outcome took (never an address or a body)."""
+    channels: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    for (channel, status), count in counts.items():
+        channels[channel] += count
+        outcomes[status] += count
+    log.info(
+        "dispatch.message",
+        message_id=message_id,
+        app=app_id,
+        recipients=recipients,
+        deliveries=sum(channels.values()),
+        channels=dict(sorted(channels.items())),
+        **dict(sorted(outcomes.items())),
+    )
+
+
 def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic: str) -> list[str]:
     return members.get((app_id, topic), [])
 
@@ -94,6 +122,8 @@ class Plan:
     ready: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
     paged: dict[str, tuple[int, str] | None] = field(default_factory=dict)
+    #: Of each message expanded here: its app, recipients and (channel, status) -> deliveries.
+    outcomes: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = field(default_factory=dict)
 
 
 class DispatchConsumer(BatchConsumer):
@@ -106,7 +136,13 @@ class DispatchConsumer(BatchConsumer):
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
         self._reaches = reach_table()
-        self._paged = PagedExpansion(self.page_size, self._reaches)
+        stages = standard_stages(
+            runtime.redis, runtime.settings.queue_prefix, runtime.settings.config.policy.fail_open
+        )
+        self._decider = DeliveryDecider(
+            PolicyPipeline(stages, self._reaches), runtime.settings.config.policy
+        )
+        self._paged = PagedExpansion(self.page_size, self._reaches, self._decider)
 
     def handle_batch(self, batch: list[Inbound]) -> None:
         wanted: dict[str, list[Inbound]] = defaultdict(list)
@@ -129,6 +165,8 @@ class DispatchConsumer(BatchConsumer):
             per_message[mid].append(future)
         for message_id, progress in plan.paged.items():
             self._expand_in_pages(message_id, progress)
+            if (finished := self._paged.finished.pop(message_id, None)) is not None:
+                plan.outcomes[message_id] = finished
         wait([f for fs in per_message.values() for f in fs], timeout=CONFIRM_TIMEOUT_SECONDS)
         confirmed = {
             mid: all(f.done() and f.exception() is None for f in fs)
@@ -142,7 +180,10 @@ class DispatchConsumer(BatchConsumer):
                     self.link.ack(source)
                 else:
                     self.link.nack(source, requeue=True)
-        log.info("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
+        # Said once its sources are acked: what each message became, one line each.
+        for message_id, (app_id, recipients, counts) in plan.outcomes.items():
+            log_dispatched(message_id, app_id, recipients, counts)
+        log.debug("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
         return self.link.publish_batch(
@@ -159,7 +200,7 @@ class DispatchConsumer(BatchConsumer):
             with self.runtime.engine.begin() as connection:
                 done = self._paged.expand_step(connection, message_id)
             steps += 1
-        log.info("dispatch.expanded", message_id=message_id, steps=steps)
+        log.debug("dispatch.expanded", message_id=message_id, steps=steps)
 
     def _publish_pending(self, message_id: str) -> bool:
         """Publish a message's unsent deliveries a page at a time; False unless all of them
@@ -179,8 +220,8 @@ class DispatchConsumer(BatchConsumer):
             after = page[-1].id
 
     def _expand(self, connection: Connection, message_ids: list[str]) -> Plan:
-        """Write the deliveries of every message that fits in this transaction, and say what is
-        left to do for each message (see `Plan`)."""
+        """Write the deliveries of every message that fits in this transaction, as the policy
+        stages decide them, and say what is left to do for each message (see `Plan`)."""
         plan = Plan()
         # A message expanding page by page (since an earlier delivery of it) goes on doing so,
         # whatever its status now: that step also ends it if it was canceled meanwhile.
@@ -193,8 +234,6 @@ class DispatchConsumer(BatchConsumer):
         remaining = [mid for mid in message_ids if mid not in progress]
         messages = connection.execute(dispatchable, {"ids": remaining}).all() if remaining else []
         now = utcnow()
-        rows: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
         undispatched = [m for m in messages if m.status != "dispatched"]
         # A message whose expiry passed while it waited (scheduled, or queued behind others)
         # is not sent at all.
@@ -216,31 +255,50 @@ class DispatchConsumer(BatchConsumer):
                 plan.paged[message.id] = None
             else:
                 fresh.append(message)
-        for message in fresh:
-            targets = delivery_targets(
-                message.recipients,
-                message.channels,
-                functools.partial(subscribers_of, members, message.app_id),
-                self._reaches,
-                routes.get(message.app_id),
+        work = [
+            Work(
+                message_facts(message),
+                delivery_targets(
+                    message.recipients,
+                    message.channels,
+                    functools.partial(subscribers_of, members, message.app_id),
+                    self._reaches,
+                    routes.get(message.app_id),
+                ),
+                routes.get(message.app_id, {}),
             )
-            rows.extend(delivery_rows(message.id, message.app_id, targets, now))
-            events.append(event_row(message.id, "dispatched", deliveries=len(targets)))
-        inserted = insert_deliveries(connection, rows)
-        record_events(connection, events)
+            for message in fresh
+        ]
+        decided = self._decider.decide(connection, work, now)
+        inserted = insert_deliveries(connection, decided.rows)
+        new_ids = {row.id for row in inserted}
+        write_deferred(connection, decided, new_ids)
+        record_events(
+            connection,
+            [
+                *(
+                    event_row(m.id, "dispatched", deliveries=sum(decided.counts[m.id].values()))
+                    for m in fresh
+                ),
+                *(e for e in decided.events if e["delivery_id"] in new_ids),
+            ],
+        )
         if fresh:
             connection.execute(_MARK_DISPATCHED, {"ids": [m.id for m in fresh], "now": now})
-        # A message whose topics have no subscribers has nothing to wait for.
-        with_deliveries = {row["message_id"] for row in rows}
-        empty = [m.id for m in fresh if m.id not in with_deliveries]
-        for status, ids in (("completed", empty), ("expired", expired)):
+        # A message whose deliveries the stages all ended (or that reached nobody) has nothing
+        # to wait for.
+        settled: dict[str, list[str]] = defaultdict(list)
+        for status, message_id in settled_at_dispatch(decided.rows, [m.id for m in fresh]):
+            settled[status].append(message_id)
+        settled["expired"].extend(expired)
+        for status, ids in settled.items():
             if ids:
                 connection.execute(_MARK_FINISHED, {"ids": ids, "now": now, "status": status})
-                record_events(connection, [event_row(mid, status, deliveries=0) for mid in ids])
+                record_events(connection, [event_row(mid, status) for mid in ids])
                 enqueue_callbacks(connection, ids, now)
         # A message whose rows were all written just now needs no lookup; one seen before (a
         # redelivery) or raced by another dispatcher reads back what is still to be sent.
-        expected = Counter(row["message_id"] for row in rows)
+        expected = Counter(row["message_id"] for row in decided.rows)
         written = Counter(row.message_id for row in inserted)
         plan.pending = [
             m.id
@@ -248,7 +306,16 @@ class DispatchConsumer(BatchConsumer):
             if m.status == "dispatched"
             or (m.id not in plan.paged and written[m.id] != expected[m.id])
         ]
+        queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
         for row in sorted(inserted, key=lambda row: row.id):
-            if row.message_id not in plan.pending:
+            if row.message_id not in plan.pending and row.id in queued:
                 plan.ready.setdefault(row.message_id, []).append(row.payload())
+        plan.outcomes = {
+            w.message.id: (
+                w.message.app_id,
+                len({t.recipient for t in w.targets}),
+                decided.counts[w.message.id],
+            )
+            for w in work
+        }
         return plan

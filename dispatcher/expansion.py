@@ -17,19 +17,22 @@ behind the position reached is not reached by this message.
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
-from dispatcher.targets import Target, delivery_targets
+from channels.fallback import standing
+from dispatcher.decisions import DeliveryDecider, Work, message_facts, write_deferred
+from dispatcher.targets import delivery_targets
 from shared.db import insert_for
 from shared.endpoint_kinds import channel_for
-from shared.ids import new_id, utcnow
+from shared.ids import utcnow
 from shared.models import Delivery, Endpoint, Message, MessageExpansion, Subscription, table_of
 from shared.outbox import enqueue_callbacks
+from shared.statuses import message_outcome
 from shared.trace import event_row, record_events
 
 #: Statuses of a message that is due and not yet dispatched.
@@ -63,9 +66,21 @@ def _save_progress(dialect: str) -> Any:
 
 
 _SAVE_PROGRESS = {dialect: _save_progress(dialect) for dialect in ("postgresql", "sqlite")}
-_MESSAGE = select(
-    _M.c.id, _M.c.app_id, _M.c.status, _M.c.recipients, _M.c.channels, _M.c.expires_at
-).where(_M.c.id == bindparam("message"))
+#: What the dispatcher reads of a message: to expand it, and for the policy stages.
+MESSAGE_COLUMNS = (
+    _M.c.id,
+    _M.c.app_id,
+    _M.c.status,
+    _M.c.recipients,
+    _M.c.channels,
+    _M.c.expires_at,
+    _M.c.category,
+    _M.c.priority,
+    _M.c.content,
+    _M.c.dedup_key,
+    _M.c.fallback,
+)
+_MESSAGE = select(*MESSAGE_COLUMNS).where(_M.c.id == bindparam("message"))
 _PROGRESS = select(_X.c.step, _X.c.after).where(_X.c.message_id == bindparam("message"))
 _DONE = delete(_X).where(_X.c.message_id == bindparam("message"))
 _SET_STATUS = (
@@ -78,7 +93,9 @@ _END_WRITTEN = (
     .where(_D.c.message_id == bindparam("message"), _D.c.status.in_(("pending", "queued")))
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
-_COUNT = select(func.count()).where(_D.c.message_id == bindparam("message"))
+_STANDING = select(_D.c.id, _D.c.recipient, _D.c.channel, _D.c.status, _D.c.fallback_of).where(
+    _D.c.message_id == bindparam("message")
+)
 _TOPIC_PAGE = (
     select(_S.c.user_id)
     .where(
@@ -89,28 +106,6 @@ _TOPIC_PAGE = (
     .order_by(_S.c.user_id)
     .limit(bindparam("limit"))
 )
-
-
-def delivery_rows(
-    message_id: str, app_id: str, targets: Sequence[Target], now: datetime
-) -> list[dict[str, Any]]:
-    """The delivery rows of some of a message's targets, queued."""
-    return [
-        {
-            "id": new_id("dlv"),
-            "message_id": message_id,
-            "app_id": app_id,
-            "recipient": target.recipient,
-            "user_id": target.user_id,
-            "address": target.address,
-            "channel": target.channel,
-            "status": "queued",
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for target in targets
-    ]
 
 
 class Written(NamedTuple):
@@ -217,9 +212,15 @@ def _page_members(page: list[str], _topic: str) -> list[str]:
 class PagedExpansion:
     """Expands one large message a step per call; see the module docstring."""
 
-    def __init__(self, page_size: int, reaches: Mapping[str, frozenset[str]]) -> None:
+    def __init__(
+        self, page_size: int, reaches: Mapping[str, frozenset[str]], decider: DeliveryDecider
+    ) -> None:
         self.page_size = page_size
         self.reaches = reaches
+        self.decider = decider
+        #: message id -> (app, recipients, (channel, status) -> deliveries) of the messages
+        #: this expansion finished, for the dispatcher to report.
+        self.finished: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = {}
 
     def expand_step(self, connection: Connection, message_id: str) -> bool:
         """Write the next step's deliveries in the caller's transaction; True once the message
@@ -255,6 +256,7 @@ class PagedExpansion:
                 self.reaches,
                 routes.get(message.app_id),
             )
+            endpoints = routes.get(message.app_id, {})
             step, after = 1, ""
         else:
             topic = topics[step - 1]
@@ -275,10 +277,16 @@ class PagedExpansion:
                 functools.partial(_page_members, page),
                 self.reaches,
             )
+            endpoints = {}
             step, after = (step, page[-1]) if len(page) == self.page_size else (step + 1, "")
-        insert_deliveries(connection, delivery_rows(message_id, message.app_id, targets, now))
+        decided = self.decider.decide(
+            connection, [Work(message_facts(message), targets, endpoints)], now
+        )
+        new_ids = {row.id for row in insert_deliveries(connection, decided.rows)}
+        write_deferred(connection, decided, new_ids)
+        record_events(connection, [e for e in decided.events if e["delivery_id"] in new_ids])
         if step > len(topics):
-            self._finish(connection, message_id, now)
+            self._finish(connection, message_id, message.app_id, now)
             return True
         connection.execute(
             _SAVE_PROGRESS[connection.dialect.name],
@@ -286,14 +294,22 @@ class PagedExpansion:
         )
         return False
 
-    def _finish(self, connection: Connection, message_id: str, now: datetime) -> None:
-        deliveries = int(connection.scalar(_COUNT, {"message": message_id}) or 0)
-        # A message whose topics turned out empty has nothing to wait for.
-        status = "dispatched" if deliveries else "completed"
+    def _finish(self, connection: Connection, message_id: str, app_id: str, now: datetime) -> None:
+        rows = connection.execute(_STANDING, {"message": message_id}).all()
+        counts = Counter((row.channel, row.status) for row in rows)
+        self.finished[message_id] = (app_id, len({row.recipient for row in rows}), counts)
+        # A message whose topics turned out empty, or whose deliveries the stages all ended,
+        # has nothing to wait for.
+        settled = (
+            message_outcome(standing((row.id, row.status, row.fallback_of) for row in rows))
+            if rows
+            else "completed"
+        )
+        status = settled or "dispatched"
         connection.execute(_SET_STATUS, {"message": message_id, "status": status, "now": now})
-        events = [event_row(message_id, "dispatched", deliveries=deliveries)]
-        if not deliveries:
-            events.append(event_row(message_id, "completed", deliveries=0))
+        events = [event_row(message_id, "dispatched", deliveries=len(rows))]
+        if settled is not None:
+            events.append(event_row(message_id, settled))
             enqueue_callbacks(connection, [message_id], now)
         record_events(connection, events)
         connection.execute(_DONE, {"message": message_id})

@@ -13,17 +13,29 @@ DELIVERY_FINAL = DELIVERY_SUCCEEDED | {
     "expired",
     "canceled",
 }
-#: Deliveries waiting for a channel worker (one in `sending` past its claim may be retaken).
+#: Deliveries the policy stages withheld on purpose: the message did what it should.
+DELIVERY_WITHHELD = frozenset({"suppressed", "deduplicated", "throttled"})
+#: Deliveries waiting for a channel worker (one in `sending` past its claim may be retaken; a
+#: `deferred` one waits for the end of quiet hours first).
 DELIVERY_WAITING = ("pending", "queued", "retrying")
 
 
 def message_outcome(delivery_statuses: list[str]) -> str | None:
-    """The final status of a message whose deliveries are all final, else None."""
+    """The final status of a message whose deliveries are all final, else None. A delivery
+    withheld by policy (a preference, a dedup window, a frequency cap) counts for neither
+    side: `completed` when all the others reached their recipient (or there are none),
+    `partially_failed` when some did, else `expired` or `canceled` when all of them were, and
+    `failed` otherwise."""
     if not delivery_statuses or any(s not in DELIVERY_FINAL for s in delivery_statuses):
         return None
-    succeeded = sum(s in DELIVERY_SUCCEEDED for s in delivery_statuses)
-    if succeeded == len(delivery_statuses):
+    # What the stages withheld on purpose neither succeeded nor failed.
+    counted = [s for s in delivery_statuses if s not in DELIVERY_WITHHELD]
+    succeeded = sum(s in DELIVERY_SUCCEEDED for s in counted)
+    if succeeded == len(counted):
         return "completed"
     if succeeded:
         return "partially_failed"
-    return "expired" if all(s == "expired" for s in delivery_statuses) else "failed"
+    for unanimous in ("expired", "canceled"):
+        if all(s == unanimous for s in counted):
+            return unanimous
+    return "failed"

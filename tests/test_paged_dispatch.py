@@ -260,7 +260,7 @@ def test_a_dispatcher_killed_mid_expansion_resumes_and_reaches_each_subscriber_o
         assert expanding(runtime, message_id)
 
         restarted = stack.start("dispatcher")
-        restarted.wait_for_log("dispatch.batch", timeout=120)  # logged once the source is acked
+        restarted.wait_for_log("dispatch.message", timeout=120)  # logged once the source is acked
         assert "dispatch.resumed" in restarted.output()
         assert status_of(runtime, message_id) == "dispatched"
         assert deliveries_by_user(runtime, message_id) == dict.fromkeys(subscribers, 1)

@@ -94,22 +94,29 @@ class BatchConsumer(ABC):
 
     def _handle_safely(self, batch: list[Inbound]) -> None:
         backoff = self.error_pause_seconds
+        down_since: float | None = None
         while True:
             try:
                 self.handle_batch(batch)
+                if down_since is not None:
+                    log.info(
+                        "consumer.dependency_back",
+                        down_s=round(time.monotonic() - down_since, 1),
+                    )
                 return
             except DEPENDENCY_ERRORS as error:
                 # The store or Redis is away: keep the batch (unacked, so nothing is lost and its
-                # delivery count does not grow) and try again until it is back or we stop.
+                # delivery count does not grow, and no more is taken meanwhile) and try again
+                # until it is back or we stop. Said once when it begins, once when it ends.
                 if self._stopping.is_set():
                     self._requeue(batch)
                     return
-                log.warning(
-                    "consumer.dependency_unavailable",
-                    detail=f"{type(error).__name__}: {error}".splitlines()[0],
-                    size=len(batch),
-                    retry_in_s=backoff,
-                )
+                detail = f"{type(error).__name__}: {error}".splitlines()[0]
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("consumer.dependency_unavailable", detail=detail, size=len(batch))
+                else:
+                    log.debug("consumer.still_unavailable", detail=detail, retry_in_s=backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_RETRY_PAUSE_SECONDS)
             except Exception:
