@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from channels.registry import reach_table
 from dispatcher.stages.base import Candidate, MessageFacts, RecipientFacts, Stage
@@ -285,7 +287,7 @@ def test_the_default_caps_marketing_at_five_a_day(client: redis.Redis, prefix: s
 
 
 def test_a_redis_stage_without_redis_raises_unless_it_fails_open() -> None:
-    away = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    away = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.exceptions.ConnectionError):
         ContentDedup(away, "p").decide([candidate()], NOON)
     assert statuses(ContentDedup(away, "p", fail_open=True), [candidate()]) == [None]
