@@ -8,11 +8,9 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from shared.amqp.link import AmqpLink
@@ -30,25 +28,8 @@ from shared.readiness import wait_for_redis
 from shared.settings import Settings, default_metrics_port
 from tests.conftest import amqp_url_via, queue_prefix
 from tests.fault_proxy import FaultProxy
+from tests.scraped import key, scrape
 from tests.stack import free_port, wait_until
-
-Sample = tuple[str, frozenset[tuple[str, str]]]
-
-
-def scrape(url: str) -> dict[Sample, float]:
-    """Every sample a `/metrics` endpoint serves, by name and labels."""
-    response = httpx.get(url, timeout=5)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def key(name: str, **labels: str) -> Sample:
-    return name, frozenset(labels.items())
 
 
 def with_bind(bind: str) -> Settings:
