@@ -6,7 +6,9 @@ messages the broker confirmed. A channel worker's fallback delivery (`channels.f
 the same way, to its channel's queue, without a `queued` event. A row claimed by a relay that
 crashed is simply still unmarked, so the next pass publishes it again (consumers are
 idempotent). On PostgreSQL the rows are claimed with SKIP LOCKED, so several relays can run,
-and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly.
+and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly. Each
+batch's size, the rows confirmed and how long they waited once due are counted
+(`shared.pipeline_metrics.RelayMetrics`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import select
 import threading
 from concurrent.futures import wait
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -29,6 +32,7 @@ from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, encode
+from shared.pipeline_metrics import RelayMetrics
 from shared.runtime import Runtime
 from shared.stop_signals import stop_on_signals
 from shared.trace import event_row, record_events
@@ -41,7 +45,7 @@ CONFIRM_TIMEOUT_SECONDS = 30.0
 _O = table_of(OutboxEntry)
 _M = table_of(Message)
 _DUE = (
-    sql_select(_O.c.id, _O.c.message_id, _O.c.routing_key, _O.c.payload)
+    sql_select(_O.c.id, _O.c.message_id, _O.c.routing_key, _O.c.payload, _O.c.available_at)
     .where(_O.c.published_at.is_(None), _O.c.available_at <= bindparam("now"))
     .order_by(_O.c.id)
     .limit(bindparam("limit"))
@@ -85,9 +89,11 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_seconds: float | None = None,
         linger_seconds: float = 0.005,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.runtime = runtime
         self.link = link
+        self.metrics = metrics or RelayMetrics()
         self.batch_size = batch_size
         self._postgres = is_postgresql(runtime.engine)
         # With LISTEN/NOTIFY the poll only picks up scheduled rows coming due.
@@ -153,6 +159,10 @@ class OutboxRelay:
                 log.warning("relay.unconfirmed", count=failures)
             if confirmed:
                 self._mark_published(connection, confirmed)
+        now = utcnow()
+        self.metrics.observe_batch(
+            len(rows), [(now - row.available_at).total_seconds() for row in confirmed]
+        )
         if confirmed:
             log.info("relay.published", count=len(confirmed))
         return len(confirmed)
@@ -161,7 +171,9 @@ class OutboxRelay:
         return encode(self._dispatch if routing_key == DISPATCH_KEY else self._delivery, payload)
 
     def _mark_published(
-        self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any]]]
+        self,
+        connection: Connection,
+        rows: list[Row[int, str, str, dict[str, Any], datetime]],
     ) -> None:
         now = utcnow()
         ids = [row.id for row in rows]

@@ -5,7 +5,8 @@ and the rest of the process talks to it through `add_callback_threadsafe`. Publi
 futures that complete when the broker confirms (or refuses) each message, so callers keep a
 window of messages in flight instead of waiting for one confirm per message. Consumed messages
 land in a local queue for the caller's thread; acks are routed back to the I/O thread and
-dropped if the channel they belong to has gone (the broker redelivers those messages).
+dropped if the channel they belong to has gone (the broker redelivers those messages). Each
+time the connection is ready again after it was lost counts as a broker reconnect.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
 from shared.amqp.topology import Topology
+from shared.pipeline_metrics import ConnectionMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,7 @@ class AmqpLink:
         window: int = 1000,
         on_ready: Callable[[], None] | None = None,
         name: str = "omnipush",
+        connections: ConnectionMetrics | None = None,
     ) -> None:
         self._params = pika.URLParameters(url)
         self._params.heartbeat = 30
@@ -96,6 +99,8 @@ class AmqpLink:
         self._pending: OrderedDict[int, tuple[str, Future[None]]] = OrderedDict()
         self._returned: set[str] = set()
         self._backoff = 0.5
+        self._connections = connections
+        self._was_ready = False
 
     @property
     def address(self) -> str:
@@ -313,6 +318,9 @@ class AmqpLink:
 
     def _became_ready(self) -> None:
         self._backoff = 0.5
+        if self._was_ready and self._connections is not None:
+            self._connections.broker_reconnected()
+        self._was_ready = True
         self.ready.set()
         log.info("amqp.ready", broker=self.address, queue=self._consume_queue)
         if self._on_ready is not None:
