@@ -48,6 +48,7 @@ from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
 from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
+from shared.pipeline_metrics import DispatchMetrics
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
 
@@ -122,6 +123,8 @@ class Plan:
     ready: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
     paged: dict[str, tuple[int, str] | None] = field(default_factory=dict)
+    #: Seconds from when each message expanded here was due (accepted, or its `send_at`).
+    lags: list[float] = field(default_factory=list)
     #: Of each message expanded here: its app, recipients and (channel, status) -> deliveries.
     outcomes: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = field(default_factory=dict)
 
@@ -129,9 +132,12 @@ class Plan:
 class DispatchConsumer(BatchConsumer):
     """Consumes `dispatch`; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, link: AmqpLink) -> None:
+    def __init__(
+        self, runtime: Runtime, link: AmqpLink, metrics: DispatchMetrics | None = None
+    ) -> None:
         super().__init__(link)
         self.runtime = runtime
+        self.metrics = metrics or DispatchMetrics()
         self.page_size = runtime.settings.dispatch_page_size
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
@@ -183,6 +189,10 @@ class DispatchConsumer(BatchConsumer):
         # Said once its sources are acked: what each message became, one line each.
         for message_id, (app_id, recipients, counts) in plan.outcomes.items():
             log_dispatched(message_id, app_id, recipients, counts)
+        totals: Counter[tuple[str, str]] = Counter()
+        for _app, _recipients, counts in plan.outcomes.values():
+            totals.update(counts)
+        self.metrics.observe_batch(len(wanted), totals, plan.lags)
         log.debug("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
@@ -310,6 +320,7 @@ class DispatchConsumer(BatchConsumer):
         for row in sorted(inserted, key=lambda row: row.id):
             if row.message_id not in plan.pending and row.id in queued:
                 plan.ready.setdefault(row.message_id, []).append(row.payload())
+        plan.lags = [(now - (m.send_at or m.created_at)).total_seconds() for m in fresh]
         plan.outcomes = {
             w.message.id: (
                 w.message.app_id,

@@ -79,6 +79,8 @@ MESSAGE_COLUMNS = (
     _M.c.content,
     _M.c.dedup_key,
     _M.c.fallback,
+    _M.c.created_at,
+    _M.c.send_at,
 )
 _MESSAGE = select(*MESSAGE_COLUMNS).where(_M.c.id == bindparam("message"))
 _PROGRESS = select(_X.c.step, _X.c.after).where(_X.c.message_id == bindparam("message"))

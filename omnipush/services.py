@@ -78,9 +78,7 @@ def run_dispatcher(settings: Settings) -> None:
 
     registry = process_registry()
     connections = ConnectionMetrics("dispatcher", registry)
-    # Registered so that /metrics lists the dispatcher's families even before the consumer
-    # takes it: `DispatchConsumer` does not yet call `DispatchMetrics.observe_batch`.
-    DispatchMetrics(registry)
+    metrics = DispatchMetrics(registry)
     runtime = Runtime.build(settings, channels=channel_names(), connections=connections)
     link = AmqpLink(
         settings.amqp_url,
@@ -89,7 +87,7 @@ def run_dispatcher(settings: Settings) -> None:
         name=connection_name(settings, "dispatcher"),
         connections=connections,
     )
-    consumer = DispatchConsumer(runtime, link)
+    consumer = DispatchConsumer(runtime, link, metrics)
     consumer.install_signal_handlers()
     with _metrics(settings, registry, "dispatcher", default_metrics_port("dispatcher")):
         consumer.run()

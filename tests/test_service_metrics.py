@@ -74,7 +74,7 @@ def pipeline() -> Iterator[Pipeline]:
             stack.stop_all()
 
 
-def test_a_message_through_the_pipeline_moves_the_relay_and_worker_counters(
+def test_a_message_through_the_pipeline_moves_the_relay_dispatcher_and_worker_counters(
     pipeline: Pipeline,
 ) -> None:
     before = {name: pipeline.scrape(name) for name in WATCHED}
@@ -100,9 +100,12 @@ def test_a_message_through_the_pipeline_moves_the_relay_and_worker_counters(
     assert any(name == "process_resident_memory_bytes" for name, _ in relay)
     worker = pipeline.scrape("worker-web")
     assert worker[key("omnipush_redis_outages_total", service="worker-web")] == 0
-    dispatcher = httpx.get(pipeline.url("dispatcher"), timeout=5).text
-    assert "# TYPE omnipush_dispatcher_deliveries_total counter" in dispatcher
-    assert 'omnipush_broker_reconnects_total{service="dispatcher"} 0.0' in dispatcher
+    queued = key("omnipush_dispatcher_deliveries_total", channel="web", outcome="queued")
+    assert grew("dispatcher", queued) == 1
+    assert grew("dispatcher", key("omnipush_dispatcher_dispatched_messages_total")) == 1
+    assert grew("dispatcher", key("omnipush_dispatcher_lag_seconds_count")) == 1
+    dispatcher = pipeline.scrape("dispatcher")
+    assert dispatcher[key("omnipush_broker_reconnects_total", service="dispatcher")] == 0
 
 
 def test_a_relay_whose_metrics_port_is_taken_warns_once_and_relays_on(
