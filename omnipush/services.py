@@ -53,7 +53,7 @@ def run_dispatcher(settings: Settings) -> None:
 
     runtime = Runtime.build(settings, channels=channel_names())
     link = AmqpLink(
-        settings.amqp_url, runtime.topology, consume_queue=runtime.topology.dispatch_queue
+        settings.amqp_url, runtime.topology, consume_queues=runtime.topology.dispatch_queues()
     )
     consumer = DispatchConsumer(runtime, link)
     consumer.install_signal_handlers()
@@ -77,7 +77,7 @@ def run_worker(settings: Settings, channel: str) -> None:
     link = AmqpLink(
         settings.amqp_url,
         runtime.topology,
-        consume_queue=runtime.topology.channel_queue(channel),
+        consume_queues=runtime.topology.channel_queues(channel),
         name=connection_name(settings, f"worker-{channel}"),
     )
     adapter = channel_type(channel_context(runtime, channel))

@@ -1,6 +1,7 @@
 """Where the worker runtime tests of every channel start: a delivery as the dispatcher leaves it
-(its message dispatched, the delivery queued, its AMQP message published to the channel's
-queue), and a channel worker consuming in a thread of the test."""
+(its message dispatched, the delivery queued, its AMQP message published to the lane of the
+channel's queue of the message's priority), and a channel worker consuming in a thread of the
+test."""
 
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def queued_delivery(
         "message_id": message_id,
         "app_id": app,
         "channel": channel,
+        "priority": priority,
     }
-    publish(runtime, channel_key(channel), encode(DeliveryPayload(), payload))
+    publish(runtime, channel_key(channel, priority), encode(DeliveryPayload(), payload))
     return message_id, delivery_id
 
 
@@ -94,9 +96,9 @@ def running_worker(
     claim_seconds: float = CLAIM_SECONDS,
     reaches: Mapping[str, frozenset[str]] | None = None,
 ) -> Iterator[ChannelWorker]:
-    """A worker of `channel` consuming its queue until the block ends."""
-    queue = runtime.topology.channel_queue(channel.name)
-    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=queue)
+    """A worker of `channel` consuming its queue's lanes until the block ends."""
+    queues = runtime.topology.channel_queues(channel.name)
+    link = AmqpLink(AMQP_URL, runtime.topology, consume_queues=queues)
     worker = ChannelWorker(runtime, link, channel, claim_seconds=claim_seconds, reaches=reaches)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
