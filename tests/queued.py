@@ -15,7 +15,7 @@ from sqlalchemy import insert
 
 from channels.base import Channel
 from channels.worker import CLAIM_SECONDS, ChannelWorker
-from shared.amqp.link import AmqpLink
+from shared.amqp.link import AmqpLink, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message
@@ -87,6 +87,75 @@ def queued_delivery(
     }
     publish(runtime, channel_key(channel, priority), encode(DeliveryPayload(), payload))
     return message_id, delivery_id
+
+
+def queued_deliveries(
+    runtime: Runtime, count: int, channel: str = "web", *, priority: str = "normal"
+) -> tuple[str, list[str]]:
+    """One dispatched message of a new app to `count` users on `channel`, its deliveries queued
+    and published to its lane in one batch: (message id, delivery ids)."""
+    app = new_tenant(runtime).app_id
+    now = utcnow()
+    message_id = new_id("msg")
+    users = [f"user-{index:06d}" for index in range(count)]
+    deliveries: list[dict[str, Any]] = [
+        {
+            "id": new_id("dlv"),
+            "message_id": message_id,
+            "app_id": app,
+            "recipient": f"user:{user}",
+            "user_id": user,
+            "channel": channel,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for user in users
+    ]
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": app,
+                "status": "dispatched",
+                "recipients": [{"user_id": user} for user in users],
+                "channels": [channel],
+                "content": {"title": "t"},
+                "category": "marketing" if priority == "low" else "notification",
+                "priority": priority,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        connection.execute(insert(Delivery), deliveries)
+    schema = DeliveryPayload()
+    outgoing = [
+        Outgoing(
+            channel_key(channel, priority),
+            encode(
+                schema,
+                {
+                    "delivery_id": row["id"],
+                    "message_id": message_id,
+                    "app_id": app,
+                    "channel": channel,
+                    "priority": priority,
+                },
+            ),
+        )
+        for row in deliveries
+    ]
+    link = AmqpLink(AMQP_URL, runtime.topology)
+    link.start()
+    try:
+        assert link.wait_ready(10), "RabbitMQ did not answer"
+        for future in link.publish_batch(outgoing):
+            future.result(30)
+    finally:
+        link.close()
+    return message_id, [row["id"] for row in deliveries]
 
 
 @contextmanager
