@@ -2,14 +2,16 @@
 
 The API commits a message and its outbox row together; the relay publishes due rows in batches
 with asynchronous confirms and marks them published, with a `queued` event, only for the
-messages the broker confirmed. Each message goes to the dispatch lane of its `priority`
-(`dispatch.high`, `dispatch`, `dispatch.low`; see shared/amqp/topology.py), read with its outbox
-row, so a message scheduled before it had a lane still gets it. A channel worker's fallback
-delivery (`channels.fallback`) comes the same way, to the lane of its channel's queue that its
-outbox row names, without a `queued` event. A row claimed by a relay that
-crashed is simply still unmarked, so the next pass publishes it again (consumers are
-idempotent). On PostgreSQL the rows are claimed with SKIP LOCKED, so several relays can run,
-and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly.
+messages the broker confirmed. A single delivery comes the same way, to its channel's queue,
+without a `queued` event: a channel worker's fallback delivery (`channels.fallback`), or one the
+dispatcher deferred until it may be sent. Every row goes to the lane of its message's
+`priority` (`dispatch.high`, `dispatch`, `dispatch.low`, `channel.web.high`...; see
+shared/amqp/topology.py), read with the row, with the priority in the payload: so a message
+scheduled before there were lanes, or a delivery whose writer named only its channel, still
+travels in its lane. A row claimed by a relay that crashed is simply still unmarked, so the
+next pass publishes it again (consumers are idempotent). On PostgreSQL the rows are claimed
+with SKIP LOCKED, so several relays can run, and LISTEN/NOTIFY wakes the relay as soon as the
+API commits; on SQLite it polls briefly.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from shared.amqp.link import AmqpLink, Outgoing
-from shared.amqp.topology import DISPATCH_KEY, dispatch_key
+from shared.amqp.topology import DISPATCH_KEY, channel_key, dispatch_key
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
@@ -159,10 +161,12 @@ class OutboxRelay:
         return len(confirmed)
 
     def _outgoing(self, row: Row[int, str, str, dict[str, Any], str]) -> Outgoing:
+        payload = {**row.payload, "priority": row.priority}
         if row.routing_key == DISPATCH_KEY:
-            payload = {**row.payload, "priority": row.priority}
             return Outgoing(dispatch_key(row.priority), encode(self._dispatch, payload))
-        return Outgoing(row.routing_key, encode(self._delivery, row.payload))
+        return Outgoing(
+            channel_key(payload["channel"], row.priority), encode(self._delivery, payload)
+        )
 
     def _mark_published(
         self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any], str]]

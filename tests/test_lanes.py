@@ -17,7 +17,7 @@ from concurrent.futures import wait
 import pika
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from channels.web import WebChannel
 from channels.worker import channel_context
@@ -206,19 +206,35 @@ def take(queue: str) -> dict[str, str] | None:
     return None if body is None else dict(json.loads(body))
 
 
-def test_the_relay_publishes_each_message_to_the_dispatch_lane_of_its_priority(
+def test_the_relay_publishes_each_row_to_the_lane_of_its_message_priority(
     own_store: tuple[Runtime, FlaskClient, NewApp],
 ) -> None:
     runtime, client, tenant = own_store
     sent = {priority: post(client, tenant, priority) for priority in ("low", "high", "normal")}
     unnamed = post(client, tenant, None)
+    # A delivery of the high message whose outbox row names only its channel (as a deferred one
+    # released later): its message's lane too.
+    delivery = {
+        "delivery_id": "dlv_later",
+        "message_id": sent["high"],
+        "app_id": tenant.app_id,
+        "channel": "web",
+    }
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(OutboxEntry),
+            {"message_id": sent["high"], "routing_key": channel_key("web"), "payload": delivery},
+        )
     link = AmqpLink(AMQP_URL, runtime.topology)
     link.start()
     try:
         assert link.wait_ready(10)
-        assert OutboxRelay(runtime, link).relay_once() == 4
+        assert OutboxRelay(runtime, link).relay_once() == 5
     finally:
         link.close()
+    web_high, web_normal, _web_low = runtime.topology.channel_queues("web")
+    assert queue_depth(web_normal) == 0
+    assert take(web_high) == {**delivery, "priority": "high"}
     high, normal, low = runtime.topology.dispatch_queues()
     assert [queue_depth(queue) for queue in (high, normal, low)] == [1, 2, 1]
     app_id = tenant.app_id
