@@ -188,7 +188,8 @@ class Attempt:
 
 
 class ChannelWorker(BatchConsumer):
-    """Consumes `channel.<name>` for one channel; see the module docstring."""
+    """Consumes the lanes of `channel.<name>` (high, normal, low) for one channel; see the
+    module docstring."""
 
     batch_size = 100
 

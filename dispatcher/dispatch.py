@@ -76,6 +76,7 @@ _MARK_FINISHED = (
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
+_PRIORITY = select(_M.c.priority).where(_M.c.id == bindparam("message"))
 # What a message still has to publish, a page at a time in delivery id order.
 _PENDING_PAGE = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
@@ -196,8 +197,12 @@ class DispatchConsumer(BatchConsumer):
         log.debug("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
+        """Each delivery to its channel, in the lane of its message's priority."""
         return self.link.publish_batch(
-            [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for d in deliveries]
+            [
+                Outgoing(channel_key(d["channel"], d["priority"]), encode(self._out, d))
+                for d in deliveries
+            ]
         )
 
     def _expand_in_pages(self, message_id: str, progress: tuple[int, str] | None) -> None:
@@ -216,6 +221,8 @@ class DispatchConsumer(BatchConsumer):
         """Publish a message's unsent deliveries a page at a time; False unless all of them
         were confirmed."""
         after = ""
+        with self.runtime.engine.connect() as connection:
+            priority = connection.scalar(_PRIORITY, {"message": message_id}) or "normal"
         while True:
             with self.runtime.engine.connect() as connection:
                 page = connection.execute(
@@ -223,7 +230,7 @@ class DispatchConsumer(BatchConsumer):
                 ).all()
             if not page:
                 return True
-            futures = self._publish([Written(*row).payload() for row in page])
+            futures = self._publish([Written(*row).payload(priority) for row in page])
             wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
             if not all(f.done() and f.exception() is None for f in futures):
                 return False
@@ -317,9 +324,11 @@ class DispatchConsumer(BatchConsumer):
             or (m.id not in plan.paged and written[m.id] != expected[m.id])
         ]
         queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
+        priorities = {m.id: m.priority for m in messages}
         for row in sorted(inserted, key=lambda row: row.id):
             if row.message_id not in plan.pending and row.id in queued:
-                plan.ready.setdefault(row.message_id, []).append(row.payload())
+                payload = row.payload(priorities[row.message_id])
+                plan.ready.setdefault(row.message_id, []).append(payload)
         plan.lags = [(now - (m.send_at or m.created_at)).total_seconds() for m in fresh]
         plan.outcomes = {
             w.message.id: (

@@ -118,13 +118,14 @@ class Written(NamedTuple):
     app_id: str
     channel: str
 
-    def payload(self) -> dict[str, str]:
-        """Its AMQP message to `channel.<name>`."""
+    def payload(self, priority: str) -> dict[str, str]:
+        """Its AMQP message to `channel.<name>`, in the lane of its message's `priority`."""
         return {
             "delivery_id": self.id,
             "message_id": self.message_id,
             "app_id": self.app_id,
             "channel": self.channel,
+            "priority": priority,
         }
 
 

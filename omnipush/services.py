@@ -83,7 +83,7 @@ def run_dispatcher(settings: Settings) -> None:
     link = AmqpLink(
         settings.amqp_url,
         runtime.topology,
-        consume_queue=runtime.topology.dispatch_queue,
+        consume_queues=runtime.topology.dispatch_queues(),
         name=connection_name(settings, "dispatcher"),
         connections=connections,
     )
@@ -116,7 +116,7 @@ def run_worker(settings: Settings, channel: str) -> None:
     link = AmqpLink(
         settings.amqp_url,
         runtime.topology,
-        consume_queue=runtime.topology.channel_queue(channel),
+        consume_queues=runtime.topology.channel_queues(channel),
         name=connection_name(settings, service),
         connections=connections,
     )
