@@ -109,6 +109,8 @@ class AmqpLink:
         self._backoff = 0.5
         self._connections = connections
         self._was_ready = False
+        # Said once per outage, not once per attempt to reconnect.
+        self._unreachable_said = False
 
     @property
     def address(self) -> str:
@@ -269,14 +271,22 @@ class AmqpLink:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        # A broker short of memory or disk stops taking what this process publishes.
+        connection.add_on_connection_blocked_callback(
+            lambda _c, frame: log.warning("amqp.blocked", reason=frame.method.reason)
+        )
+        connection.add_on_connection_unblocked_callback(
+            lambda _c, _frame: log.info("amqp.unblocked")
+        )
         connection.channel(on_open_callback=self._on_publish_channel_open)
 
     def _on_connection_open_error(self, connection: Any, error: BaseException | str) -> None:
-        log.warning(
-            "amqp.unreachable",
-            detail=f"RabbitMQ is unreachable at {self.address}: {error}",
-            retry_in_s=self._backoff,
-        )
+        detail = f"RabbitMQ is unreachable at {self.address}: {error}"
+        if self._unreachable_said:
+            log.debug("amqp.still_unreachable", detail=detail, retry_in_s=self._backoff)
+        else:
+            self._unreachable_said = True
+            log.warning("amqp.unreachable", detail=detail, retry_in_s=self._backoff)
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
@@ -340,6 +350,7 @@ class AmqpLink:
 
     def _became_ready(self) -> None:
         self._backoff = 0.5
+        self._unreachable_said = False
         if self._was_ready and self._connections is not None:
             self._connections.broker_reconnected()
         self._was_ready = True
