@@ -21,13 +21,25 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from producer_api.api_keys import NewApp
+from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.topology import DISPATCH_KEY
+from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message
+from shared.payloads import DispatchPayload, encode
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
-from tests.conftest import REDIS_PORT, isolated_settings, new_tenant, redis_url_via, service_env
+from tests.conftest import (
+    AMQP_URL,
+    REDIS_PORT,
+    isolated_settings,
+    new_tenant,
+    queue_depth,
+    redis_url_via,
+    service_env,
+)
 from tests.fault_proxy import FaultProxy
 from tests.inbox_client import InboxClient
 from tests.stack import Service, Stack, wait_until
@@ -286,3 +298,56 @@ def test_with_fail_open_everything_is_delivered_unchecked_while_redis_is_away(
     checked = Counter(line["stage"] for line in outage.logged("policy.checked"))
     assert checked == {"dedup": 1, "frequency_cap": 1}
     assert not outage.logged("consumer.dependency_unavailable")
+
+
+def queued_message(outage: Outage, title: str) -> bytes:
+    """A message to the user as the relay leaves it (queued), and its AMQP message to the
+    dispatcher."""
+    now, message_id = utcnow(), new_id("msg")
+    with outage.runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": outage.tenant.app_id,
+                "status": "queued",
+                "recipients": [{"user_id": USER}],
+                "channels": ["web"],
+                "content": {"title": title},
+                "category": "notification",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+    return encode(DispatchPayload(), {"message_id": message_id, "app_id": outage.tenant.app_id})
+
+
+def test_a_malformed_message_held_with_others_while_redis_is_away_is_dead_lettered_once(
+    outage: Outage,
+) -> None:
+    outage.redis_away()
+    bodies = [b"not json", queued_message(outage, "One"), queued_message(outage, "Two")]
+    link = AmqpLink(AMQP_URL, outage.runtime.topology)
+    link.start()
+    try:
+        assert link.wait_ready(10), "RabbitMQ did not answer"
+        # Together: the dispatcher takes them as one batch, which waits for Redis.
+        for future in link.publish_batch([Outgoing(DISPATCH_KEY, body) for body in bodies]):
+            future.result(10)
+    finally:
+        link.close()
+    outage.dispatcher.wait_for_log("consumer.dependency_unavailable", SETTLE_SECONDS)
+    outage.proxy.resume()
+    outage.dispatcher.wait_for_log("consumer.dependency_back", RECOVERY_SECONDS)
+    wait_until(lambda: len(outage.shown()) == 2, SETTLE_SECONDS, "both notifications")
+    dead = outage.runtime.topology.dead_queue
+    wait_until(lambda: queue_depth(dead) == 1, SETTLE_SECONDS, "the malformed one dead-lettered")
+    assert len(outage.logged("dispatch.malformed")) == 1
+    # Its batch was settled once: the broker kept the channel, and nothing came back.
+    assert not outage.logged("amqp.channel_closed")
+    assert len(outage.logged("dispatch.message")) == 2
+    queue = outage.runtime.topology.dispatch_queue
+    wait_until(
+        lambda: messages_in_broker(queue) == 0, SETTLE_SECONDS, "every message acked", interval=0.5
+    )
