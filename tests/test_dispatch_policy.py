@@ -434,8 +434,8 @@ def test_a_deferred_delivery_waits_in_the_store_across_a_relay_restart_until_it_
 ) -> None:
     scene = app.scene
     stack, runtime = scene.stack, scene.runtime
-    hours, window_end = quiet_now("Europe/Paris")
-    app.put_user("ivy", timezone="Europe/Paris", quiet_hours=hours)
+    hours, window_end = quiet_now("Asia/Kolkata")
+    app.put_user("ivy", timezone="Asia/Kolkata", quiet_hours=hours)
     browser = app.browser("ivy")
     try:
         message_id = app.send(
