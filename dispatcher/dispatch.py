@@ -153,16 +153,26 @@ class DispatchConsumer(BatchConsumer):
 
     def handle_batch(self, batch: list[Inbound]) -> None:
         wanted: dict[str, list[Inbound]] = defaultdict(list)
+        malformed: list[tuple[Inbound, str]] = []
         for message in batch:
             try:
                 payload = decode(self._in, message.body)
             except ValueError as error:
-                log.error("dispatch.malformed", detail=str(error))
-                self.link.nack(message, requeue=False)  # to the dead queue, not lost
+                malformed.append((message, str(error)))
                 continue
             wanted[payload["message_id"]].append(message)
-        if not wanted:
-            return
+        if wanted:
+            self._dispatch(wanted)
+        # Settled only once the others are done: a batch that fails because the store or Redis
+        # is away is handled again whole, and settling a message twice makes the broker close
+        # the channel (unknown delivery tag), which takes the others' acks with it.
+        for message, detail in malformed:
+            log.error("dispatch.malformed", detail=detail)
+            self.link.nack(message, requeue=False)  # to the dead queue, not lost
+
+    def _dispatch(self, wanted: dict[str, list[Inbound]]) -> None:
+        """Dispatch the messages of `wanted` (message id -> its AMQP messages) and settle
+        those AMQP messages."""
         with self.runtime.engine.begin() as connection:
             plan = self._expand(connection, list(wanted))
         ordered = [(mid, d) for mid in wanted for d in plan.ready.get(mid, [])]
