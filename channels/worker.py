@@ -63,8 +63,10 @@ from channels.base import (
     Outcome,
     Result,
 )
-from channels.fallback import fall_back, standing
+from channels.fallback import fall_back
 from channels.registry import reach_table
+from dispatcher.decisions import DeliveryDecider
+from dispatcher.stages.pipeline import PolicyPipeline, standard_stages
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import JITTER_SLOTS, retry_slot
@@ -75,10 +77,11 @@ from shared.outbound import OutboundPolicy
 from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, decode
 from shared.pipeline_metrics import WorkerMetrics
+from shared.policy import REDIS_STAGES
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.statuses import DELIVERY_WAITING, message_outcome
+from shared.statuses import DELIVERY_WAITING, message_outcome, standing
 from shared.trace import event_row, record_events
 
 log = structlog.get_logger(__name__)
@@ -208,6 +211,16 @@ class ChannelWorker(BatchConsumer):
         self.claim_seconds = claim_seconds
         #: What each channel reaches, for choosing a fallback channel (`reach_table`).
         self.reaches = reach_table() if reaches is None else reaches
+        # A fallback delivery is decided by the dispatcher's stages too. Their Redis checks
+        # let it through while Redis is away: this runs after the send it falls back from,
+        # and holding the batch then would send that one again once its claim lapsed.
+        self._fallbacks = DeliveryDecider(
+            PolicyPipeline(
+                standard_stages(runtime.redis, runtime.settings.queue_prefix, REDIS_STAGES),
+                self.reaches,
+            ),
+            runtime.settings.config.policy,
+        )
         self.delays = tuple(runtime.topology.retry_delays)
         self._schema = DeliveryPayload()
         #: Picks the jitter slot of each transient failure's retry.
@@ -221,21 +234,34 @@ class ChannelWorker(BatchConsumer):
             super().run()
 
     def handle_batch(self, batch: list[Inbound]) -> None:
-        started = time.monotonic()
         by_id: dict[str, Inbound] = {}
+        malformed: list[tuple[Inbound, str]] = []
+        twice: list[Inbound] = []
         for message in batch:
             try:
                 payload = decode(self._schema, message.body)
             except ValueError as error:
-                self._log.error("worker.malformed", detail=str(error))
-                self.link.nack(message, requeue=False)
+                malformed.append((message, str(error)))
                 continue
             if payload["delivery_id"] in by_id:
-                self.link.ack(message)  # the same delivery twice in one batch
+                twice.append(message)  # the same delivery twice in one batch
                 continue
             by_id[payload["delivery_id"]] = message
-        if not by_id:
-            return
+        if by_id:
+            self._work(by_id, len(batch))
+        # Settled only once the others are done: a batch that fails because the store or Redis
+        # is away is handled again whole, and settling a message twice makes the broker close
+        # the channel (unknown delivery tag), which takes the others' acks with it.
+        for message in twice:
+            self.link.ack(message)
+        for message, detail in malformed:
+            self._log.error("worker.malformed", detail=detail)
+            self.link.nack(message, requeue=False)
+
+    def _work(self, by_id: dict[str, Inbound], size: int) -> None:
+        """Claim, send, record and settle the deliveries of `by_id` (delivery id -> its AMQP
+        message), of a batch of `size` AMQP messages."""
+        started = time.monotonic()
         with self.runtime.engine.begin() as connection:
             claimed, expired = self._claim(connection, list(by_id))
             busy = self._busy(connection, [i for i in by_id if i not in claimed])
@@ -261,10 +287,10 @@ class ChannelWorker(BatchConsumer):
         with self.runtime.engine.begin() as connection:
             follow_ups, outcomes = self._record(connection, attempts, [claimed[i] for i in expired])
         recorded_at = time.monotonic()
-        self.metrics.observe_batch(len(batch), outcomes, sent_at - claimed_at)
+        self.metrics.observe_batch(size, outcomes, sent_at - claimed_at)
         self._log.info(
             "worker.batch",
-            size=len(batch),
+            size=size,
             sent=sum(a.result.outcome is Outcome.SENT for a in attempts),
             failed=sum(a.result.outcome is not Outcome.SENT for a in attempts),
             busy=len(busy),
@@ -509,7 +535,7 @@ class ChannelWorker(BatchConsumer):
         if dead:
             connection.execute(_DEAD, dead)
         # Before settling: a message with a fallback delivery pending is not final.
-        events += fall_back(connection, failed, self.reaches, now)
+        events += fall_back(connection, failed, self._fallbacks, now)
         settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
         events += self._settle_messages(connection, settling)
         record_events(connection, events)

@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, insert, select, tuple_
 
-from channels.fallback import standing
 from dispatcher.stages.base import Candidate, MessageFacts, RecipientFacts
 from dispatcher.stages.pipeline import Decision, PolicyPipeline
 from dispatcher.targets import Target
@@ -25,7 +24,7 @@ from shared.amqp.topology import channel_key
 from shared.ids import new_id
 from shared.models import Device, OutboxEntry, User, table_of
 from shared.policy import Policy, app_policies
-from shared.statuses import message_outcome
+from shared.statuses import message_outcome, standing
 from shared.trace import event_row
 
 _U = table_of(User)
@@ -92,11 +91,13 @@ class Decided:
 
 @dataclass(frozen=True)
 class Work:
-    """One message's targets to decide, and the endpoints its app has (name -> channel)."""
+    """One message's targets to decide, and the endpoints its app has (name -> channel); for a
+    fallback delivery, the (id, channel) of the delivery it takes over from."""
 
     message: MessageFacts
     targets: Sequence[Target]
     endpoints: Mapping[str, str] = field(default_factory=dict)
+    fallback_of: tuple[str, str] | None = None
 
 
 class DeliveryDecider:
@@ -106,7 +107,20 @@ class DeliveryDecider:
         self.pipeline = pipeline
         self.defaults = defaults
 
-    def decide(self, connection: Connection, batch: Sequence[Work], now: datetime) -> Decided:
+    @property
+    def reaches(self) -> Mapping[str, frozenset[str]]:
+        """Channel -> the kinds of recipient it delivers to (`channels.registry.reach_table`)."""
+        return self.pipeline.reaches
+
+    def decide(
+        self,
+        connection: Connection,
+        batch: Sequence[Work],
+        now: datetime,
+        used: Mapping[tuple[str, str], set[str]] | None = None,
+    ) -> Decided:
+        """Decide every target of `batch`; `used` names the channels each (message id,
+        recipient) already has deliveries on, beyond those in `batch`."""
         policies = app_policies(connection, self.defaults, {w.message.app_id for w in batch})
         facts = recipient_facts(
             connection,
@@ -129,12 +143,14 @@ class DeliveryDecider:
                     else None
                 ),
                 endpoint_known=target.address in work.endpoints,
+                fallback_of=work.fallback_of[0] if work.fallback_of else None,
+                fallback_from=work.fallback_of[1] if work.fallback_of else None,
             )
             for work in batch
             for target in work.targets
         ]
         decided = Decided(counts={w.message.id: Counter() for w in batch})
-        for decision in self.pipeline.run(candidates, now):
+        for decision in self.pipeline.run(candidates, now, used):
             self._write(decided, decision, now)
         return decided
 

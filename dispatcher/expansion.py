@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
-from channels.fallback import standing
 from dispatcher.decisions import DeliveryDecider, Work, message_facts, write_deferred
 from dispatcher.targets import delivery_targets
 from shared.db import insert_for
@@ -32,7 +31,7 @@ from shared.endpoint_kinds import channel_for
 from shared.ids import utcnow
 from shared.models import Delivery, Endpoint, Message, MessageExpansion, Subscription, table_of
 from shared.outbox import enqueue_callbacks
-from shared.statuses import message_outcome
+from shared.statuses import message_outcome, standing
 from shared.trace import event_row, record_events
 
 #: Statuses of a message that is due and not yet dispatched.

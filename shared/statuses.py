@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Deliveries that reached their recipient.
 DELIVERY_SUCCEEDED = frozenset({"sent", "delivered", "read"})
 #: Deliveries a channel worker will not attempt again.
@@ -39,3 +41,16 @@ def message_outcome(delivery_statuses: list[str]) -> str | None:
         if all(s == unanimous for s in counted):
             return unanimous
     return "failed"
+
+
+def standing(deliveries: Iterable[tuple[str, str, str | None]]) -> list[str]:
+    """The statuses that make a message's outcome, of its (id, status, fallback_of) rows: a
+    delivery that a fallback delivery replaced gives way to it, unless the policy withheld
+    that one (then the failure it was to make up for stands)."""
+    rows = list(deliveries)
+    replaced = {
+        fallback_of
+        for _id, status, fallback_of in rows
+        if fallback_of is not None and status not in DELIVERY_WITHHELD
+    }
+    return [status for delivery_id, status, _of in rows if delivery_id not in replaced]

@@ -13,21 +13,22 @@ from dataclasses import replace
 
 import pika
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
-from channels.fallback import next_channel, standing
 from channels.push import PushChannel
 from channels.sms import SmsChannel
 from channels.vapid import VapidKey
 from channels.web import WebChannel
 from channels.worker import channel_context
+from dispatcher.fallback_choice import next_channel
 from dispatcher.relay import OutboxRelay
 from shared.amqp.link import AmqpLink
 from shared.config_file import Delay
 from shared.models import Delivery, Device, Event, Message, OutboxEntry, User
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.statuses import standing
 from tests.channel_harness import Answer
 from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
 from tests.queued import queued_delivery, running_worker
@@ -88,8 +89,9 @@ def test_the_next_channel_is_the_first_unused_one_that_reaches_the_recipient(
         ([("a", "failed", None), ("b", "failed", "a"), ("c", "sent", "b")], ["sent"]),
         ([("a", "failed", None), ("b", "queued", "a")], ["queued"]),
         ([("a", "failed", None), ("b", "sent", None)], ["failed", "sent"]),
+        ([("a", "failed", None), ("b", "suppressed", "a")], ["failed", "suppressed"]),
     ],
-    ids=["replaced", "chain", "pending", "no-fallback"],
+    ids=["replaced", "chain", "pending", "no-fallback", "withheld-fallback"],
 )
 def test_a_replaced_delivery_gives_way_to_its_fallback(
     rows: list[tuple[str, str, str | None]], statuses: list[str]
@@ -143,12 +145,24 @@ def running_relay(runtime: Runtime) -> Iterator[None]:
         thread.join(20)
 
 
-def paged_message(runtime: Runtime, phone: str | None, priority: str = "normal") -> tuple[str, str]:
+def paged_message(
+    runtime: Runtime,
+    phone: str | None,
+    priority: str = "normal",
+    category: str = "notification",
+    preferences: dict[str, dict[str, bool]] | None = None,
+) -> tuple[str, str]:
     """A dispatched message to user gina on the pager, falling back to the web inbox."""
     tenant = new_tenant(runtime)
     with runtime.engine.begin() as connection:
         connection.execute(
-            insert(User), {"app_id": tenant.app_id, "user_id": "gina", "phone": phone}
+            insert(User),
+            {
+                "app_id": tenant.app_id,
+                "user_id": "gina",
+                "phone": phone,
+                "preferences": preferences or {},
+            },
         )
     return queued_delivery(
         runtime,
@@ -157,6 +171,7 @@ def paged_message(runtime: Runtime, phone: str | None, priority: str = "normal")
         fallback=["pager", "web"],
         content={"title": "Your code is 1234"},
         priority=priority,
+        category=category,
     )
 
 
@@ -235,6 +250,35 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
     _stage, traced_delivery, detail = stages[len(retried) + 1]
     assert traced_delivery == pager_delivery
     assert detail == {"from": "pager", "to": "web", "delivery": web.id}
+
+
+def test_a_fallback_delivery_is_held_to_the_recipients_preferences_too(
+    two_channels: Runtime,
+) -> None:
+    runtime = two_channels
+    pager = Pager(channel_context(runtime, "pager"), Outcome.PERMANENT)
+    opted_out = {"marketing": {"web": False}}
+    with running_worker(runtime, pager, reaches=REACHES):
+        message_id, pager_delivery = paged_message(
+            runtime, "+33612345678", category="marketing", preferences=opted_out
+        )
+        wait_until(lambda: message_status(runtime, message_id) == "failed", 20, "the outcome")
+    with runtime.engine.connect() as connection:
+        web = connection.execute(
+            select(Delivery.status, Delivery.last_error, Delivery.fallback_of).where(
+                Delivery.message_id == message_id, Delivery.channel == "web"
+            )
+        ).one()
+        stages = list(
+            connection.scalars(
+                select(Event.stage).where(Event.message_id == message_id).order_by(Event.id)
+            )
+        )
+        outbox = connection.scalar(select(func.count()).where(OutboxEntry.message_id == message_id))
+    # The web inbox takes over, and the user's opt-out of marketing there stops it.
+    assert web == ("suppressed", "the user opted out of marketing on web", pager_delivery)
+    assert stages == ["failed", "preferences", "fallback", "failed"]
+    assert outbox == 0
 
 
 def test_the_fallback_delivery_of_a_high_message_goes_to_the_high_lane_of_its_channel(

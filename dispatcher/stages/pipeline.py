@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import redis
 
-from channels.fallback import next_channel, recipient_kind
 from channels.registry import channel_classes
+from dispatcher.fallback_choice import next_channel, recipient_kind
 from dispatcher.stages.base import Candidate, Stage, Verdict
 from dispatcher.stages.dedup import ContentDedup
 from dispatcher.stages.discard import Discard
@@ -37,7 +37,7 @@ def user_needs() -> dict[str, str | None]:
     return needs
 
 
-def standard_stages(client: redis.Redis, prefix: str, fail_open: frozenset[str]) -> list[Stage]:
+def standard_stages(client: redis.Redis, prefix: str, fail_open: Collection[str]) -> list[Stage]:
     """Stages 2 to 8 of `dispatcher.stages`, in their order."""
     return [
         Unreachable(user_needs()),
@@ -74,10 +74,18 @@ class PolicyPipeline:
         self.stages = list(stages)
         self.reaches = reaches
 
-    def run(self, candidates: Sequence[Candidate], now: datetime) -> list[Decision]:
+    def run(
+        self,
+        candidates: Sequence[Candidate],
+        now: datetime,
+        already: Mapping[tuple[str, str], set[str]] | None = None,
+    ) -> list[Decision]:
         """A decision for each candidate, then for each fallback delivery that takes over from
-        an unreachable one (those go through every stage too)."""
+        an unreachable one (those go through every stage too). `already` names the channels
+        each (message id, recipient) has deliveries on besides the candidates'."""
         used: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for key, channels in (already or {}).items():
+            used[key] |= channels
         for candidate in candidates:
             used[(candidate.message.id, candidate.target.recipient)].add(candidate.channel)
         decisions: list[Decision] = []
