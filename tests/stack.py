@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,12 +178,16 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://{self.settings.gateway_bind}"
 
-    def start_all(self, env_of: Mapping[str, Mapping[str, str]] | None = None) -> None:
-        """Start every service, all at once, and wait until each is ready; `env_of` gives some
-        of them variables of their own (by name)."""
-        for name in SERVICE_ARGS:
+    def start_all(
+        self,
+        env_of: Mapping[str, Mapping[str, str]] | None = None,
+        names: Sequence[str] = tuple(SERVICE_ARGS),
+    ) -> None:
+        """Start every service (or those of `names`), all at once, and wait until each is
+        ready; `env_of` gives some of them variables of their own (by name)."""
+        for name in names:
             self._launch(name, (env_of or {}).get(name))
-        for name in SERVICE_ARGS:
+        for name in names:
             self._wait_ready(name)
 
     def start(self, name: str, env: Mapping[str, str] | None = None) -> Service:

@@ -3,7 +3,10 @@
 The names and keys of the lanes, then against the real broker and store: a retry and a dead
 letter stay in (or leave) their lane as they should, a consuming link hands out a high message
 before thousands of low ones, the relay publishes each message to its priority's dispatch lane,
-and a web worker busy with 5,000 low deliveries sends a high one at once.
+and a web worker busy with 5,000 low deliveries sends a high one at once. Last, through the
+whole pipeline as processes to a connected browser: behind a marketing blast of 8,000 low
+deliveries, a high verification code POSTed to the API shows within a second, before most of
+the blast is sent, while a low offer POSTed the same way waits its turn behind the blast.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import wait
+from datetime import datetime
 
+import httpx
 import pika
 import pytest
 from flask.testing import FlaskClient
@@ -37,10 +42,20 @@ from shared.amqp.topology import (
 from shared.config_file import Delay
 from shared.models import Delivery, Message, OutboxEntry
 from shared.runtime import Runtime
-from tests.conftest import AMQP_URL, isolated_settings, queue_depth, queue_prefix
+from shared.tokens import mint_browser_token
+from tests.conftest import (
+    AMQP_URL,
+    bearer,
+    isolated_settings,
+    new_tenant,
+    queue_depth,
+    queue_prefix,
+    service_env,
+)
+from tests.inbox_client import InboxClient
 from tests.offline_dns import offline_resolver
 from tests.queued import queued_deliveries, queued_delivery, running_worker
-from tests.stack import wait_until
+from tests.stack import SERVICE_ARGS, Stack, wait_until
 
 ONE_SECOND = Delay("1s", 1.0)
 LOW_BACKLOG = 5000
@@ -302,3 +317,97 @@ def test_a_high_delivery_is_sent_within_a_second_while_5000_low_ones_wait(
         lows_sent = sent(lows)
     assert waited < 1.0, f"the high delivery waited {waited:.2f}s behind the low ones"
     assert lows_sent < LOW_BACKLOG, "the low backlog was gone before the high one was sent"
+
+
+#: A marketing blast that one web worker takes seconds to send (some 3,000 a second here).
+BLAST = 8000
+#: The user of the app's code and offer, with the gateway open; none of the blast's users.
+USER = "ann"
+
+
+@pytest.fixture
+def lanes_stack() -> Iterator[tuple[Stack, Runtime]]:
+    """The pipeline as processes on a store and queues of their own, and a reader of its store:
+    api, relay, dispatcher and gateway running; the web worker is the test's to start, once the
+    backlog it is to work through waits for it."""
+    with isolated_settings() as settings:
+        stack = Stack(settings=settings, env=service_env(settings))
+        runtime = Runtime.build(settings)
+        try:
+            stack.start_all(names=[name for name in SERVICE_ARGS if name != "worker-web"])
+            yield stack, runtime
+        finally:
+            stack.stop_all()
+            runtime.close()
+
+
+def send(api: httpx.Client, priority: str, category: str, title: str) -> tuple[str, float]:
+    """POST one web message to `USER`: its id, and the monotonic time just before the POST."""
+    posted = time.monotonic()
+    response = api.post(
+        "/v1/messages",
+        json={
+            "to": [{"user_id": USER}],
+            "channels": ["web"],
+            "priority": priority,
+            "category": category,
+            "content": {"title": title},
+        },
+    )
+    assert response.status_code == 202, response.text
+    message_id: str = response.json()["id"]
+    return message_id, posted
+
+
+def sent_at(runtime: Runtime, message_id: str) -> datetime | None:
+    """When the one delivery of `message_id` was recorded as sent (None: not yet)."""
+    with runtime.engine.connect() as connection:
+        return connection.scalar(select(Delivery.sent_at).where(Delivery.message_id == message_id))
+
+
+def sent_before(runtime: Runtime, message_id: str, instant: datetime | None = None) -> int:
+    """How many deliveries of `message_id` were recorded as sent (before `instant`)."""
+    sent = Delivery.sent_at.is_not(None) if instant is None else Delivery.sent_at < instant
+    with runtime.engine.connect() as connection:
+        count = connection.scalar(
+            select(func.count()).where(Delivery.message_id == message_id, sent)
+        )
+    return int(count or 0)
+
+
+def test_a_connected_user_gets_a_high_code_within_a_second_and_a_low_offer_behind_the_blast(
+    lanes_stack: tuple[Stack, Runtime],
+) -> None:
+    stack, runtime = lanes_stack
+    tenant = new_tenant(runtime)
+    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
+    browser = InboxClient(stack.gateway_url, token).connect()
+    try:
+        with httpx.Client(base_url=stack.api_url, headers=bearer(tenant), timeout=30) as api:
+            # A message through first, as in a pipeline that has been running: the first one of
+            # each process pays for its connections and prepared statements and scripts.
+            welcome, _posted = send(api, "normal", "notification", "Welcome")
+            normal = runtime.topology.channel_queue("web")
+            wait_until(lambda: queue_depth(normal) == 1, 20, "the welcome dispatched")
+            # The blast as the dispatcher leaves it: a delivery to each of its users in the low
+            # lane, all waiting when the worker starts.
+            blast, _deliveries = queued_deliveries(runtime, BLAST, priority="low")
+            stack.start("worker-web")
+            browser.arrival_of(welcome, 20)
+            wait_until(lambda: sent_before(runtime, blast), 20, "the worker busy with the blast")
+            code, posted = send(api, "high", "verification", "Your code is 481516")
+            code_waited = browser.arrival_of(code, 10) - posted
+            # The control: the same way, but low, it waits its turn behind the blast.
+            offer, posted = send(api, "low", "marketing", "Spring sale")
+            offer_waited = browser.arrival_of(offer, 30) - posted
+    finally:
+        browser.close()
+    code_sent = wait_until(lambda: sent_at(runtime, code), 10, "the code recorded as sent")
+    offer_sent = wait_until(lambda: sent_at(runtime, offer), 10, "the offer recorded as sent")
+    before_code = sent_before(runtime, blast, code_sent)
+    before_offer = sent_before(runtime, blast, offer_sent)
+    assert [n["message_id"] for n in browser.notifications] == [welcome, code, offer]
+    assert code_waited < 1.0, f"the code took {code_waited:.2f}s to reach the browser"
+    assert before_code < BLAST // 2, f"the code came after {before_code} of the blast"
+    assert offer_waited > 1.0, f"the offer came {offer_waited:.2f}s after it was sent"
+    assert before_offer > BLAST * 0.9, f"the offer came after only {before_offer} of the blast"
