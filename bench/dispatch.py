@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pika
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from bench import cpu
 from bench.baseline import publish_confirmed
@@ -109,6 +109,13 @@ def create_topic(runtime: Runtime, app_id: str, key: str, user_ids: Sequence[str
                 for u in user_ids
             ],
         )
+
+
+def analyze(runtime: Runtime) -> None:
+    """Fresh planner statistics, as autovacuum would have them soon after a bulk load: without
+    them the dispatcher's look-up of a page of users is planned for an empty table."""
+    with runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("ANALYZE users, subscriptions"))
 
 
 class QueueWatch:
@@ -274,21 +281,28 @@ class Tenant:
 
 
 def preload(
-    stack: Stack, runtime: Runtime, watch: QueueWatch, name: str, prepare: Any, messages: list[Any]
-) -> Tenant:
+    stack: Stack,
+    runtime: Runtime,
+    watch: QueueWatch,
+    name: str,
+    prepare: Callable[[str], None],
+    messages: list[dict[str, Any]],
+) -> None:
     """Post `messages` through the API and relay, wait until all of them wait in the dispatch
     queue, then stop the API and the relay; `prepare(app_id)` fills the store first."""
     stack.start("api")
     stack.start("relay")
     tenant = Tenant(runtime, stack, name)
-    prepare(tenant.app.app_id)
-    tenant.put_policy()
-    tenant.post(messages)
+    try:
+        prepare(tenant.app.app_id)
+        tenant.put_policy()
+        tenant.post(messages)
+    finally:
+        tenant.close()
     queue = runtime.topology.dispatch_queue
     wait_until(lambda: watch.depth(queue) >= len(messages), TIMEOUT_SECONDS, f"{queue} filled")
     for service in ("api", "relay"):
         stack.services.pop(service).stop()
-    return tenant
 
 
 def timed_dispatcher(
@@ -308,12 +322,17 @@ def timed_dispatcher(
     before = cpu.snapshot(roots, INFRASTRUCTURE, {})
     if profiler is not None:
         profiler.attach(dispatcher.process.pid, label)
-    wait_until(
-        lambda: watch.depth(queue) >= count, TIMEOUT_SECONDS, f"{count} in {queue}", interval=0.02
-    )
-    finished = time.time()
-    used = cpu.delta(before, cpu.snapshot(roots, INFRASTRUCTURE, {}))
-    profile = profiler.detach() if profiler is not None else {}
+    try:
+        wait_until(
+            lambda: watch.depth(queue) >= count,
+            TIMEOUT_SECONDS,
+            f"{count} in {queue}",
+            interval=0.02,
+        )
+        finished = time.time()
+        used = cpu.delta(before, cpu.snapshot(roots, INFRASTRUCTURE, {}))
+    finally:
+        profile = profiler.detach() if profiler is not None else {}
     stack.services.pop("dispatcher").stop()
     seconds = finished - started
     result = {
@@ -359,15 +378,12 @@ def messages_phase(count: int, profiler: Profiler | None) -> dict[str, Any]:
         runtime = Runtime.build(settings)
         watch = QueueWatch(settings.amqp_url)
         try:
-            tenant = preload(
-                stack,
-                runtime,
-                watch,
-                "bench-dispatch",
-                lambda app_id: register_users(runtime, app_id, users),
-                messages,
-            )
-            tenant.close()
+
+            def prepare(app_id: str) -> None:
+                register_users(runtime, app_id, users)
+                analyze(runtime)
+
+            preload(stack, runtime, watch, "bench-dispatch", prepare, messages)
             body = watch.peek(runtime.topology.dispatch_queue)
             bare = consume_baseline(
                 settings.amqp_url, f"{settings.queue_prefix}.bench-baseline", body, count
@@ -403,9 +419,9 @@ def fan_out_phase(subscribers: int, profiler: Profiler | None) -> dict[str, Any]
             def prepare(app_id: str) -> None:
                 register_users(runtime, app_id, users)
                 create_topic(runtime, app_id, "everyone", users)
+                analyze(runtime)
 
-            tenant = preload(stack, runtime, watch, "bench-fan-out", prepare, [message])
-            tenant.close()
+            preload(stack, runtime, watch, "bench-fan-out", prepare, [message])
             queue = runtime.topology.channel_queue("web")
             dispatched, ready = timed_dispatcher(
                 stack, watch, queue, subscribers, profiler, "fan-out"
