@@ -5,10 +5,11 @@ A message may carry `"fallback": ["push", "sms"]`. When a delivery to a recipien
 channel of that list that the message has not used for that recipient yet, and that reaches
 that kind of recipient, takes over: a new delivery row on that channel for the same recipient
 (its `fallback_of` names the failed one), an outbox row that the relay publishes to the
-channel's queue, and a `fallback` trace event naming both channels, all in the transaction that
-records the failure. The message cannot settle while that delivery is pending, and once it is
-final, the failed delivery it replaced no longer counts towards the message's outcome: a
-recipient reached by SMS after push failed makes the message `completed`.
+channel's queue (in the lane of the message's priority), and a `fallback` trace event naming
+both channels, all in the transaction that records the failure. The message cannot settle
+while that delivery is pending, and once it is final, the failed delivery it replaced no longer
+counts towards the message's outcome: a recipient reached by SMS after push failed makes the
+message `completed`.
 
 `next_channel` is the decision, a pure function; `fall_back` writes what it decides.
 """
@@ -132,12 +133,13 @@ def fall_back(
             "message_id": row.message_id,
             "app_id": delivery.app_id,
             "channel": channel,
+            "priority": delivery.priority,
         }
         connection.execute(
             _OUTBOX,
             {
                 "message_id": row.message_id,
-                "routing_key": channel_key(channel),
+                "routing_key": channel_key(channel, delivery.priority),
                 "payload": payload,
                 "available_at": now,
                 "created_at": now,

@@ -22,13 +22,16 @@ A delivery is sent at most once while its claim is known: a redelivered AMQP mes
 `sending` (held) or final (done). The one window for a second send is a worker killed between
 the provider's answer and the commit of its record: after `CLAIM_SECONDS` another worker takes
 the stale claim and sends it again.
+
+Each batch's size, how long the channel took to send it and how its deliveries ended are counted
+once recorded (`shared.pipeline_metrics.WorkerMetrics`), beside the `worker.batch` log line.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
@@ -71,6 +74,7 @@ from shared.models import DeadLetter, Delivery, Device, Endpoint, Message, User,
 from shared.outbound import OutboundPolicy
 from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, decode
+from shared.pipeline_metrics import WorkerMetrics
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -184,7 +188,8 @@ class Attempt:
 
 
 class ChannelWorker(BatchConsumer):
-    """Consumes `channel.<name>` for one channel; see the module docstring."""
+    """Consumes the lanes of `channel.<name>` (high, normal, low) for one channel; see the
+    module docstring."""
 
     batch_size = 100
 
@@ -195,6 +200,7 @@ class ChannelWorker(BatchConsumer):
         channel: Channel,
         claim_seconds: float = CLAIM_SECONDS,
         reaches: Mapping[str, frozenset[str]] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__(link)
         self.runtime = runtime
@@ -207,10 +213,11 @@ class ChannelWorker(BatchConsumer):
         #: Picks the jitter slot of each transient failure's retry.
         self._jitter = random.Random()
         self._log = log.bind(channel=channel.name)
+        self.metrics = metrics or WorkerMetrics(channel.name)
 
     def run(self) -> None:
         """Wait for Redis (channels keep their guards there), then consume until stopped."""
-        if wait_for_redis(self.runtime.redis, self._stopping):
+        if wait_for_redis(self.runtime.redis, self._stopping, connections=self.runtime.connections):
             super().run()
 
     def handle_batch(self, batch: list[Inbound]) -> None:
@@ -252,8 +259,9 @@ class ChannelWorker(BatchConsumer):
         ]
         sent_at = time.monotonic()
         with self.runtime.engine.begin() as connection:
-            follow_ups = self._record(connection, attempts, [claimed[i] for i in expired])
+            follow_ups, outcomes = self._record(connection, attempts, [claimed[i] for i in expired])
         recorded_at = time.monotonic()
+        self.metrics.observe_batch(len(batch), outcomes, sent_at - claimed_at)
         self._log.info(
             "worker.batch",
             size=len(batch),
@@ -392,7 +400,9 @@ class ChannelWorker(BatchConsumer):
 
     def _record(
         self, connection: Connection, attempts: list[Attempt], expired: list[OutboundDelivery]
-    ) -> list[tuple[Inbound, Outgoing]]:
+    ) -> tuple[list[tuple[Inbound, Outgoing]], Counter[str]]:
+        """Record every attempt and expiry; the follow-up publishes, and how many deliveries
+        ended with each status."""
         now = utcnow()
         # Deliveries that end the same way share one UPDATE: (status, last_error) -> ids.
         groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
@@ -503,7 +513,10 @@ class ChannelWorker(BatchConsumer):
         settling = {a.delivery.message_id for a in attempts} | {d.message_id for d in expired}
         events += self._settle_messages(connection, settling)
         record_events(connection, events)
-        return follow_ups
+        ended: Counter[str] = Counter()
+        for (status, _error), ids in groups.items():
+            ended[status] += len(ids)
+        return follow_ups, ended
 
     def _jittered(self, tier: str) -> str:
         """The header of a random jitter slot of `tier`. Only transient failures are spread:

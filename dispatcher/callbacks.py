@@ -7,7 +7,8 @@ resolves into our own network is refused at call time too) with the Standard Web
 `webhook-signature` (HMAC-SHA256 keyed by the app's callback secret). A 2xx answer is sent; any
 other answer or a network error is tried again after an exponential back-off with jitter, up to
 `max_attempts` attempts in all, then given up on (`callback_failed`); a URL the guard refuses is
-given up on at once. Each outcome is traced on the message.
+given up on at once. Each outcome is traced on the message and counted
+(`shared.pipeline_metrics.CallbackMetrics`), once its record is committed.
 
 Delivery is at least once: a sender killed between a POST and its record leaves the row to be
 taken again when its lease ends, with the same `webhook-id` for the receiver to deduplicate.
@@ -33,6 +34,7 @@ from shared.outbox import (
     claim_due,
     record,
 )
+from shared.pipeline_metrics import CallbackMetrics
 from shared.runtime import Runtime
 from shared.standard_webhooks import signed_headers
 from shared.stop_signals import stop_on_signals
@@ -70,8 +72,10 @@ class CallbackSender:
         lease: timedelta = LEASE,
         batch_size: int = 50,
         poll_seconds: float = 0.5,
+        metrics: CallbackMetrics | None = None,
     ) -> None:
         self.runtime = runtime
+        self.metrics = metrics or CallbackMetrics()
         self.policy = policy or OutboundPolicy(allow=runtime.settings.outbound_allow)
         self.max_attempts = max_attempts
         self.base_delay = base_delay
@@ -110,6 +114,7 @@ class CallbackSender:
         outcomes = [self._attempt(client, callback) for callback in due]
         with self.runtime.engine.begin() as connection:
             ended = record(connection, outcomes, utcnow())
+        self.metrics.observe_batch(ended)
         log.info("callbacks.batch", size=len(due), **ended)
         return len(due)
 

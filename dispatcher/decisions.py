@@ -189,12 +189,13 @@ class DeliveryDecider:
             )
             decided.deferred[candidate.delivery_id] = {
                 "message_id": message.id,
-                "routing_key": channel_key(target.channel),
+                "routing_key": channel_key(target.channel, message.priority),
                 "payload": {
                     "delivery_id": candidate.delivery_id,
                     "message_id": message.id,
                     "app_id": message.app_id,
                     "channel": target.channel,
+                    "priority": message.priority,
                 },
                 "available_at": release_at,
                 "created_at": now,

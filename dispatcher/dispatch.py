@@ -48,6 +48,7 @@ from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
 from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, DispatchPayload, decode, encode
+from shared.pipeline_metrics import DispatchMetrics
 from shared.runtime import Runtime
 from shared.trace import event_row, record_events
 
@@ -75,6 +76,7 @@ _MARK_FINISHED = (
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
+_PRIORITY = select(_M.c.priority).where(_M.c.id == bindparam("message"))
 # What a message still has to publish, a page at a time in delivery id order.
 _PENDING_PAGE = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
@@ -122,6 +124,8 @@ class Plan:
     ready: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
     paged: dict[str, tuple[int, str] | None] = field(default_factory=dict)
+    #: Seconds from when each message expanded here was due (accepted, or its `send_at`).
+    lags: list[float] = field(default_factory=list)
     #: Of each message expanded here: its app, recipients and (channel, status) -> deliveries.
     outcomes: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = field(default_factory=dict)
 
@@ -129,9 +133,12 @@ class Plan:
 class DispatchConsumer(BatchConsumer):
     """Consumes `dispatch`; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, link: AmqpLink) -> None:
+    def __init__(
+        self, runtime: Runtime, link: AmqpLink, metrics: DispatchMetrics | None = None
+    ) -> None:
         super().__init__(link)
         self.runtime = runtime
+        self.metrics = metrics or DispatchMetrics()
         self.page_size = runtime.settings.dispatch_page_size
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
@@ -183,11 +190,19 @@ class DispatchConsumer(BatchConsumer):
         # Said once its sources are acked: what each message became, one line each.
         for message_id, (app_id, recipients, counts) in plan.outcomes.items():
             log_dispatched(message_id, app_id, recipients, counts)
+        totals: Counter[tuple[str, str]] = Counter()
+        for _app, _recipients, counts in plan.outcomes.values():
+            totals.update(counts)
+        self.metrics.observe_batch(len(wanted), totals, plan.lags)
         log.debug("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
 
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
+        """Each delivery to its channel, in the lane of its message's priority."""
         return self.link.publish_batch(
-            [Outgoing(channel_key(d["channel"]), encode(self._out, d)) for d in deliveries]
+            [
+                Outgoing(channel_key(d["channel"], d["priority"]), encode(self._out, d))
+                for d in deliveries
+            ]
         )
 
     def _expand_in_pages(self, message_id: str, progress: tuple[int, str] | None) -> None:
@@ -206,6 +221,8 @@ class DispatchConsumer(BatchConsumer):
         """Publish a message's unsent deliveries a page at a time; False unless all of them
         were confirmed."""
         after = ""
+        with self.runtime.engine.connect() as connection:
+            priority = connection.scalar(_PRIORITY, {"message": message_id}) or "normal"
         while True:
             with self.runtime.engine.connect() as connection:
                 page = connection.execute(
@@ -213,7 +230,7 @@ class DispatchConsumer(BatchConsumer):
                 ).all()
             if not page:
                 return True
-            futures = self._publish([Written(*row).payload() for row in page])
+            futures = self._publish([Written(*row).payload(priority) for row in page])
             wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
             if not all(f.done() and f.exception() is None for f in futures):
                 return False
@@ -307,9 +324,12 @@ class DispatchConsumer(BatchConsumer):
             or (m.id not in plan.paged and written[m.id] != expected[m.id])
         ]
         queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
+        priorities = {m.id: m.priority for m in messages}
         for row in sorted(inserted, key=lambda row: row.id):
             if row.message_id not in plan.pending and row.id in queued:
-                plan.ready.setdefault(row.message_id, []).append(row.payload())
+                payload = row.payload(priorities[row.message_id])
+                plan.ready.setdefault(row.message_id, []).append(payload)
+        plan.lags = [(now - (m.send_at or m.created_at)).total_seconds() for m in fresh]
         plan.outcomes = {
             w.message.id: (
                 w.message.app_id,

@@ -79,6 +79,8 @@ MESSAGE_COLUMNS = (
     _M.c.content,
     _M.c.dedup_key,
     _M.c.fallback,
+    _M.c.created_at,
+    _M.c.send_at,
 )
 _MESSAGE = select(*MESSAGE_COLUMNS).where(_M.c.id == bindparam("message"))
 _PROGRESS = select(_X.c.step, _X.c.after).where(_X.c.message_id == bindparam("message"))
@@ -116,13 +118,14 @@ class Written(NamedTuple):
     app_id: str
     channel: str
 
-    def payload(self) -> dict[str, str]:
-        """Its AMQP message to `channel.<name>`."""
+    def payload(self, priority: str) -> dict[str, str]:
+        """Its AMQP message to `channel.<name>`, in the lane of its message's `priority`."""
         return {
             "delivery_id": self.id,
             "message_id": self.message_id,
             "app_id": self.app_id,
             "channel": self.channel,
+            "priority": priority,
         }
 
 

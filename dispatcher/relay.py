@@ -2,11 +2,18 @@
 
 The API commits a message and its outbox row together; the relay publishes due rows in batches
 with asynchronous confirms and marks them published, with a `queued` event, only for the
-messages the broker confirmed. A channel worker's fallback delivery (`channels.fallback`) comes
-the same way, to its channel's queue, without a `queued` event. A row claimed by a relay that
-crashed is simply still unmarked, so the next pass publishes it again (consumers are
-idempotent). On PostgreSQL the rows are claimed with SKIP LOCKED, so several relays can run,
-and LISTEN/NOTIFY wakes the relay as soon as the API commits; on SQLite it polls briefly.
+messages the broker confirmed. A single delivery comes the same way, to its channel's queue,
+without a `queued` event: a channel worker's fallback delivery (`channels.fallback`), or one the
+dispatcher deferred until it may be sent. Every row goes to the lane of its message's
+`priority` (`dispatch.high`, `dispatch`, `dispatch.low`, `channel.web.high`...; see
+shared/amqp/topology.py), read with the row, with the priority in the payload: so a message
+scheduled before there were lanes, or a delivery whose writer named only its channel, still
+travels in its lane. A row claimed by a relay that crashed is simply still unmarked, so the
+next pass publishes it again (consumers are idempotent). On PostgreSQL the rows are claimed
+with SKIP LOCKED, so several relays can run, and LISTEN/NOTIFY wakes the relay as soon as the
+API commits; on SQLite it polls briefly.
+Each batch's size, the rows confirmed and how long they waited once due are counted
+(`shared.pipeline_metrics.RelayMetrics`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import select
 import threading
 from concurrent.futures import wait
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -24,11 +32,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from shared.amqp.link import AmqpLink, Outgoing
-from shared.amqp.topology import DISPATCH_KEY
+from shared.amqp.topology import DISPATCH_KEY, channel_key, dispatch_key
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, encode
+from shared.pipeline_metrics import RelayMetrics
 from shared.runtime import Runtime
 from shared.stop_signals import stop_on_signals
 from shared.trace import event_row, record_events
@@ -40,8 +49,12 @@ CONFIRM_TIMEOUT_SECONDS = 30.0
 # The relay's statements, built once (building SQL costs more than running it here).
 _O = table_of(OutboxEntry)
 _M = table_of(Message)
+# The message's priority comes along: one primary-key lookup per row, in the same statement.
 _DUE = (
-    sql_select(_O.c.id, _O.c.message_id, _O.c.routing_key, _O.c.payload)
+    sql_select(
+        _O.c.id, _O.c.message_id, _O.c.routing_key, _O.c.payload, _M.c.priority, _O.c.available_at
+    )
+    .join_from(_O, _M, _M.c.id == _O.c.message_id)
     .where(_O.c.published_at.is_(None), _O.c.available_at <= bindparam("now"))
     .order_by(_O.c.id)
     .limit(bindparam("limit"))
@@ -85,9 +98,11 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_seconds: float | None = None,
         linger_seconds: float = 0.005,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.runtime = runtime
         self.link = link
+        self.metrics = metrics or RelayMetrics()
         self.batch_size = batch_size
         self._postgres = is_postgresql(runtime.engine)
         # With LISTEN/NOTIFY the poll only picks up scheduled rows coming due.
@@ -98,8 +113,9 @@ class OutboxRelay:
         # Most rows are messages to dispatch; a fallback delivery goes to its channel's queue.
         self._dispatch = DispatchPayload()
         self._delivery = DeliveryPayload()
-        # On PostgreSQL rows are locked while in flight and skipped by other relays.
-        self._claim = _DUE.with_for_update(skip_locked=True) if self._postgres else _DUE
+        # On PostgreSQL rows are locked while in flight and skipped by other relays; only the
+        # outbox rows: their messages stay free for the API and the workers.
+        self._claim = _DUE.with_for_update(skip_locked=True, of=_O) if self._postgres else _DUE
         self._listener: PoolProxiedConnection | None = None
 
     def install_signal_handlers(self) -> None:
@@ -136,12 +152,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = self.link.publish_batch(
-                [
-                    Outgoing(row.routing_key, self._encode(row.routing_key, row.payload))
-                    for row in rows
-                ]
-            )
+            futures = self.link.publish_batch([self._outgoing(row) for row in rows])
             wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
             confirmed = [
                 row
@@ -153,15 +164,26 @@ class OutboxRelay:
                 log.warning("relay.unconfirmed", count=failures)
             if confirmed:
                 self._mark_published(connection, confirmed)
+        now = utcnow()
+        self.metrics.observe_batch(
+            len(rows), [(now - row.available_at).total_seconds() for row in confirmed]
+        )
         if confirmed:
             log.info("relay.published", count=len(confirmed))
         return len(confirmed)
 
-    def _encode(self, routing_key: str, payload: dict[str, Any]) -> bytes:
-        return encode(self._dispatch if routing_key == DISPATCH_KEY else self._delivery, payload)
+    def _outgoing(self, row: Row[int, str, str, dict[str, Any], str, datetime]) -> Outgoing:
+        payload = {**row.payload, "priority": row.priority}
+        if row.routing_key == DISPATCH_KEY:
+            return Outgoing(dispatch_key(row.priority), encode(self._dispatch, payload))
+        return Outgoing(
+            channel_key(payload["channel"], row.priority), encode(self._delivery, payload)
+        )
 
     def _mark_published(
-        self, connection: Connection, rows: list[Row[int, str, str, dict[str, Any]]]
+        self,
+        connection: Connection,
+        rows: list[Row[int, str, str, dict[str, Any], str, datetime]],
     ) -> None:
         now = utcnow()
         ids = [row.id for row in rows]

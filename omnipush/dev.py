@@ -17,7 +17,12 @@ from producer_api.api_keys import app_for_key, create_app_with_key
 from shared.migrate import upgrade
 from shared.readiness import check_dependencies
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.settings import (
+    METRICS_HOST,
+    WORKER_METRICS_BASE_PORT,
+    Settings,
+    default_metrics_port,
+)
 from shared.tokens import mint_browser_token
 
 DEMO_APP_FILE = Path("var/demo-app.json")
@@ -44,6 +49,16 @@ def procfile(channels: tuple[str, ...]) -> str:
         "gateway: omnipush serve gateway",
     ]
     return "\n".join(lines) + "\n"
+
+
+def metrics_line(settings: Settings) -> str:
+    """Where the services without HTTP of their own serve `GET /metrics`."""
+    if settings.metrics_bind is not None:
+        return f"OMNIPUSH_METRICS_BIND={settings.metrics_bind}"
+    ports = ", ".join(
+        f"{name} :{default_metrics_port(name)}" for name in ("relay", "dispatcher", "callbacks")
+    )
+    return f"{METRICS_HOST}: {ports}, workers :{WORKER_METRICS_BASE_PORT} and up (README)"
 
 
 def demo_app(runtime: Runtime) -> tuple[str, str]:
@@ -94,6 +109,7 @@ def prepare(settings: Settings) -> None:
                 f"  demo app      {app_id}",
                 f"  demo API key  {api_key}",
                 f"  demo page     {gateway}/demo?token={token}",
+                f"  metrics       {metrics_line(settings)}",
                 "",
                 f"  try: {example}",
                 "",

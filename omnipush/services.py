@@ -1,13 +1,30 @@
-"""Starts each omnipush service with its dependencies, for `omnipush serve`."""
+"""Starts each omnipush service with its dependencies, for `omnipush serve`.
+
+The services that answer no HTTP of their own (relay, dispatcher, channel workers, callbacks)
+each build one metrics registry, hand its metric groups to what they count, and serve it on
+`GET /metrics` while they run (`shared.metrics_endpoint`); the API and the gateway serve theirs
+on their own bind address.
+"""
 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
+
+from prometheus_client import CollectorRegistry
 
 from shared.amqp.link import AmqpLink
 from shared.gunicorn_app import serve
+from shared.metrics_endpoint import process_registry, serving_metrics
+from shared.pipeline_metrics import (
+    CallbackMetrics,
+    ConnectionMetrics,
+    DispatchMetrics,
+    RelayMetrics,
+    WorkerMetrics,
+)
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.settings import Settings, default_metrics_port
 
 
 def connection_name(settings: Settings, service: str) -> str:
@@ -40,32 +57,51 @@ def run_gateway(settings: Settings) -> None:
 def run_relay(settings: Settings) -> None:
     from dispatcher.relay import OutboxRelay
 
-    runtime = Runtime.build(settings)
-    link = AmqpLink(settings.amqp_url, runtime.topology, name=connection_name(settings, "relay"))
-    relay = OutboxRelay(runtime, link)
+    registry = process_registry()
+    connections = ConnectionMetrics("relay", registry)
+    runtime = Runtime.build(settings, connections=connections)
+    link = AmqpLink(
+        settings.amqp_url,
+        runtime.topology,
+        name=connection_name(settings, "relay"),
+        connections=connections,
+    )
+    relay = OutboxRelay(runtime, link, metrics=RelayMetrics(registry))
     relay.install_signal_handlers()
-    relay.run()
+    with _metrics(settings, registry, "relay", default_metrics_port("relay")):
+        relay.run()
 
 
 def run_dispatcher(settings: Settings) -> None:
     from channels.registry import channel_names
     from dispatcher.dispatch import DispatchConsumer
 
-    runtime = Runtime.build(settings, channels=channel_names())
+    registry = process_registry()
+    connections = ConnectionMetrics("dispatcher", registry)
+    metrics = DispatchMetrics(registry)
+    runtime = Runtime.build(settings, channels=channel_names(), connections=connections)
     link = AmqpLink(
-        settings.amqp_url, runtime.topology, consume_queue=runtime.topology.dispatch_queue
+        settings.amqp_url,
+        runtime.topology,
+        consume_queues=runtime.topology.dispatch_queues(),
+        name=connection_name(settings, "dispatcher"),
+        connections=connections,
     )
-    consumer = DispatchConsumer(runtime, link)
+    consumer = DispatchConsumer(runtime, link, metrics)
     consumer.install_signal_handlers()
-    consumer.run()
+    with _metrics(settings, registry, "dispatcher", default_metrics_port("dispatcher")):
+        consumer.run()
 
 
 def run_callbacks(settings: Settings) -> None:
     from dispatcher.callbacks import CallbackSender
 
-    sender = CallbackSender(Runtime.build(settings))
+    registry = process_registry()
+    runtime = Runtime.build(settings, connections=ConnectionMetrics("callbacks", registry))
+    sender = CallbackSender(runtime, metrics=CallbackMetrics(registry))
     sender.install_signal_handlers()
-    sender.run()
+    with _metrics(settings, registry, "callbacks", default_metrics_port("callbacks")):
+        sender.run()
 
 
 def run_worker(settings: Settings, channel: str) -> None:
@@ -73,17 +109,30 @@ def run_worker(settings: Settings, channel: str) -> None:
     from channels.worker import ChannelWorker, channel_context
 
     channel_type = channel_class(channel)
-    runtime = Runtime.build(settings, channels=channel_names())
+    service = f"worker-{channel}"
+    registry = process_registry()
+    connections = ConnectionMetrics(service, registry)
+    runtime = Runtime.build(settings, channels=channel_names(), connections=connections)
     link = AmqpLink(
         settings.amqp_url,
         runtime.topology,
-        consume_queue=runtime.topology.channel_queue(channel),
-        name=connection_name(settings, f"worker-{channel}"),
+        consume_queues=runtime.topology.channel_queues(channel),
+        name=connection_name(settings, service),
+        connections=connections,
     )
     adapter = channel_type(channel_context(runtime, channel))
-    worker = ChannelWorker(runtime, link, adapter)
+    worker = ChannelWorker(runtime, link, adapter, metrics=WorkerMetrics(channel, registry))
     worker.install_signal_handlers()
+    port = default_metrics_port("worker", channel_names().index(channel))
     try:
-        worker.run()
+        with _metrics(settings, registry, service, port):
+            worker.run()
     finally:
         adapter.close()
+
+
+def _metrics(
+    settings: Settings, registry: CollectorRegistry, service: str, default_port: int
+) -> AbstractContextManager[tuple[str, int] | None]:
+    """Serve `registry` where OMNIPUSH_METRICS_BIND (or the service's default port) says."""
+    return serving_metrics(registry, settings.metrics_address(default_port), service)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from shared.amqp.topology import LANES
+
 CATEGORIES = ("notification", "marketing", "verification")
-PRIORITIES = ("high", "normal", "low")
+#: Each priority travels in a lane of its own between the relay and the channel workers.
+PRIORITIES = LANES
 MAX_RECIPIENTS = 1000

@@ -5,7 +5,8 @@ client (seconds of timeout, retried), a Redis that accepts connections and never
 every request for many seconds. A `BestEffortRedis` call gives up after `timeout` (100 ms) and
 its caller goes on with a fallback. After a failure the breaker opens: for `cool_down` seconds
 no call is made at all and every caller gets its fallback at once; then a single call probes
-Redis, and the breaker closes again when it answers.
+Redis, and the breaker closes again when it answers. Each opening and closing is counted as a
+Redis outage and reconnect (`shared.pipeline_metrics.ConnectionMetrics`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import redis
 import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from shared.pipeline_metrics import ConnectionMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +81,7 @@ class BestEffortRedis:
         url: str,
         timeout: float = TIMEOUT_SECONDS,
         cool_down: float = COOL_DOWN_SECONDS,
+        connections: ConnectionMetrics | None = None,
     ) -> None:
         self.client = redis.Redis.from_url(
             url,
@@ -86,6 +90,7 @@ class BestEffortRedis:
             retry=Retry(NoBackoff(), 0),
         )
         self.breaker = Breaker(cool_down)
+        self.connections = connections or ConnectionMetrics("unnamed")
 
     def call(self, what: str, action: Callable[[redis.Redis], Result], fallback: Result) -> Result:
         """`action(client)`, or `fallback` when Redis fails or is being left alone; `what`
@@ -100,6 +105,7 @@ class BestEffortRedis:
             return fallback
         except (redis.RedisError, OSError) as error:
             if self.breaker.failed():
+                self.connections.redis_lost()
                 log.warning(
                     "redis.skipped",
                     detail=f"Redis failed during {what} ({type(error).__name__}: {error}); "
@@ -108,6 +114,7 @@ class BestEffortRedis:
                 )
             return fallback
         if self.breaker.succeeded():
+            self.connections.redis_back()
             log.info("redis.back", detail="Redis answers again")
         return result
 

@@ -4,7 +4,7 @@ The channel worker writes one `DeadLetter` row in the transaction that records a
 `failed` (permanent, or out of attempts). Listing reads them per app and channel in id order,
 a page at a time. Replaying puts the delivery back in the queue: `queued` with its attempts
 reset, its message re-opened (`dispatched`) if it had settled, a `replayed` trace event, and
-its AMQP message republished to the channel's queue.
+its AMQP message republished to the channel's queue, in the lane of its message's priority.
 
 A replayed row is kept and marked (`replayed_at`), not deleted: the history of what was
 replayed stays readable (`include_replayed`), and a second replay of the same row is refused
@@ -218,6 +218,14 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
                 .returning(Message.id)
             )
         )
+        priorities = {
+            message_id: priority
+            for message_id, priority in connection.execute(
+                select(Message.id, Message.priority).where(
+                    Message.id.in_({row.message_id for row in taken})
+                )
+            )
+        }
         outgoing = []
         events = []
         for row in taken:
@@ -239,8 +247,10 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
                 "message_id": row.message_id,
                 "app_id": row.app_id,
                 "channel": row.channel,
+                "priority": priorities[row.message_id],
             }
-            outgoing.append(Outgoing(channel_key(row.channel), encode(payloads, payload)))
+            key = channel_key(row.channel, payload["priority"])
+            outgoing.append(Outgoing(key, encode(payloads, payload)))
         record_events(connection, events)
         _publish(link, outgoing)
     return [row.id for row in taken]

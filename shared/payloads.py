@@ -5,21 +5,32 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from shared.amqp.topology import LANES, NORMAL
+
+
+def _priority() -> fields.String:
+    """The message's `priority`, which is also the lane it travels in; messages published
+    before there were lanes carry none and are normal."""
+    return fields.String(load_default=NORMAL, validate=validate.OneOf(LANES))
 
 
 class DispatchPayload(Schema):
-    """Routing key `dispatch`: a stored message that is due to be expanded into deliveries."""
+    """Routing key `dispatch` (and its lanes, `dispatch.high`...): a stored message that is due
+    to be expanded into deliveries."""
 
     class Meta:
         unknown = RAISE
 
     message_id = fields.String(required=True)
     app_id = fields.String(required=True)
+    priority = _priority()
 
 
 class DeliveryPayload(Schema):
-    """Routing key `channel.<name>`: one delivery for a channel worker to send."""
+    """Routing key `channel.<name>` (and its lanes, `channel.<name>.low`...): one delivery for a
+    channel worker to send."""
 
     class Meta:
         unknown = RAISE
@@ -28,6 +39,7 @@ class DeliveryPayload(Schema):
     message_id = fields.String(required=True)
     app_id = fields.String(required=True)
     channel = fields.String(required=True)
+    priority = _priority()
 
 
 def encode(schema: Schema, payload: dict[str, Any]) -> bytes:

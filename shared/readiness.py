@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from shared.pipeline_metrics import ConnectionMetrics
 from shared.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -108,14 +109,26 @@ def _redis(runtime: Runtime) -> str:
     return "ok"
 
 
-def wait_for_redis(client: redis.Redis, stop: threading.Event, max_backoff: float = 30.0) -> bool:
-    """Block until Redis answers (True) or `stop` is set (False), saying why while it waits."""
+def wait_for_redis(
+    client: redis.Redis,
+    stop: threading.Event,
+    max_backoff: float = 30.0,
+    connections: ConnectionMetrics | None = None,
+) -> bool:
+    """Block until Redis answers (True) or `stop` is set (False), saying why while it waits;
+    a wait that began with a failure counts as one outage, and its end as a reconnect."""
     backoff = 0.5
+    failed = False
     while not stop.is_set():
         try:
             client.ping()
+            if failed and connections is not None:
+                connections.redis_back()
             return True
         except (RedisError, OSError) as error:
+            if not failed and connections is not None:
+                connections.redis_lost()
+            failed = True
             kwargs = client.connection_pool.connection_kwargs
             where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
             log.warning(

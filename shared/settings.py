@@ -21,6 +21,16 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET_KEY_FILE = Path("var/secret_key")
 
+#: Where each service without HTTP of its own serves `GET /metrics` by default: one machine runs
+#: them all (`make run`) without two wanting the same port. The API and the gateway serve it on
+#: their own bind address.
+METRICS_HOST = "127.0.0.1"
+METRICS_PORTS = {"relay": 9101, "dispatcher": 9102, "callbacks": 9103}
+#: A channel worker's default port is this plus its channel's position in the channel registry.
+WORKER_METRICS_BASE_PORT = 9110
+#: `OMNIPUSH_METRICS_BIND` value that turns the endpoint off.
+METRICS_OFF = "off"
+
 #: Browser tokens are HMAC-signed with the secret key; shorter keys can be brute-forced.
 MIN_SECRET_KEY_BYTES = 32
 #: Words of the values people copy from examples and forget to replace, whatever their length.
@@ -71,6 +81,8 @@ class Settings:
     max_topic_subscribers: int = 100_000
     # Topic subscribers the dispatcher expands per transaction.
     dispatch_page_size: int = 1000
+    # OMNIPUSH_METRICS_BIND: `host:port`, `off`, or None for each service's default port.
+    metrics_bind: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +120,7 @@ class Settings:
             dispatch_page_size=_positive(
                 env, "OMNIPUSH_DISPATCH_PAGE_SIZE", int, cls.dispatch_page_size
             ),
+            metrics_bind=_metrics_bind(env),
             # Last: it may write var/secret_key, which a bad setting above should not leave.
             secret_key=_secret_key(env, production),
         )
@@ -120,6 +133,15 @@ class Settings:
     @property
     def smtp_from(self) -> str:
         return self.config.email.sender
+
+    def metrics_address(self, default_port: int) -> tuple[str, int] | None:
+        """Where this process serves `GET /metrics`: OMNIPUSH_METRICS_BIND, else the loopback
+        address at the service's `default_port` (see `default_metrics_port`); None when off."""
+        if self.metrics_bind is None:
+            return METRICS_HOST, default_port
+        if self.metrics_bind == METRICS_OFF:
+            return None
+        return _host_port(self.metrics_bind)
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests build settings this way)."""
@@ -150,6 +172,38 @@ def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Nu
     if not value > 0:
         raise RuntimeError(f"{name} must be a positive {kind.__name__}, not {raw!r}")
     return value
+
+
+def default_metrics_port(service: str, channel_position: int = 0) -> int:
+    """The port `service` (`relay`, `dispatcher`, `callbacks`, `worker`) serves its metrics
+    on unless told otherwise; a worker's is offset by its channel's `channel_position`."""
+    if service == "worker":
+        return WORKER_METRICS_BASE_PORT + channel_position
+    return METRICS_PORTS[service]
+
+
+def _metrics_bind(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("OMNIPUSH_METRICS_BIND") or "").strip()
+    if not raw:
+        return None
+    if raw.lower() == METRICS_OFF:
+        return METRICS_OFF
+    try:
+        _host_port(raw)
+    except ValueError:
+        raise RuntimeError(
+            f"OMNIPUSH_METRICS_BIND must be host:port (such as 0.0.0.0:9101) or off, not {raw!r}"
+        ) from None
+    return raw
+
+
+def _host_port(bind: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9101` for IPv6) as a pair; ValueError when it is not one."""
+    host, separator, port = bind.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(bind)
+    return host, int(port)
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat | None:

@@ -229,6 +229,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         OMNIPUSH_QUEUE_PREFIX=settings.queue_prefix,
         OMNIPUSH_API_BIND=settings.api_bind,
         OMNIPUSH_GATEWAY_BIND=settings.gateway_bind,
+        # Off unless a test asks for it: stacks of tests would otherwise take the default
+        # metrics ports of a `make run` on the same machine (and warn when it has them).
+        OMNIPUSH_METRICS_BIND=settings.metrics_bind or "off",
     )
     return env
 

@@ -1,6 +1,7 @@
 """Where the worker runtime tests of every channel start: a delivery as the dispatcher leaves it
-(its message dispatched, the delivery queued, its AMQP message published to the channel's
-queue), and a channel worker consuming in a thread of the test."""
+(its message dispatched, the delivery queued, its AMQP message published to the lane of the
+channel's queue of the message's priority), and a channel worker consuming in a thread of the
+test."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy import insert
 
 from channels.base import Channel
 from channels.worker import CLAIM_SECONDS, ChannelWorker
-from shared.amqp.link import AmqpLink
+from shared.amqp.link import AmqpLink, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message
@@ -82,9 +83,79 @@ def queued_delivery(
         "message_id": message_id,
         "app_id": app,
         "channel": channel,
+        "priority": priority,
     }
-    publish(runtime, channel_key(channel), encode(DeliveryPayload(), payload))
+    publish(runtime, channel_key(channel, priority), encode(DeliveryPayload(), payload))
     return message_id, delivery_id
+
+
+def queued_deliveries(
+    runtime: Runtime, count: int, channel: str = "web", *, priority: str = "normal"
+) -> tuple[str, list[str]]:
+    """One dispatched message of a new app to `count` users on `channel`, its deliveries queued
+    and published to its lane in one batch: (message id, delivery ids)."""
+    app = new_tenant(runtime).app_id
+    now = utcnow()
+    message_id = new_id("msg")
+    users = [f"user-{index:06d}" for index in range(count)]
+    deliveries: list[dict[str, Any]] = [
+        {
+            "id": new_id("dlv"),
+            "message_id": message_id,
+            "app_id": app,
+            "recipient": f"user:{user}",
+            "user_id": user,
+            "channel": channel,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for user in users
+    ]
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(Message),
+            {
+                "id": message_id,
+                "app_id": app,
+                "status": "dispatched",
+                "recipients": [{"user_id": user} for user in users],
+                "channels": [channel],
+                "content": {"title": "t"},
+                "category": "marketing" if priority == "low" else "notification",
+                "priority": priority,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        connection.execute(insert(Delivery), deliveries)
+    schema = DeliveryPayload()
+    outgoing = [
+        Outgoing(
+            channel_key(channel, priority),
+            encode(
+                schema,
+                {
+                    "delivery_id": row["id"],
+                    "message_id": message_id,
+                    "app_id": app,
+                    "channel": channel,
+                    "priority": priority,
+                },
+            ),
+        )
+        for row in deliveries
+    ]
+    link = AmqpLink(AMQP_URL, runtime.topology)
+    link.start()
+    try:
+        assert link.wait_ready(10), "RabbitMQ did not answer"
+        for future in link.publish_batch(outgoing):
+            future.result(30)
+    finally:
+        link.close()
+    return message_id, [row["id"] for row in deliveries]
 
 
 @contextmanager
@@ -94,9 +165,9 @@ def running_worker(
     claim_seconds: float = CLAIM_SECONDS,
     reaches: Mapping[str, frozenset[str]] | None = None,
 ) -> Iterator[ChannelWorker]:
-    """A worker of `channel` consuming its queue until the block ends."""
-    queue = runtime.topology.channel_queue(channel.name)
-    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=queue)
+    """A worker of `channel` consuming its queue's lanes until the block ends."""
+    queues = runtime.topology.channel_queues(channel.name)
+    link = AmqpLink(AMQP_URL, runtime.topology, consume_queues=queues)
     worker = ChannelWorker(runtime, link, channel, claim_seconds=claim_seconds, reaches=reaches)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()

@@ -157,7 +157,7 @@ def test_a_batch_is_held_not_requeued_while_the_store_is_unreachable(
     link: AmqpLink, topology: Topology
 ) -> None:
     link.publish_batch([Outgoing(channel_key("web"), b"{}")])[0].result(timeout=10)
-    consumer_link = AmqpLink(AMQP_URL, topology, consume_queue=topology.channel_queue("web"))
+    consumer_link = AmqpLink(AMQP_URL, topology, consume_queues=topology.channel_queues("web"))
     consumer = FlakyStore(consumer_link, failures=2)
     runner = threading.Thread(target=consumer.run)
     runner.start()

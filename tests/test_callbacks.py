@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select
 from standardwebhooks.webhooks import Webhook
 
@@ -31,6 +32,7 @@ from shared.ids import new_id, utcnow
 from shared.models import Callback, Event, Message
 from shared.outbound import OutboundPolicy
 from shared.outbox import callback_secret, claim_due, enqueue_callbacks
+from shared.pipeline_metrics import CallbackMetrics
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import new_tenant, service_env
@@ -207,7 +209,9 @@ def test_a_receiver_that_keeps_failing_is_given_up_on_after_the_last_attempt(
 ) -> None:
     runtime = isolated_runtime
     tenant = new_tenant(runtime)
-    with receiver([500, 503, 500, 500]) as app, sending(runtime, max_attempts=3):
+    registry = CollectorRegistry()
+    metrics = CallbackMetrics(registry)
+    with receiver([500, 503, 500, 500]) as app, sending(runtime, max_attempts=3, metrics=metrics):
         message_id = settled(runtime, tenant, app.url)
         wait_until(
             lambda: "callback_failed" in callback_stages(runtime, message_id), 20, "giving up"
@@ -218,6 +222,10 @@ def test_a_receiver_that_keeps_failing_is_given_up_on_after_the_last_attempt(
         "callback_failed",
     ]
     assert len(app.received) == 3
+    # At least: the store is shared with other tests, whose callbacks this sender may take too.
+    counted = registry.get_sample_value
+    assert (counted("omnipush_callbacks_total", {"outcome": "retrying"}) or 0) >= 2
+    assert (counted("omnipush_callbacks_total", {"outcome": "failed"}) or 0) >= 1
 
 
 def test_a_callback_taken_by_a_sender_that_died_is_sent_by_the_next_one(

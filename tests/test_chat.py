@@ -310,7 +310,7 @@ def test_the_worker_posts_to_the_apps_robot_and_fails_its_webhook_for_good(
             }
             publish(runtime, channel_key("chat"), encode(DeliveryPayload(), payload))
         link = AmqpLink(
-            AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("chat")
+            AMQP_URL, runtime.topology, consume_queues=runtime.topology.channel_queues("chat")
         )
         channel = ChatChannel(channel_context(runtime, "chat"), timeout=2.0)
         worker = ChannelWorker(runtime, link, channel)

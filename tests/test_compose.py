@@ -40,6 +40,11 @@ CONTRACT_ENV: dict[str, str] = {
     "OMNIPUSH_QUEUE_PREFIX": "omnipush",
     "OMNIPUSH_LOG_FORMAT": "",
 }
+# Variables omnipush reads beyond that table (README, "Configuration"), used in the compose file.
+PROJECT_ENV: dict[str, str] = {
+    # A relay, dispatcher, worker or callbacks process's GET /metrics (README, "Operations").
+    "OMNIPUSH_METRICS_BIND": "per service, 127.0.0.1:9101 and up",
+}
 
 # Every verb a container may run (CONTRACT.md, "CLI"), as argv without the program name.
 REAL_VERBS: frozenset[tuple[str, ...]] = frozenset(
@@ -296,7 +301,14 @@ def test_the_secret_key_comes_from_the_host_with_no_default() -> None:
 def test_only_contract_environment_variables_are_used() -> None:
     used = set(re.findall(r"\bOMNIPUSH_[A-Z0-9_]+\b", COMPOSE_FILE.read_text(encoding="utf-8")))
     assert used, "no OMNIPUSH_ variable in docker-compose.yml"
-    assert used <= CONTRACT_ENV.keys(), f"not in the contract: {sorted(used - CONTRACT_ENV.keys())}"
+    known = CONTRACT_ENV.keys() | PROJECT_ENV.keys()
+    assert used <= known, f"not in the contract: {sorted(used - known)}"
+
+
+def test_the_services_without_http_serve_metrics_to_the_compose_network() -> None:
+    for name, service in _long_running_services().items():
+        if name not in HTTP_SERVICES:
+            assert _environment(service).get("OMNIPUSH_METRICS_BIND") == "0.0.0.0:9100", name
 
 
 @pytest.mark.parametrize(("name", "image_prefix", "probe"), [(k, *v) for k, v in INFRA.items()])

@@ -208,7 +208,9 @@ def test_the_cli_lists_and_replays_one_then_all_with_progress(own_store: Runtime
         assert result.returncode == 2 and "Traceback" not in result.stderr, bad
 
 
-def _dead_letters(runtime: Runtime, app_id: str, channels: list[str]) -> list[str]:
+def _dead_letters(
+    runtime: Runtime, app_id: str, channels: list[str], priority: str = "normal"
+) -> list[str]:
     """Dead letters of `app_id` on `channels` (one each, in order), with their message."""
     now = utcnow()
     message_id = new_id("msg")
@@ -224,7 +226,7 @@ def _dead_letters(runtime: Runtime, app_id: str, channels: list[str]) -> list[st
                 "channels": sorted(set(channels)),
                 "content": {"title": "t"},
                 "category": "notification",
-                "priority": "normal",
+                "priority": priority,
                 "created_at": now,
                 "updated_at": now,
             },
@@ -284,9 +286,11 @@ def test_listing_filters_by_app_and_channel_and_pages_in_id_order(
     assert len(others) == 1
 
 
-def _failed_dead_letter(runtime: Runtime, app_id: str, channel: str) -> DeadLetterView:
+def _failed_dead_letter(
+    runtime: Runtime, app_id: str, channel: str, priority: str = "normal"
+) -> DeadLetterView:
     """A dead letter of `app_id` on `channel` whose delivery is `failed` in the store."""
-    (dead_id,) = _dead_letters(runtime, app_id, [channel])
+    (dead_id,) = _dead_letters(runtime, app_id, [channel], priority)
     with runtime.engine.begin() as connection:
         dead = find_dead_letter(connection, dead_id)
         assert dead is not None
@@ -334,6 +338,23 @@ def test_two_replays_at_once_republish_the_delivery_once(isolated_runtime: Runti
     assert sorted(results) == [[], [dead.id]]
     assert queue_depth(runtime.topology.channel_queue("web")) == 1
     assert _stages(runtime, dead.delivery_id) == ["replayed"]
+
+
+def test_a_replayed_dead_letter_goes_back_to_the_lane_of_its_message(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "web", priority="high")
+    with replay_link(runtime.settings, ["web"]) as link:
+        assert replay(runtime.engine, link, [dead.id]) == [dead.id]
+    high, normal, low = runtime.topology.channel_queues("web")
+    assert [queue_depth(queue) for queue in (high, normal, low)] == [1, 0, 0]
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        _method, _properties, body = connection.channel().basic_get(high, auto_ack=True)
+    finally:
+        connection.close()
+    assert json.loads(body)["priority"] == "high"
 
 
 def test_a_delivery_out_of_attempts_is_a_dead_letter_too(inprocess_settings: Settings) -> None:

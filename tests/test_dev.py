@@ -76,3 +76,15 @@ def test_make_run_starts_the_services_with_console_logs_unless_told_otherwise() 
     env = {k: v for k, v in os.environ.items() if k != "OMNIPUSH_LOG_FORMAT"}
     assert "OMNIPUSH_LOG_FORMAT=console " in honcho_command(env)
     assert "OMNIPUSH_LOG_FORMAT=json " in honcho_command(env | {"OMNIPUSH_LOG_FORMAT": "json"})
+
+
+def test_prepare_says_where_the_services_serve_their_metrics(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in service_env(settings).items() if k != "OMNIPUSH_METRICS_BIND"}
+    shown = prepare(env, tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "127.0.0.1: relay :9101, dispatcher :9102, callbacks :9103, workers :9110" in (
+        shown.stdout
+    )
+    assert "OMNIPUSH_METRICS_BIND=off" in prepare(service_env(settings), tmp_path).stdout

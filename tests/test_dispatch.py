@@ -23,7 +23,7 @@ from tests.stack import wait_until
 @contextmanager
 def running_dispatcher(runtime: Runtime) -> Iterator[None]:
     """A dispatcher for the duration; leaving waits until it has finished what it took."""
-    link = AmqpLink(AMQP_URL, runtime.topology, consume_queue=runtime.topology.dispatch_queue)
+    link = AmqpLink(AMQP_URL, runtime.topology, consume_queues=runtime.topology.dispatch_queues())
     consumer = DispatchConsumer(runtime, link)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()

@@ -174,7 +174,7 @@ def test_a_users_mail_goes_to_the_address_the_store_holds_and_one_without_fails_
         context = build_channel_context(settings, runtime.redis, runtime.best_effort_redis, "email")
         channel = EmailChannel(context)
         link = AmqpLink(
-            AMQP_URL, runtime.topology, consume_queue=runtime.topology.channel_queue("email")
+            AMQP_URL, runtime.topology, consume_queues=runtime.topology.channel_queues("email")
         )
         worker = ChannelWorker(runtime, link, channel)
         thread = threading.Thread(target=worker.run, daemon=True)

@@ -29,7 +29,7 @@ from shared.models import Delivery, Device, Event, Message, OutboxEntry, User
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.channel_harness import Answer
-from tests.conftest import AMQP_URL, new_tenant, queue_prefix
+from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
 from tests.queued import queued_delivery, running_worker
 from tests.rigs.push_webpush import LOOPBACK, SUBJECT
 from tests.sms_providers import GatewayServer, sms_settings
@@ -143,7 +143,7 @@ def running_relay(runtime: Runtime) -> Iterator[None]:
         thread.join(20)
 
 
-def paged_message(runtime: Runtime, phone: str | None) -> tuple[str, str]:
+def paged_message(runtime: Runtime, phone: str | None, priority: str = "normal") -> tuple[str, str]:
     """A dispatched message to user gina on the pager, falling back to the web inbox."""
     tenant = new_tenant(runtime)
     with runtime.engine.begin() as connection:
@@ -156,6 +156,7 @@ def paged_message(runtime: Runtime, phone: str | None) -> tuple[str, str]:
         app_id=tenant.app_id,
         fallback=["pager", "web"],
         content={"title": "Your code is 1234"},
+        priority=priority,
     )
 
 
@@ -234,6 +235,25 @@ def test_a_recipient_the_pager_fails_is_reached_in_the_web_inbox_and_the_message
     _stage, traced_delivery, detail = stages[len(retried) + 1]
     assert traced_delivery == pager_delivery
     assert detail == {"from": "pager", "to": "web", "delivery": web.id}
+
+
+def test_the_fallback_delivery_of_a_high_message_goes_to_the_high_lane_of_its_channel(
+    two_channels: Runtime,
+) -> None:
+    runtime = two_channels
+    pager = Pager(channel_context(runtime, "pager"), Outcome.PERMANENT)
+    high, normal, _low = runtime.topology.channel_queues("web")
+    with running_relay(runtime), running_worker(runtime, pager, reaches=REACHES):
+        message_id, _pager_delivery = paged_message(runtime, "+33612345678", priority="high")
+        wait_until(lambda: queue_depth(high) == 1, 20, "the fallback delivery published")
+    assert queue_depth(normal) == 0
+    with runtime.engine.connect() as connection:
+        keys = list(
+            connection.scalars(
+                select(OutboxEntry.routing_key).where(OutboxEntry.message_id == message_id)
+            )
+        )
+    assert keys == ["channel.web.high"]
 
 
 def test_a_user_whose_push_device_is_gone_gets_the_message_by_sms(

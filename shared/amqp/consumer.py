@@ -37,7 +37,8 @@ MAX_RETRY_PAUSE_SECONDS = 30.0
 
 
 class BatchConsumer(ABC):
-    """Consumes one queue in batches on the calling thread; see the module docstring."""
+    """Consumes its link's queues (the lanes of one kind of work, higher lanes first) in
+    batches on the calling thread; see the module docstring."""
 
     batch_size = 200
     batch_wait_seconds = 0.005

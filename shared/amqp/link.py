@@ -3,14 +3,18 @@
 pika's asynchronous adapter is not thread-safe, so the connection lives on a private thread
 and the rest of the process talks to it through `add_callback_threadsafe`. Publishing returns
 futures that complete when the broker confirms (or refuses) each message, so callers keep a
-window of messages in flight instead of waiting for one confirm per message. Consumed messages
-land in a local queue for the caller's thread; acks are routed back to the I/O thread and
-dropped if the channel they belong to has gone (the broker redelivers those messages).
+window of messages in flight instead of waiting for one confirm per message. A consuming link
+takes several queues, the priority lanes of its work, highest first: one consumer each on one
+channel, each with its own prefetch, so a full low lane never holds back a high message.
+Consumed messages land in a local inbox for the caller's thread that hands out the higher lanes
+first (`shared.amqp.inbox`); acks are routed back to the I/O thread and dropped if the channel
+they belong to has gone (the broker redelivers those messages). Each time the
+connection is ready again after it was lost counts as a broker reconnect.
 """
 
 from __future__ import annotations
 
-import queue
+import functools
 import threading
 import uuid
 from collections import OrderedDict
@@ -25,7 +29,9 @@ from pika.channel import Channel
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
+from shared.amqp.inbox import LaneInbox
 from shared.amqp.topology import Topology
+from shared.pipeline_metrics import ConnectionMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -59,18 +65,23 @@ class Inbound:
 
 
 class AmqpLink:
-    """A self-healing RabbitMQ connection: topology, confirmed publishing, optional consuming."""
+    """A self-healing RabbitMQ connection: topology, confirmed publishing, optional consuming.
+
+    `consume_queues` are consumed in rank order: a message of the first is handed out before
+    any of the second already waiting in the inbox. `prefetch` holds for each of them.
+    """
 
     def __init__(
         self,
         url: str,
         topology: Topology,
         *,
-        consume_queue: str | None = None,
+        consume_queues: Sequence[str] = (),
         prefetch: int = 200,
         window: int = 1000,
         on_ready: Callable[[], None] | None = None,
         name: str = "omnipush",
+        connections: ConnectionMetrics | None = None,
     ) -> None:
         self._params = pika.URLParameters(url)
         self._params.heartbeat = 30
@@ -78,10 +89,10 @@ class AmqpLink:
         # Shown by RabbitMQ (management UI, rabbitmqctl) so operators see who is connected.
         self._params.client_properties = {"connection_name": name}
         self._topology = topology
-        self._consume_queue = consume_queue
+        self._consume_queues = tuple(consume_queues)
         self._prefetch = prefetch
         self._on_ready = on_ready
-        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.inbox: LaneInbox[Inbound] = LaneInbox()
         self.ready = threading.Event()
         self.consumer_stopped = threading.Event()
         self._window = threading.BoundedSemaphore(window)
@@ -90,12 +101,16 @@ class AmqpLink:
         self._connection: pika.SelectConnection | None = None
         self._publish_channel: Channel | None = None
         self._consume_channel: Channel | None = None
-        self._consumer_tag: str | None = None
+        self._consumer_tags: list[str] = []
         self._generation = 0
         self._next_tag = 1
         self._pending: OrderedDict[int, tuple[str, Future[None]]] = OrderedDict()
         self._returned: set[str] = set()
         self._backoff = 0.5
+        self._connections = connections
+        self._was_ready = False
+        # Said once per outage, not once per attempt to reconnect.
+        self._unreachable_said = False
 
     @property
     def address(self) -> str:
@@ -222,11 +237,18 @@ class AmqpLink:
 
     def _cancel_consumer(self) -> None:
         channel = self._consume_channel
-        if channel is None or not channel.is_open or self._consumer_tag is None:
+        tags, self._consumer_tags = self._consumer_tags, []
+        if channel is None or not channel.is_open or not tags:
             self.consumer_stopped.set()
             return
-        channel.basic_cancel(self._consumer_tag, callback=lambda _f: self.consumer_stopped.set())
-        self._consumer_tag = None
+        waiting = set(tags)
+        for tag in tags:
+            channel.basic_cancel(tag, callback=functools.partial(self._on_cancelled, waiting, tag))
+
+    def _on_cancelled(self, waiting: set[str], tag: str, _frame: Any) -> None:
+        waiting.discard(tag)
+        if not waiting:
+            self.consumer_stopped.set()
 
     def _close_connection(self) -> None:
         if self._connection is not None and self._connection.is_open:
@@ -249,14 +271,22 @@ class AmqpLink:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        # A broker short of memory or disk stops taking what this process publishes.
+        connection.add_on_connection_blocked_callback(
+            lambda _c, frame: log.warning("amqp.blocked", reason=frame.method.reason)
+        )
+        connection.add_on_connection_unblocked_callback(
+            lambda _c, _frame: log.info("amqp.unblocked")
+        )
         connection.channel(on_open_callback=self._on_publish_channel_open)
 
     def _on_connection_open_error(self, connection: Any, error: BaseException | str) -> None:
-        log.warning(
-            "amqp.unreachable",
-            detail=f"RabbitMQ is unreachable at {self.address}: {error}",
-            retry_in_s=self._backoff,
-        )
+        detail = f"RabbitMQ is unreachable at {self.address}: {error}"
+        if self._unreachable_said:
+            log.debug("amqp.still_unreachable", detail=detail, retry_in_s=self._backoff)
+        else:
+            self._unreachable_said = True
+            log.warning("amqp.unreachable", detail=detail, retry_in_s=self._backoff)
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
@@ -269,8 +299,7 @@ class AmqpLink:
             self._window.release()
             future.set_exception(PublishError(f"connection to RabbitMQ lost: {reason}"))
         self._publish_channel = self._consume_channel = None
-        if self._consumer_tag is not None:
-            self._consumer_tag = None
+        self._consumer_tags = []
         if not self._closing.is_set():
             log.warning("amqp.disconnected", detail=str(reason), retry_in_s=self._backoff)
         else:
@@ -293,7 +322,7 @@ class AmqpLink:
         self._topology.declare_async(channel, self._on_topology_declared)
 
     def _on_topology_declared(self) -> None:
-        if self._consume_queue is None:
+        if not self._consume_queues:
             self._became_ready()
             return
         assert self._connection is not None
@@ -302,27 +331,41 @@ class AmqpLink:
     def _on_consume_channel_open(self, channel: Channel) -> None:
         self._consume_channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
-        channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: self._consume())
+        # Not global: RabbitMQ applies the limit to each consumer of the channel on its own, so
+        # every lane has `prefetch` messages of its own and a full low lane leaves room for high.
+        channel.basic_qos(
+            prefetch_count=self._prefetch, global_qos=False, callback=lambda _f: self._consume()
+        )
 
     def _consume(self) -> None:
-        assert self._consume_channel is not None and self._consume_queue is not None
-        self._consumer_tag = self._consume_channel.basic_consume(
-            self._consume_queue, self._on_message
-        )
+        channel = self._consume_channel
+        assert channel is not None
+        # One channel for every lane: delivery tags are per channel, so they stay unique and
+        # an ack needs no more than the tag and the connection's generation.
+        self._consumer_tags = [
+            channel.basic_consume(queue, self._on_message_of(rank))
+            for rank, queue in enumerate(self._consume_queues)
+        ]
         self._became_ready()
 
     def _became_ready(self) -> None:
         self._backoff = 0.5
+        self._unreachable_said = False
+        if self._was_ready and self._connections is not None:
+            self._connections.broker_reconnected()
+        self._was_ready = True
         self.ready.set()
-        log.info("amqp.ready", broker=self.address, queue=self._consume_queue)
+        log.info("amqp.ready", broker=self.address, queues=list(self._consume_queues))
         if self._on_ready is not None:
             self._on_ready()
 
-    def _on_message(
-        self, _channel: Channel, method: Basic.Deliver, properties: BasicProperties, body: bytes
-    ) -> None:
-        self.inbox.put(
-            Inbound(
+    def _on_message_of(
+        self, rank: int
+    ) -> Callable[[Channel, Basic.Deliver, BasicProperties, bytes], None]:
+        def on_message(
+            _channel: Channel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+        ) -> None:
+            inbound = Inbound(
                 body=body,
                 routing_key=method.routing_key,
                 headers=dict(properties.headers or {}),
@@ -330,4 +373,6 @@ class AmqpLink:
                 redelivered=method.redelivered,
                 generation=self._generation,
             )
-        )
+            self.inbox.put(inbound, rank)
+
+        return on_message

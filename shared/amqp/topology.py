@@ -12,6 +12,14 @@ has `JITTER_SLOTS` queues whose fixed TTLs step down from the tier's delay to
 `1 - JITTER_SPAN` of it; the worker puts each retry into a slot chosen at random. Every queue
 keeps one TTL, so nothing waits behind a longer message, and a burst leaves its tier spread
 over the last fifth of the delay. Slot 0 is the tier's plain queue (name and header unchanged).
+
+Priority lanes: the dispatch queue and each channel queue come in three lanes, one per message
+`priority` (`LANES`), so that a verification code never waits behind a marketing blast. RabbitMQ
+3.10's quorum queues have no message priorities, so a lane is a queue of its own; consumers take
+from every lane and hand out the higher lanes first (`shared.amqp.link`). The normal lane keeps
+the plain names (`dispatch`, `channel.web`), the others add the lane (`dispatch.high`,
+`channel.web.low`), and a queue is named by its prefix and routing key. A retry dead-letters
+back under its original routing key, so it comes back in its lane; the dead queue is shared.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from typing import Any
 
 from shared.config_file import DEFAULT_RETRY_DELAYS, Delay
 
+#: The priority lanes, highest first; a consumer lists its queues in this order.
+LANES = ("high", "normal", "low")
+#: The lane of a message that names none (and of every message published before lanes).
+NORMAL = "normal"
 DISPATCH_KEY = "dispatch"
 DELIVERY_LIMIT = 20
 #: Queues per retry tier, and how much of the tier's delay the shortest of them cuts off.
@@ -39,9 +51,20 @@ def slot_seconds(delay: Delay, slot: int) -> float:
     return delay.seconds * (1 - JITTER_SPAN * slot / (JITTER_SLOTS - 1))
 
 
-def channel_key(channel: str) -> str:
-    """The routing key of one channel's work queue."""
-    return f"channel.{channel}"
+def _in_lane(key: str, lane: str) -> str:
+    if lane not in LANES:
+        raise ValueError(f"unknown lane {lane!r}: one of {', '.join(LANES)}")
+    return key if lane == NORMAL else f"{key}.{lane}"
+
+
+def dispatch_key(lane: str = NORMAL) -> str:
+    """The routing key of the dispatch queue's lane `lane`."""
+    return _in_lane(DISPATCH_KEY, lane)
+
+
+def channel_key(channel: str, lane: str = NORMAL) -> str:
+    """The routing key of lane `lane` of one channel's work queue."""
+    return _in_lane(f"channel.{channel}", lane)
 
 
 @dataclass(frozen=True)
@@ -79,14 +102,26 @@ class Topology:
 
     @property
     def dispatch_queue(self) -> str:
-        return f"{self.prefix}.dispatch"
+        """The dispatch queue's normal lane."""
+        return self.dispatch_lane(NORMAL)
+
+    def dispatch_lane(self, lane: str) -> str:
+        return f"{self.prefix}.{dispatch_key(lane)}"
+
+    def dispatch_queues(self) -> list[str]:
+        """The dispatch queue's lanes, highest first: what the dispatcher consumes."""
+        return [self.dispatch_lane(lane) for lane in LANES]
 
     @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
 
-    def channel_queue(self, channel: str) -> str:
-        return f"{self.prefix}.channel.{channel}"
+    def channel_queue(self, channel: str, lane: str = NORMAL) -> str:
+        return f"{self.prefix}.{channel_key(channel, lane)}"
+
+    def channel_queues(self, channel: str) -> list[str]:
+        """One channel's lanes, highest first: what its workers consume."""
+        return [self.channel_queue(channel, lane) for lane in LANES]
 
     def retry_queue(self, tier: str) -> str:
         return f"{self.prefix}.retry.{tier}"
@@ -107,8 +142,12 @@ class Topology:
         )
 
     def queues(self) -> list[QueueSpec]:
-        specs = [self.work_queue(self.dispatch_queue, DISPATCH_KEY)]
-        specs += [self.work_queue(self.channel_queue(c), channel_key(c)) for c in self.channels]
+        specs = [self.work_queue(self.dispatch_lane(lane), dispatch_key(lane)) for lane in LANES]
+        specs += [
+            self.work_queue(self.channel_queue(c, lane), channel_key(c, lane))
+            for c in self.channels
+            for lane in LANES
+        ]
         for delay in self.retry_delays:
             specs += [self._retry_spec(delay, slot) for slot in range(JITTER_SLOTS)]
         specs.append(

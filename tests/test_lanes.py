@@ -1,0 +1,304 @@
+"""Priority lanes: a high message is not held up by the low ones queued before it.
+
+The names and keys of the lanes, then against the real broker and store: a retry and a dead
+letter stay in (or leave) their lane as they should, a consuming link hands out a high message
+before thousands of low ones, the relay publishes each message to its priority's dispatch lane,
+and a web worker busy with 5,000 low deliveries sends a high one at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import wait
+
+import pika
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, insert, select
+
+from channels.web import WebChannel
+from channels.worker import channel_context
+from dispatcher.dispatch import DispatchConsumer
+from dispatcher.relay import OutboxRelay
+from producer_api.api_keys import NewApp, create_app_with_key
+from producer_api.app import create_app
+from shared.amqp.link import AmqpLink, Outgoing
+from shared.amqp.topology import (
+    JITTER_SLOTS,
+    LANES,
+    Topology,
+    channel_key,
+    dispatch_key,
+    retry_slot,
+)
+from shared.config_file import Delay
+from shared.models import Delivery, Message, OutboxEntry
+from shared.runtime import Runtime
+from tests.conftest import AMQP_URL, isolated_settings, queue_depth, queue_prefix
+from tests.offline_dns import offline_resolver
+from tests.queued import queued_deliveries, queued_delivery, running_worker
+from tests.stack import wait_until
+
+ONE_SECOND = Delay("1s", 1.0)
+LOW_BACKLOG = 5000
+
+
+def test_the_normal_lane_keeps_the_plain_names_and_the_others_add_their_lane() -> None:
+    topology = Topology(prefix="op", channels=("web", "sms"))
+    assert LANES == ("high", "normal", "low")
+    assert [dispatch_key(lane) for lane in LANES] == ["dispatch.high", "dispatch", "dispatch.low"]
+    assert [channel_key("web", lane) for lane in LANES] == [
+        "channel.web.high",
+        "channel.web",
+        "channel.web.low",
+    ]
+    assert (dispatch_key(), channel_key("sms")) == ("dispatch", "channel.sms")
+    assert (topology.dispatch_queue, topology.channel_queue("web")) == (
+        "op.dispatch",
+        "op.channel.web",
+    )
+    assert topology.dispatch_queues() == ["op.dispatch.high", "op.dispatch", "op.dispatch.low"]
+    assert topology.channel_queues("sms") == [
+        "op.channel.sms.high",
+        "op.channel.sms",
+        "op.channel.sms.low",
+    ]
+    work = {s.name: s.routing_key for s in topology.queues() if s.exchange == topology.exchange}
+    assert work == {
+        f"op.{key}": key
+        for key in [
+            *(dispatch_key(lane) for lane in LANES),
+            *(channel_key(channel, lane) for channel in ("web", "sms") for lane in LANES),
+        ]
+    }
+    with pytest.raises(ValueError, match="unknown lane"):
+        channel_key("web", "urgent")
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """A web topology of its own with a single retry tier of a second (deleted afterwards)."""
+    with queue_prefix() as prefix:
+        built = Topology(prefix=prefix, channels=("web",), retry_delays=(ONE_SECOND,))
+        yield built
+        # Its own tier too: `queue_prefix` knows only the default ones.
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        built.delete_blocking(connection.channel())
+        connection.close()
+
+
+@pytest.fixture
+def link(topology: Topology) -> Iterator[AmqpLink]:
+    built = AmqpLink(AMQP_URL, topology)
+    built.start()
+    assert built.wait_ready(10), "the link never connected"
+    yield built
+    built.close()
+
+
+def test_a_retried_delivery_comes_back_in_its_lane_and_a_dead_one_goes_to_the_shared_dead_queue(
+    link: AmqpLink, topology: Topology
+) -> None:
+    retries = [
+        Outgoing(
+            channel_key("web", "high"),
+            b"{}",
+            headers={"tier": retry_slot("1s", slot)},
+            exchange=topology.retry_exchange,
+        )
+        for slot in range(JITTER_SLOTS)
+    ]
+    retries.append(
+        Outgoing(
+            channel_key("web", "low"),
+            b"{}",
+            headers={"tier": "1s"},
+            exchange=topology.retry_exchange,
+        )
+    )
+    dead = [
+        Outgoing(channel_key("web", lane), b"{}", exchange=topology.dead_exchange) for lane in LANES
+    ]
+    for future in link.publish_batch([*retries, *dead]):
+        future.result(timeout=10)
+    high, normal, low = topology.channel_queues("web")
+    wait_until(
+        lambda: (queue_depth(high), queue_depth(low)) == (JITTER_SLOTS, 1),
+        15,
+        "every retry back in its lane",
+    )
+    assert queue_depth(normal) == 0
+    assert queue_depth(topology.dead_queue) == len(LANES)
+
+
+def test_a_high_message_is_handed_out_before_thousands_of_low_ones_consumed_before_it(
+    link: AmqpLink, topology: Topology
+) -> None:
+    lows = link.publish_batch([Outgoing(channel_key("web", "low"), b"low")] * LOW_BACKLOG)
+    _done, not_done = wait(lows, timeout=60)
+    assert not not_done
+    high, _normal, low = topology.channel_queues("web")
+    prefetch = 50
+    consumer = AmqpLink(
+        AMQP_URL, topology, consume_queues=topology.channel_queues("web"), prefetch=prefetch
+    )
+    consumer.start()
+    try:
+        assert consumer.wait_ready(10)
+        # The low lane's consumer is full: the broker holds back the rest of the backlog.
+        wait_until(lambda: consumer.inbox.qsize() == prefetch, 10, "the low lane's prefetch")
+        link.publish_batch([Outgoing(channel_key("web", "high"), b"high")])[0].result(10)
+        # The high lane's consumer has a prefetch of its own, so the high message comes at once.
+        wait_until(lambda: consumer.inbox.qsize() == prefetch + 1, 10, "the high message")
+        taken = [consumer.inbox.get(timeout=1) for _ in range(prefetch + 1)]
+        assert [message.body for message in taken[:2]] == [b"high", b"low"]
+        assert taken[0].routing_key == channel_key("web", "high")
+        # One channel for every lane: delivery tags never clash, so each ack settles its own.
+        assert len({message.delivery_tag for message in taken}) == prefetch + 1
+        for message in taken[:2]:
+            consumer.ack(message)
+        wait_until(lambda: queue_depth(high) == 0, 10, "the high message acked")
+    finally:
+        consumer.close()
+    # Acked one low message; the unacked ones went back to their lane, none to another.
+    wait_until(lambda: queue_depth(low) == LOW_BACKLOG - 1, 10, "the unacked low ones back")
+    assert queue_depth(high) == 0
+
+
+@pytest.fixture
+def own_store() -> Iterator[tuple[Runtime, FlaskClient, NewApp]]:
+    """A store and queues of their own (a relay publishes every due row of its store), the
+    API on them, and an app with its API key."""
+    with isolated_settings() as settings:
+        runtime = Runtime.build(settings)
+        app = create_app(settings, runtime=runtime, resolver=offline_resolver())
+        with runtime.sessions() as session, session.begin():
+            tenant = create_app_with_key(session, "lanes")
+        try:
+            with app.test_client() as client:
+                yield runtime, client, tenant
+        finally:
+            runtime.close()
+
+
+def post(client: FlaskClient, tenant: NewApp, priority: str | None) -> str:
+    body = {"to": [{"user_id": "ann"}], "channels": ["web"], "content": {"title": "Hi"}}
+    response = client.post(
+        "/v1/messages",
+        json=body if priority is None else {**body, "priority": priority},
+        headers={"Authorization": f"Bearer {tenant.api_key}"},
+    )
+    assert response.status_code == 202, response.get_json()
+    message_id: str = response.get_json()["id"]
+    return message_id
+
+
+def take(queue: str) -> dict[str, str] | None:
+    """The payload of the message at the head of `queue` (removed), or None."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        _method, _properties, body = connection.channel().basic_get(queue, auto_ack=True)
+    finally:
+        connection.close()
+    return None if body is None else dict(json.loads(body))
+
+
+def test_the_relay_publishes_each_row_to_the_lane_of_its_message_priority(
+    own_store: tuple[Runtime, FlaskClient, NewApp],
+) -> None:
+    runtime, client, tenant = own_store
+    sent = {priority: post(client, tenant, priority) for priority in ("low", "high", "normal")}
+    unnamed = post(client, tenant, None)
+    # A delivery of the high message whose outbox row names only its channel (as a deferred one
+    # released later): its message's lane too.
+    delivery = {
+        "delivery_id": "dlv_later",
+        "message_id": sent["high"],
+        "app_id": tenant.app_id,
+        "channel": "web",
+    }
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            insert(OutboxEntry),
+            {"message_id": sent["high"], "routing_key": channel_key("web"), "payload": delivery},
+        )
+    link = AmqpLink(AMQP_URL, runtime.topology)
+    link.start()
+    try:
+        assert link.wait_ready(10)
+        assert OutboxRelay(runtime, link).relay_once() == 5
+    finally:
+        link.close()
+    web_high, web_normal, _web_low = runtime.topology.channel_queues("web")
+    assert queue_depth(web_normal) == 0
+    assert take(web_high) == {**delivery, "priority": "high"}
+    high, normal, low = runtime.topology.dispatch_queues()
+    assert [queue_depth(queue) for queue in (high, normal, low)] == [1, 2, 1]
+    app_id = tenant.app_id
+    assert take(high) == {"message_id": sent["high"], "app_id": app_id, "priority": "high"}
+    assert take(low) == {"message_id": sent["low"], "app_id": app_id, "priority": "low"}
+    assert [take(normal), take(normal)] == [
+        {"message_id": sent["normal"], "app_id": app_id, "priority": "normal"},
+        {"message_id": unnamed, "app_id": app_id, "priority": "normal"},
+    ]
+    with runtime.engine.connect() as connection:
+        unpublished = connection.scalar(
+            select(func.count()).where(OutboxEntry.published_at.is_(None))
+        )
+        statuses = set(connection.scalars(select(Message.status)))
+    assert (unpublished, statuses) == (0, {"queued"})
+
+
+def test_a_high_message_goes_from_the_relay_to_the_high_lane_of_its_channel(
+    own_store: tuple[Runtime, FlaskClient, NewApp],
+) -> None:
+    runtime, client, tenant = own_store
+    message_id = post(client, tenant, "high")
+    relay_link = AmqpLink(AMQP_URL, runtime.topology)
+    relay = OutboxRelay(runtime, relay_link)
+    link = AmqpLink(AMQP_URL, runtime.topology, consume_queues=runtime.topology.dispatch_queues())
+    dispatcher = DispatchConsumer(runtime, link)
+    threads = [threading.Thread(target=s.run, daemon=True) for s in (relay, dispatcher)]
+    for thread in threads:
+        thread.start()
+    high, normal, _low = runtime.topology.channel_queues("web")
+    try:
+        assert relay_link.wait_ready(10) and link.wait_ready(10), "RabbitMQ did not answer"
+        wait_until(lambda: queue_depth(high) + queue_depth(normal) == 1, 20, "the delivery")
+    finally:
+        relay.stop()
+        dispatcher.stop()
+        for thread in threads:
+            thread.join(20)
+    payload = take(high)
+    assert payload is not None, "the delivery of a high message went to the normal lane"
+    assert (payload["message_id"], payload["priority"]) == (message_id, "high")
+
+
+def test_a_high_delivery_is_sent_within_a_second_while_5000_low_ones_wait(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    _blast, lows = queued_deliveries(runtime, LOW_BACKLOG, priority="low")
+
+    def sent(ids: list[str]) -> int:
+        with runtime.engine.connect() as connection:
+            return int(
+                connection.scalar(
+                    select(func.count()).where(Delivery.id.in_(ids), Delivery.status == "sent")
+                )
+                or 0
+            )
+
+    with running_worker(runtime, WebChannel(channel_context(runtime, "web"))):
+        wait_until(lambda: sent(lows) > 0, 20, "the worker busy with the low backlog")
+        _message_id, code = queued_delivery(runtime, category="verification", priority="high")
+        queued_at = time.monotonic()
+        wait_until(lambda: sent([code]), 5, "the high delivery sent")
+        waited = time.monotonic() - queued_at
+        lows_sent = sent(lows)
+    assert waited < 1.0, f"the high delivery waited {waited:.2f}s behind the low ones"
+    assert lows_sent < LOW_BACKLOG, "the low backlog was gone before the high one was sent"
