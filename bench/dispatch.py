@@ -13,13 +13,18 @@ to the last of its web deliveries in the channel queue (written, published and c
    raw pika consuming the same number of messages of the same size from a quorum queue with
    manual acks, on the same broker in the same run; the target is a ratio of at least 0.3;
 2. fan-out: one message to a topic of 100,000 subscribers (created with the store's bulk
-   insert); deliveries per second, target 5,000.
+   insert); deliveries per second, target 5,000;
+3. lanes: the whole pipeline (API, relay, dispatcher, web worker, gateway) with 50,000 `low`
+   marketing web deliveries waiting in the web channel's low lane when the web worker starts;
+   while it works through them, a few `high` verification codes are POSTed one after another
+   to a user with a connected Socket.IO client: POST to notification, p50 and max.
 
 With `--py-spy PATH` each timed dispatcher is profiled; the collapsed stacks are written to
 var/ and the functions most often on the stack are printed. Results are printed and written
 to var/bench-dispatch.json.
 
-    python -m bench.dispatch [--messages 20000] [--subscribers 100000] [--py-spy PATH]
+    python -m bench.dispatch [--messages 20000] [--subscribers 100000] [--backlog 50000]
+                             [--samples 5] [--py-spy PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +50,7 @@ from sqlalchemy import func, insert, select, text
 
 from bench import cpu
 from bench.baseline import publish_confirmed
+from bench.e2e import Receiver
 from producer_api.api_keys import NewApp, create_app_with_key
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Subscription, Topic, User, table_of
@@ -67,10 +74,12 @@ INFRASTRUCTURE = {"postgresql": "postgres", "rabbitmq": "beam.smp", "redis": "re
 TIMEOUT_SECONDS = 300.0
 
 
-def user_rows(app_id: str, user_ids: Sequence[str], now: datetime) -> list[dict[str, Any]]:
+def user_rows(
+    app_id: str, user_ids: Sequence[str], now: datetime, opted_out: str
+) -> list[dict[str, Any]]:
     """Registered users whose preferences and quiet hours the stages read, neither of which
-    applies to a notification now: they opted out of marketing only, and their quiet hours
-    begin six hours from now in their zone."""
+    applies to what a phase sends now: they opted out of the web channel for the category
+    `opted_out` only, and their quiet hours begin six hours from now in their zone."""
     local = now.astimezone(ZoneInfo(ZONE))
     quiet = {
         "start": (local + timedelta(hours=6)).strftime("%H:%M"),
@@ -81,7 +90,7 @@ def user_rows(app_id: str, user_ids: Sequence[str], now: datetime) -> list[dict[
             "app_id": app_id,
             "user_id": user_id,
             "timezone": ZONE,
-            "preferences": {"marketing": {"web": False}},
+            "preferences": {opted_out: {"web": False}},
             "quiet_hours": quiet,
             "created_at": now,
             "updated_at": now,
@@ -90,9 +99,11 @@ def user_rows(app_id: str, user_ids: Sequence[str], now: datetime) -> list[dict[
     ]
 
 
-def register_users(runtime: Runtime, app_id: str, user_ids: Sequence[str]) -> None:
+def register_users(
+    runtime: Runtime, app_id: str, user_ids: Sequence[str], opted_out: str = "marketing"
+) -> None:
     with runtime.engine.begin() as connection:
-        connection.execute(insert(table_of(User)), user_rows(app_id, user_ids, utcnow()))
+        connection.execute(insert(table_of(User)), user_rows(app_id, user_ids, utcnow(), opted_out))
 
 
 def create_topic(runtime: Runtime, app_id: str, key: str, user_ids: Sequence[str]) -> None:
@@ -445,10 +456,90 @@ def written_at(runtime: Runtime) -> float:
     return float(at.timestamp())
 
 
+def lane_phase(backlog: int, samples: int) -> dict[str, Any]:
+    """A `high` verification message POSTed while `backlog` low marketing web deliveries wait
+    for the web worker: POST to the notification at a connected Socket.IO client."""
+    users = [f"user-{n:06d}" for n in range(backlog)]
+    blast = {
+        "to": [{"topic": "everyone"}],
+        "channels": ["web"],
+        "category": "marketing",
+        "priority": "low",
+        "content": {"title": "Spring sale", "body": "Everything 20% off this week."},
+    }
+    with isolated_settings() as settings, private_stack(settings) as stack:
+        runtime = Runtime.build(settings)
+        watch = QueueWatch(settings.amqp_url)
+        try:
+            for service in ("api", "relay", "dispatcher", "gateway"):
+                stack.start(service)
+            tenant = Tenant(runtime, stack, "bench-lanes")
+            try:
+                register_users(runtime, tenant.app.app_id, [*users, "alice"], "notification")
+                create_topic(runtime, tenant.app.app_id, "everyone", users)
+                analyze(runtime)
+                tenant.put_policy()
+                tenant.post([blast])
+                low = runtime.topology.channel_queue("web", "low")
+                wait_until(lambda: watch.depth(low) >= backlog, TIMEOUT_SECONDS, f"{low} filled")
+                receiver = Receiver(
+                    stack.gateway_url, settings.secret_key, tenant.app.app_id, ["alice"]
+                )
+                try:
+                    stack.start("worker-web")
+                    measured = [
+                        high_sample(tenant, receiver, watch, low, n) for n in range(samples)
+                    ]
+                finally:
+                    receiver.close()
+            finally:
+                tenant.close()
+        finally:
+            watch.close()
+            runtime.close()
+    latencies = sorted(sample["ms"] for sample in measured)
+    return {
+        "low_backlog": backlog,
+        "samples": measured,
+        "p50_ms": round(statistics.median(latencies), 1),
+        "max_ms": round(latencies[-1], 1),
+    }
+
+
+def high_sample(
+    tenant: Tenant, receiver: Receiver, watch: QueueWatch, low: str, n: int
+) -> dict[str, Any]:
+    """One `high` verification code to alice: milliseconds from its POST to its arrival, and
+    how many low deliveries still waited then (the backlog it went past)."""
+    time.sleep(0.5)  # spacing the samples, so that each finds the worker busy with low ones
+    waiting = watch.depth(low)
+    sent_at = time.monotonic()
+    answer = tenant.http.post(
+        "/v1/messages",
+        json={
+            "to": [{"user_id": "alice"}],
+            "channels": ["web"],
+            "category": "verification",
+            "priority": "high",
+            "content": {"title": "Your code", "body": f"{n:06d} is your sign-in code."},
+        },
+    )
+    answer.raise_for_status()
+    message_id = answer.json()["id"]
+    wait_until(lambda: message_id in receiver.arrivals, 60, f"{message_id} at the client")
+    return {
+        "ms": round((receiver.arrivals[message_id] - sent_at) * 1000, 1),
+        "low_waiting_before": waiting,
+        "low_waiting_after": watch.depth(low),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000, help="single-recipient messages")
     parser.add_argument("--subscribers", type=int, default=100_000, help="topic fan-out")
+    parser.add_argument("--backlog", type=int, default=50_000, help="low deliveries queued")
+    parser.add_argument("--samples", type=int, default=5, help="high messages timed")
     parser.add_argument("--py-spy", metavar="PATH", help="profile each timed dispatcher")
     args = parser.parse_args()
     Path("var").mkdir(exist_ok=True)
@@ -456,16 +547,20 @@ def main() -> int:
     result = {
         "messages": messages_phase(args.messages, profiler),
         "fan_out": fan_out_phase(args.subscribers, profiler),
+        "lanes": lane_phase(args.backlog, args.samples),
     }
     Path("var/bench-dispatch.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    single, fan_out = result["messages"], result["fan_out"]
+    single, fan_out, lanes = result["messages"], result["fan_out"], result["lanes"]
     print(
         f"\nmessages: {single['dispatcher']['per_s']:.0f}/s through the dispatcher, raw pika "
         f"consume+ack {single['baseline_pika_consume_ack_per_s']:.0f}/s, "
         f"ratio {single['ratio']:.3f} (target 0.3)\n"
         f"fan-out: {fan_out['dispatcher']['per_s']:.0f} deliveries/s to a topic of "
-        f"{fan_out['subscribers']} (target 5000)"
+        f"{fan_out['subscribers']} (target 5000)\n"
+        f"lanes: a high message behind {lanes['low_backlog']} low web deliveries reached its "
+        f"Socket.IO client in p50 {lanes['p50_ms']} ms, max {lanes['max_ms']} ms "
+        f"({len(lanes['samples'])} samples)"
     )
     return 0
 
