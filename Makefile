@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.channels
+	$(BIN)/python -m bench.dispatch
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Publishes N persistent messages with asynchronous confirms (a window, no wait per message) on
 one connection while a second connection consumes them with manual acks. The rate at which
-messages come out the other end is what omnipush's pipeline is compared with.
+messages come out the other end is what omnipush's pipeline is compared with. The publishing
+half (`publish_confirmed`) also fills the dispatcher benchmark's baseline queue.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import pika
 from pika.spec import Basic, BasicProperties
+
+BODY = b'{"delivery_id":"dlv_x","message_id":"msg_x","app_id":"app_x","channel":"web"}'
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def run_baseline(amqp_url: str, messages: int = 20_000, window: int = 1000) -> B
     started = time.monotonic()
     consumer = threading.Thread(target=_consume, args=(amqp_url, queue, messages, consumed))
     consumer.start()
-    _publish(amqp_url, queue, messages, window)
+    publish_confirmed(amqp_url, queue, messages, window)
     consumer.join()
     elapsed = time.monotonic() - started
     cleanup = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -60,9 +63,12 @@ def _consume(amqp_url: str, queue: str, expected: int, done: threading.Event) ->
     done.set()
 
 
-def _publish(amqp_url: str, queue: str, total: int, window: int) -> None:
+def publish_confirmed(
+    amqp_url: str, queue: str, total: int, window: int, body: bytes = BODY
+) -> None:
+    """Publish `total` persistent copies of `body` to `queue`, keeping up to `window`
+    unconfirmed; returns once the broker has confirmed them all."""
     state = {"sent": 0, "confirmed": 0}
-    body = b'{"delivery_id":"dlv_x","message_id":"msg_x","app_id":"app_x","channel":"web"}'
     properties = BasicProperties(delivery_mode=2, content_type="application/json")
 
     def pump(channel: pika.channel.Channel) -> None:
