@@ -9,13 +9,13 @@ deferred (naming the stage), and an outbox row per deferred delivery, due when i
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, select, tuple_
+from sqlalchemy import Connection, bindparam, exists, insert, select
 
 from dispatcher.stages.base import Candidate, MessageFacts, RecipientFacts
 from dispatcher.stages.pipeline import Decision, PolicyPipeline
@@ -46,35 +46,46 @@ def message_facts(row: Any) -> MessageFacts:
     )
 
 
+_FACTS = select(
+    _U.c.user_id,
+    _U.c.email.is_not(None),
+    _U.c.phone.is_not(None),
+    _HAS_DEVICES,
+    _U.c.timezone,
+    _U.c.preferences,
+    _U.c.quiet_hours,
+).where(_U.c.app_id == bindparam("app"), _U.c.user_id.in_(bindparam("users", expanding=True)))
+
+
 def recipient_facts(
     connection: Connection, users: set[tuple[str, str]]
 ) -> dict[tuple[str, str], RecipientFacts]:
     """(app_id, user_id) -> what the stages read of that user, for those registered."""
-    if not users:
-        return {}
-    rows = connection.execute(
-        select(
-            _U.c.app_id,
-            _U.c.user_id,
-            _U.c.email.is_not(None),
-            _U.c.phone.is_not(None),
-            _HAS_DEVICES,
-            _U.c.timezone,
-            _U.c.preferences,
-            _U.c.quiet_hours,
-        ).where(tuple_(_U.c.app_id, _U.c.user_id).in_(list(users)))
-    )
-    return {
-        (app_id, user_id): RecipientFacts(
-            email=bool(email),
-            phone=bool(phone),
-            devices=bool(devices),
-            timezone=timezone,
-            preferences=preferences or {},
-            quiet_hours=quiet_hours,
-        )
-        for app_id, user_id, email, phone, devices, timezone, preferences, quiet_hours in rows
-    }
+    by_app: dict[str, list[str]] = defaultdict(list)
+    for app_id, user_id in users:
+        by_app[app_id].append(user_id)
+    facts = {}
+    # One statement per app: PostgreSQL plans `app_id = ? AND user_id IN (...)` in well under a
+    # millisecond, where a tuple IN of a page of users took it longer to plan than to run.
+    for app_id, user_ids in by_app.items():
+        for (
+            user_id,
+            email,
+            phone,
+            devices,
+            timezone,
+            preferences,
+            quiet_hours,
+        ) in connection.execute(_FACTS, {"app": app_id, "users": user_ids}):
+            facts[(app_id, user_id)] = RecipientFacts(
+                email=bool(email),
+                phone=bool(phone),
+                devices=bool(devices),
+                timezone=timezone,
+                preferences=preferences or {},
+                quiet_hours=quiet_hours,
+            )
+    return facts
 
 
 @dataclass

@@ -61,15 +61,20 @@ class Scene:
     browser: InboxClient
 
     def post(self, count: int, title: str) -> list[str]:
-        """`count` messages to the user in one batch request; their ids."""
+        """`count` messages to the user in one batch request, each its own (numbered, so that
+        content dedup lets every one through); their ids."""
         response = httpx.post(
             f"{self.stack.api_url}/v1/messages/batch",
             headers={"Authorization": f"Bearer {self.tenant.api_key}"},
             json={
                 "messages": [
-                    {"to": [{"user_id": USER}], "channels": ["web"], "content": {"title": title}}
+                    {
+                        "to": [{"user_id": USER}],
+                        "channels": ["web"],
+                        "content": {"title": f"{title} {i}"},
+                    }
+                    for i in range(count)
                 ]
-                * count
             },
             timeout=30,
         )
