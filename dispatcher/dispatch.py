@@ -43,6 +43,7 @@ from dispatcher.stages.pipeline import PolicyPipeline, standard_stages
 from dispatcher.targets import delivery_targets
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
+from shared.amqp.settlements import Settlements
 from shared.amqp.topology import channel_key
 from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
@@ -139,6 +140,7 @@ class DispatchConsumer(BatchConsumer):
         super().__init__(link)
         self.runtime = runtime
         self.metrics = metrics or DispatchMetrics()
+        self._settlements = Settlements()
         self.page_size = runtime.settings.dispatch_page_size
         self._in = DispatchPayload()
         self._out = DeliveryPayload()
@@ -184,27 +186,48 @@ class DispatchConsumer(BatchConsumer):
             self._expand_in_pages(message_id, progress)
             if (finished := self._paged.finished.pop(message_id, None)) is not None:
                 plan.outcomes[message_id] = finished
-        wait([f for fs in per_message.values() for f in fs], timeout=CONFIRM_TIMEOUT_SECONDS)
-        confirmed = {
-            mid: all(f.done() and f.exception() is None for f in fs)
-            for mid, fs in per_message.items()
-        }
-        for message_id in [*plan.pending, *plan.paged]:
-            confirmed[message_id] = self._publish_pending(message_id)
-        for message_id, sources in wanted.items():
-            for source in sources:
-                if confirmed[message_id]:
-                    self.link.ack(source)
-                else:
-                    self.link.nack(source, requeue=True)
-        # Said once its sources are acked: what each message became, one line each.
-        for message_id, (app_id, recipients, counts) in plan.outcomes.items():
-            log_dispatched(message_id, app_id, recipients, counts)
+        # Redeliveries and large messages publish what is left a page at a time, each page
+        # confirmed before the next; settled together once all of them are, so that a batch
+        # handled again after a failure settles nothing twice.
+        published = {mid: self._publish_pending(mid) for mid in [*plan.pending, *plan.paged]}
+        for message_id, confirmed in published.items():
+            self._settle(message_id, wanted[message_id], plan.outcomes.get(message_id), confirmed)
+        # The others are settled when their confirms come in, while the next batch goes on.
+        for message_id, confirms in per_message.items():
+            if message_id not in published:
+                self._settlements.when_confirmed(
+                    confirms,
+                    functools.partial(
+                        self._settle, message_id, wanted[message_id], plan.outcomes.get(message_id)
+                    ),
+                )
         totals: Counter[tuple[str, str]] = Counter()
         for _app, _recipients, counts in plan.outcomes.values():
             totals.update(counts)
         self.metrics.observe_batch(len(wanted), totals, plan.lags)
         log.debug("dispatch.batch", messages=len(wanted), deliveries=len(ordered))
+
+    def _settle(
+        self,
+        message_id: str,
+        sources: list[Inbound],
+        outcome: tuple[str, int, Counter[tuple[str, str]]] | None,
+        confirmed: bool,
+    ) -> None:
+        """Ack a message's sources once its deliveries are confirmed (else requeue them), then
+        say what it became."""
+        for source in sources:
+            if confirmed:
+                self.link.ack(source)
+            else:
+                self.link.nack(source, requeue=True)
+        if confirmed and outcome is not None:
+            log_dispatched(message_id, *outcome)
+
+    def finish(self) -> None:
+        """Settle the messages whose confirms are still coming before the link closes."""
+        if not self._settlements.drain(CONFIRM_TIMEOUT_SECONDS):
+            log.warning("dispatch.unsettled_at_stop")
 
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
         """Each delivery to its channel, in the lane of its message's priority."""
@@ -229,8 +252,10 @@ class DispatchConsumer(BatchConsumer):
 
     def _publish_pending(self, message_id: str) -> bool:
         """Publish a message's unsent deliveries a page at a time; False unless all of them
-        were confirmed."""
+        were confirmed. Pages go out while the earlier ones' confirms come in (the link's
+        window bounds how many are in flight)."""
         after = ""
+        futures: list[Future[None]] = []
         with self.runtime.engine.connect() as connection:
             priority = connection.scalar(_PRIORITY, {"message": message_id}) or "normal"
         while True:
@@ -239,12 +264,11 @@ class DispatchConsumer(BatchConsumer):
                     _PENDING_PAGE, {"message": message_id, "after": after, "limit": self.page_size}
                 ).all()
             if not page:
-                return True
-            futures = self._publish([Written(*row).payload(priority) for row in page])
-            wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
-            if not all(f.done() and f.exception() is None for f in futures):
-                return False
+                break
+            futures += self._publish([Written(*row).payload(priority) for row in page])
             after = page[-1].id
+        wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
+        return all(f.done() and f.exception() is None for f in futures)
 
     def _expand(self, connection: Connection, message_ids: list[str]) -> Plan:
         """Write the deliveries of every message that fits in this transaction, as the policy

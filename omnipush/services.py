@@ -84,6 +84,8 @@ def run_dispatcher(settings: Settings) -> None:
         settings.amqp_url,
         runtime.topology,
         consume_queues=runtime.topology.dispatch_queues(),
+        # Room for the next batch while the last one's confirms (and so its acks) come in.
+        prefetch=2 * DispatchConsumer.batch_size,
         name=connection_name(settings, "dispatcher"),
         connections=connections,
     )

@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines or readable console lines (by default: console on a terminal)."""
+"""structlog set-up: JSON lines or readable console lines (by default: console on a terminal).
+
+omnipush's own lines go from structlog straight to stderr, levels below the threshold costing
+nothing: a dispatcher writes a line per message, and the standard library's handler, record
+and formatter took more of its time than its policy stages. Lines of the libraries that log
+through the standard library (pika, gunicorn, ...) get the same format through its handler.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def configure_logging(
     as_json = log_format == "json"
     shared_processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -35,10 +41,11 @@ def configure_logging(
     structlog.configure(
         processors=[
             *shared_processors,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            structlog.processors.format_exc_info if as_json else _identity,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=_NamedWriteLogger.factory,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -58,6 +65,19 @@ def configure_logging(
     # httpx logs every request's whole URL at INFO: a signed query holds numbers and keys.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """Writes rendered lines to stderr, and knows the name its module asked for (the
+    `logger` of each line)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(sys.stderr)
+        self.name = name
+
+    @classmethod
+    def factory(cls, *args: object) -> _NamedWriteLogger:
+        return cls(str(args[0]) if args else "")
 
 
 def _identity(

@@ -52,6 +52,9 @@ class BatchConsumer(ABC):
     def handle_batch(self, batch: list[Inbound]) -> None:
         """Do the work of `batch` and ack (or nack) every message in it."""
 
+    def finish(self) -> None:  # noqa: B027 - optional hook, most consumers settle as they go
+        """Called once the last batch is handled, before the link closes."""
+
     def stop(self) -> None:
         """Stop taking new messages; `run` returns once those already taken are handled."""
         if not self._stopping.is_set():
@@ -71,6 +74,7 @@ class BatchConsumer(ABC):
             batch = self._next_batch(timeout=0.2)
             if batch:
                 self._handle_safely(batch)
+        self.finish()
         self.link.close()
         log.info("consumer.stopped")
 
