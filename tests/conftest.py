@@ -169,6 +169,16 @@ def broker_proxy() -> Iterator[FaultProxy]:
         yield proxy
 
 
+@pytest.fixture
+def link(topology: Topology) -> Iterator[AmqpLink]:
+    """A started link on the requesting module's `topology` fixture, closed afterwards."""
+    built = AmqpLink(AMQP_URL, topology)
+    built.start()
+    assert built.wait_ready(10), "the link never connected"
+    yield built
+    built.close()
+
+
 def amqp_url_via(proxy: FaultProxy) -> str:
     return f"amqp://guest:guest@{proxy.address}/%2F"
 

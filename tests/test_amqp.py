@@ -24,15 +24,6 @@ def topology() -> Iterator[Topology]:
         yield Topology(prefix=prefix, channels=("web",))
 
 
-@pytest.fixture
-def link(topology: Topology) -> Iterator[AmqpLink]:
-    built = AmqpLink(AMQP_URL, topology)
-    built.start()
-    assert built.wait_ready(10), "the link never connected"
-    yield built
-    built.close()
-
-
 def test_declaring_twice_is_harmless_and_queues_are_quorum_with_a_delivery_limit(
     topology: Topology,
 ) -> None:

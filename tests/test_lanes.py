@@ -105,15 +105,6 @@ def topology() -> Iterator[Topology]:
         connection.close()
 
 
-@pytest.fixture
-def link(topology: Topology) -> Iterator[AmqpLink]:
-    built = AmqpLink(AMQP_URL, topology)
-    built.start()
-    assert built.wait_ready(10), "the link never connected"
-    yield built
-    built.close()
-
-
 def test_a_retried_delivery_comes_back_in_its_lane_and_a_dead_one_goes_to_the_shared_dead_queue(
     link: AmqpLink, topology: Topology
 ) -> None:
