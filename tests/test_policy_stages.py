@@ -286,6 +286,21 @@ def test_the_default_caps_marketing_at_five_a_day(client: redis.Redis, prefix: s
     assert timedelta(hours=23) < timedelta(milliseconds=int(client.pttl(key))) <= timedelta(days=1)
 
 
+def test_the_redis_stages_go_on_deciding_after_redis_lost_their_scripts(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A restarted Redis has no scripts; the stages load theirs again and count as before."""
+    dedup, cap = ContentDedup(client, prefix), FrequencyCap(client, prefix)
+    policy = Policy(frequency_cap={"marketing": Cap(1, 3600.0)})
+    first = candidate(category="marketing", policy=policy, message="m1")
+    again = candidate(category="marketing", policy=policy, message="m2")
+    assert statuses(dedup, [first]) == [None]
+    assert statuses(cap, [first]) == [None]
+    client.script_flush()
+    assert statuses(dedup, [again]) == ["deduplicated"]
+    assert statuses(cap, [again]) == ["throttled"]
+
+
 def test_a_redis_stage_without_redis_raises_unless_it_fails_open() -> None:
     away = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.exceptions.ConnectionError):

@@ -25,6 +25,7 @@ class MessageFacts:
     content: Mapping[str, Any]
     dedup_key: str | None = None
     fallback: Sequence[str] | None = None
+    _digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def template(self) -> str | None:
@@ -39,6 +40,17 @@ class MessageFacts:
             return self.content
         part = (self.content.get("parts") or {}).get(channel)
         return part if isinstance(part, Mapping) else None
+
+    def content_digest(self, channel: str) -> str:
+        """A digest of what `channel` sends, the same for the same content; worked out once
+        per channel (a topic's thousands of deliveries send the same)."""
+        digests = self._digests
+        if channel not in digests:
+            encoded = json.dumps(
+                self.part(channel) or {}, sort_keys=True, separators=(",", ":"), default=str
+            )
+            digests[channel] = hashlib.sha256(encoded.encode()).hexdigest()
+        return digests[channel]
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,7 @@ class Candidate:
 
     def content_digest(self) -> str:
         """A digest of what this delivery sends, the same for the same content."""
-        part = self.message.part(self.channel) or {}
-        encoded = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        return self.message.content_digest(self.channel)
 
 
 #: The statuses a verdict may give; `deferred` is the one that is not final.

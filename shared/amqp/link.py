@@ -143,10 +143,10 @@ class AmqpLink:
         return futures
 
     def ack(self, message: Inbound) -> None:
-        self._threadsafe(lambda: self._settle(message, ack=True, requeue=False))
+        self._on_io_thread(lambda: self._settle(message, ack=True, requeue=False))
 
     def nack(self, message: Inbound, requeue: bool = True) -> None:
-        self._threadsafe(lambda: self._settle(message, ack=False, requeue=requeue))
+        self._on_io_thread(lambda: self._settle(message, ack=False, requeue=requeue))
 
     def stop_consuming(self) -> None:
         """Ask the broker to stop delivering; `consumer_stopped` is set once it has."""
@@ -159,6 +159,14 @@ class AmqpLink:
         self._thread.join(timeout)
 
     # I/O thread -------------------------------------------------------------------------------
+
+    def _on_io_thread(self, callback: Callable[[], None]) -> None:
+        """Run `callback` now if this is the I/O thread (a settlement hung on a confirm is),
+        else hand it over: waking the I/O loop costs a system call per callback."""
+        if threading.get_ident() == self._thread.ident:
+            callback()
+        else:
+            self._threadsafe(callback)
 
     def _threadsafe(self, callback: Callable[[], None]) -> bool:
         connection = self._connection
