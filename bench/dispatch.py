@@ -211,8 +211,10 @@ def summarize(path: Path, limit: int = 20) -> dict[str, dict[str, float]]:
     leaves: Counter[str] = Counter()
     ours: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # py-spy now and then reads a frame's name torn (a line break in it)
         samples = int(count)
         total += samples
         frames = stack.split(";")

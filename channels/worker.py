@@ -170,6 +170,16 @@ _MARK_DEFERRED = (
         updated_at=bindparam("now"),
     )
 )
+# Taken before a message's deliveries are read to settle it: the dispatcher's last step of a
+# large message holds the row while it marks the message dispatched, so the two take turns and
+# each reads what the other committed (`dispatcher.expansion`). In id order, so that workers
+# settling overlapping batches never wait on each other in a circle.
+_LOCK_MESSAGES = (
+    select(_M.c.id)
+    .where(_M.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_M.c.id)
+    .with_for_update()
+)
 _STATUSES = select(_D.c.message_id, _D.c.id, _D.c.status, _D.c.fallback_of).where(
     _D.c.message_id.in_(bindparam("ids", expanding=True))
 )
@@ -557,6 +567,8 @@ class ChannelWorker(BatchConsumer):
         status callback (`shared.outbox`)."""
         if not message_ids:
             return []
+        if connection.dialect.name == "postgresql":
+            connection.execute(_LOCK_MESSAGES, {"ids": list(message_ids)})
         rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         found = connection.execute(_STATUSES, {"ids": list(message_ids)})
         for message_id, delivery_id, status, fallback_of in found:

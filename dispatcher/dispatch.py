@@ -4,9 +4,9 @@ For a batch of messages it writes one delivery row per recipient and channel in 
 transaction, publishes one AMQP message per delivery to `channel.<name>`, and acks each source
 message only after all of its deliveries are confirmed by the broker. A message whose topics
 hold more subscribers than a page is expanded page by page instead (`dispatcher.expansion`),
-each page in its own transaction, then published a page at a time. A redelivered message finds
-its deliveries already written (or resumes its expansion where it stopped) and publishes the
-unsent ones again; the channel workers make that harmless.
+each page in its own transaction and published as soon as it commits. A redelivered message
+finds its deliveries already written (or resumes its expansion where it stopped) and publishes
+the unsent ones again, a page at a time; the channel workers make that harmless.
 """
 
 from __future__ import annotations
@@ -112,6 +112,12 @@ def log_dispatched(
     )
 
 
+def all_confirmed(futures: Sequence[Future[None]]) -> bool:
+    """Wait for the broker's confirms of `futures`; False unless every one came, positive."""
+    wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
+    return all(f.done() and f.exception() is None for f in futures)
+
+
 def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic: str) -> list[str]:
     return members.get((app_id, topic), [])
 
@@ -182,14 +188,20 @@ class DispatchConsumer(BatchConsumer):
         per_message: dict[str, list[Future[None]]] = {mid: [] for mid in wanted}
         for (mid, _delivery), future in zip(ordered, futures, strict=True):
             per_message[mid].append(future)
+        # Large messages publish each page as it commits; a resumed expansion cannot know what
+        # the dispatcher before it published, so, like a redelivery, it publishes what is left
+        # once it is done. These are settled together once all of them are confirmed, so that
+        # a batch handled again after a failure settles nothing twice.
+        published: dict[str, bool] = {}
         for message_id, progress in plan.paged.items():
-            self._expand_in_pages(message_id, progress)
+            confirms = self._expand_in_pages(message_id, progress)
             if (finished := self._paged.finished.pop(message_id, None)) is not None:
                 plan.outcomes[message_id] = finished
-        # Redeliveries and large messages publish what is left a page at a time, each page
-        # confirmed before the next; settled together once all of them are, so that a batch
-        # handled again after a failure settles nothing twice.
-        published = {mid: self._publish_pending(mid) for mid in [*plan.pending, *plan.paged]}
+            if progress is None:
+                published[message_id] = all_confirmed(confirms)
+            else:
+                plan.pending.append(message_id)
+        published.update({mid: self._publish_pending(mid) for mid in plan.pending})
         for message_id, confirmed in published.items():
             self._settle(message_id, wanted[message_id], plan.outcomes.get(message_id), confirmed)
         # The others are settled when their confirms come in, while the next batch goes on.
@@ -238,17 +250,25 @@ class DispatchConsumer(BatchConsumer):
             ]
         )
 
-    def _expand_in_pages(self, message_id: str, progress: tuple[int, str] | None) -> None:
-        """Expand a large message step after step, each step committed on its own."""
+    def _expand_in_pages(
+        self, message_id: str, progress: tuple[int, str] | None
+    ) -> list[Future[None]]:
+        """Expand a large message step after step, each step committed on its own; the
+        publications' futures of a fresh expansion, which publishes each step's deliveries
+        right after it commits (a resumed one publishes everything once it is done)."""
         if progress is not None:
             log.info("dispatch.resumed", message_id=message_id, step=progress[0], after=progress[1])
         steps = 0
+        futures: list[Future[None]] = []
         done = False
         while not done:
             with self.runtime.engine.begin() as connection:
-                done = self._paged.expand_step(connection, message_id)
+                done, ready = self._paged.expand_step(connection, message_id)
+            if progress is None:
+                futures += self._publish(ready)
             steps += 1
         log.debug("dispatch.expanded", message_id=message_id, steps=steps)
+        return futures
 
     def _publish_pending(self, message_id: str) -> bool:
         """Publish a message's unsent deliveries a page at a time; False unless all of them
@@ -267,8 +287,7 @@ class DispatchConsumer(BatchConsumer):
                 break
             futures += self._publish([Written(*row).payload(priority) for row in page])
             after = page[-1].id
-        wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
-        return all(f.done() and f.exception() is None for f in futures)
+        return all_confirmed(futures)
 
     def _expand(self, connection: Connection, message_ids: list[str]) -> Plan:
         """Write the deliveries of every message that fits in this transaction, as the policy

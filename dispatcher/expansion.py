@@ -7,10 +7,13 @@ position reached (`message_expansions`: step, last user id) commit together, so 
 killed mid-way resumes where it stopped, and `ON CONFLICT DO NOTHING` on (message, recipient,
 channel) means that nobody is written twice, across topics or across a retried step.
 
-The message stays undispatched while it expands, and its deliveries are published only once it
-is `dispatched`: a channel worker never settles a message whose deliveries are still being
-written. A message canceled or expired meanwhile stops expanding, and the deliveries already
-written end with its status. A topic is read as it is while it is expanded: a user subscribed
+Each step says which of its new deliveries are ready to publish, so the dispatcher publishes a
+page as soon as it commits and channel workers start on a large topic while the rest of it is
+being written. The message stays undispatched while it expands: a worker settles a message only
+once it is `dispatched`, and locks the message's row to do so, so the last step (which marks it
+dispatched) and a worker settling it take turns and each sees what the other wrote. A message
+canceled or expired meanwhile stops expanding, and the deliveries already written and not yet
+sent end with its status. A topic is read as it is while it is expanded: a user subscribed
 behind the position reached is not reached by this message.
 """
 
@@ -94,9 +97,9 @@ _END_WRITTEN = (
     .where(_D.c.message_id == bindparam("message"), _D.c.status.in_(("pending", "queued")))
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
-_STANDING = select(_D.c.id, _D.c.recipient, _D.c.channel, _D.c.status, _D.c.fallback_of).where(
-    _D.c.message_id == bindparam("message")
-)
+_STANDING = select(
+    _D.c.id, _D.c.recipient, _D.c.channel, _D.c.status, _D.c.fallback_of, _D.c.attempts
+).where(_D.c.message_id == bindparam("message"))
 _TOPIC_PAGE = (
     select(_S.c.user_id)
     .where(
@@ -211,6 +214,14 @@ def _page_members(page: list[str], _topic: str) -> list[str]:
     return page
 
 
+class Step(NamedTuple):
+    """What one expansion step did: whether the message needs no more steps, and the payloads
+    of the deliveries it wrote that are to be published."""
+
+    done: bool
+    ready: list[dict[str, str]]
+
+
 class PagedExpansion:
     """Expands one large message a step per call; see the module docstring."""
 
@@ -224,8 +235,8 @@ class PagedExpansion:
         #: this expansion finished, for the dispatcher to report.
         self.finished: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = {}
 
-    def expand_step(self, connection: Connection, message_id: str) -> bool:
-        """Write the next step's deliveries in the caller's transaction; True once the message
+    def expand_step(self, connection: Connection, message_id: str) -> Step:
+        """Write the next step's deliveries in the caller's transaction; done once the message
         needs no more steps (dispatched, or ended without being sent)."""
         postgres = connection.dialect.name == "postgresql"
         # Locked until commit: a cancel waits for this step, and two dispatchers holding the
@@ -234,17 +245,17 @@ class PagedExpansion:
             _MESSAGE.with_for_update() if postgres else _MESSAGE, {"message": message_id}
         ).first()
         if message is None:
-            return True
+            return Step(True, [])
         now = utcnow()
         if message.status not in UNDISPATCHED:
             if message.status == "canceled":
                 self._end(connection, message_id, "canceled", now, event=False)
             else:
                 connection.execute(_DONE, {"message": message_id})
-            return True
+            return Step(True, [])
         if message.expires_at is not None and message.expires_at <= now:
             self._end(connection, message_id, "expired", now, event=True)
-            return True
+            return Step(True, [])
         progress = connection.execute(_PROGRESS, {"message": message_id}).first()
         step, after = (progress.step, progress.after or "") if progress is not None else (0, "")
         topics = topics_of(message.recipients)
@@ -284,21 +295,25 @@ class PagedExpansion:
         decided = self.decider.decide(
             connection, [Work(message_facts(message), targets, endpoints)], now
         )
-        new_ids = {row.id for row in insert_deliveries(connection, decided.rows)}
+        inserted = insert_deliveries(connection, decided.rows)
+        new_ids = {row.id for row in inserted}
         write_deferred(connection, decided, new_ids)
         record_events(connection, [e for e in decided.events if e["delivery_id"] in new_ids])
+        queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
+        ready = [row.payload(message.priority) for row in inserted if row.id in queued]
         if step > len(topics):
             self._finish(connection, message_id, message.app_id, now)
-            return True
+            return Step(True, ready)
         connection.execute(
             _SAVE_PROGRESS[connection.dialect.name],
             {"message_id": message_id, "step": step, "after": after, "updated_at": now},
         )
-        return False
+        return Step(False, ready)
 
     def _finish(self, connection: Connection, message_id: str, app_id: str, now: datetime) -> None:
         rows = connection.execute(_STANDING, {"message": message_id}).all()
-        counts = Counter((row.channel, row.status) for row in rows)
+        # What the stages decided: a delivery a worker has taken up since was queued.
+        counts = Counter((row.channel, "queued" if row.attempts else row.status) for row in rows)
         self.finished[message_id] = (app_id, len({row.recipient for row in rows}), counts)
         # A message whose topics turned out empty, or whose deliveries the stages all ended,
         # has nothing to wait for.

@@ -6,11 +6,12 @@ records, retry tiers, the dead queue, message settlement) is the real runtime.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
 from channels.worker import channel_context
@@ -209,3 +210,66 @@ def test_a_message_settles_only_when_every_delivery_is_final(
     statuses: list[str], outcome: str | None
 ) -> None:
     assert message_outcome(statuses) == outcome
+
+
+class HeldChannel(ScriptedChannel):
+    """Sends only once `release` is set, so a test can act while the worker is mid-send."""
+
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context, [Outcome.SENT])
+        self.release = threading.Event()
+
+    def send(self, delivery: OutboundDelivery) -> Result:
+        self.attempts.append(delivery.delivery_id)
+        self.release.wait(20)
+        return Result.sent()
+
+
+def test_a_large_message_is_completed_when_its_last_delivery_ends_as_its_last_step_commits(
+    isolated_runtime: Runtime,
+) -> None:
+    """A large message's pages are published as they commit, so its last delivery may end
+    while the dispatcher's last step, holding the message's row, sees it still sending and
+    marks the message dispatched. The worker waits for that step before it reads what is
+    final, so the message is completed all the same (it would stay dispatched for good)."""
+    runtime = isolated_runtime
+    message_id, delivery_id = queued_delivery(runtime)
+    with runtime.engine.begin() as connection:
+        connection.execute(update(Message).where(Message.id == message_id).values(status="queued"))
+    channel = HeldChannel(channel_context(runtime, "web"))
+    with running_worker(runtime, channel), runtime.engine.connect() as last_step:
+        wait_until(lambda: channel.attempts == [delivery_id], 20, "the worker to be sending")
+        transaction = last_step.begin()
+        # What the dispatcher's last step does: lock the message, find a delivery not final,
+        # mark the message dispatched.
+        last_step.execute(select(Message.id).where(Message.id == message_id).with_for_update())
+        assert last_step.scalar(select(Delivery.status).where(Delivery.id == delivery_id)) == (
+            "sending"
+        )
+        last_step.execute(
+            update(Message).where(Message.id == message_id).values(status="dispatched")
+        )
+        step = last_step.scalar(text("SELECT pg_backend_pid()"))
+        channel.release.set()
+        wait_until(
+            lambda: (
+                waiting_on(runtime, step) > 0
+                or state(runtime, message_id, delivery_id)[0] == "sent"
+            ),
+            20,
+            "the worker to record the send or wait for the step",
+        )
+        transaction.commit()
+        wait_until(
+            lambda: state(runtime, message_id, delivery_id)[1] == "completed", 10, "completed"
+        )
+
+
+def waiting_on(runtime: Runtime, pid: int) -> int:
+    """How many sessions wait for a lock that the session `pid` holds."""
+    with runtime.engine.connect() as connection:
+        waiting = connection.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        )
+    return int(waiting or 0)
