@@ -1,62 +1,50 @@
 """The web channel: a notification to the user's browser inbox through the gateway.
 
-It publishes on the Socket.IO Redis message queue as a write-only emitter, so any gateway
-process holding one of the user's sockets delivers it. Publishing and marking the delivery as
-emitted happen in one Redis script, so a redelivered message is never shown twice.
+It appends the notification to the live feed (`shared.live_feed`), a Redis Stream that every
+gateway process reads, so whichever gateway holds one of the user's sockets delivers it, and a
+gateway that lost Redis for a moment reads on from where it stopped. Appending and marking the
+delivery as emitted happen in one Redis script, so a redelivered message is never shown twice.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Sequence
-from typing import Any
 
-import socketio
 from redis.exceptions import RedisError
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Result
-from shared.notifications import notification_payload, socketio_channel, user_room
+from shared.live_feed import MAX_ENTRIES, epoch_key, feed_key
+from shared.notifications import notification_payload, user_room
 
 EMITTED_TTL_SECONDS = 7 * 24 * 3600
 
-# Publish only if this delivery has not been emitted before; both steps or neither.
+# Append only if this delivery has not been emitted before; both steps or neither. A stream
+# found without its epoch (a Redis that lost its data) gets a new one.
 _EMIT_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('PUBLISH', ARGV[1], ARGV[2])
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('SET', KEYS[3], ARGV[2], 'NX')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+             'room', ARGV[4], 'id', ARGV[5], 'data', ARGV[6])
   return 1
 end
 return 0
 """
 
 
-class _CapturingEmitter(socketio.RedisManager):  # type: ignore[misc]
-    """python-socketio's write-only Redis manager, made to hand back the packet it would send."""
-
-    def __init__(self, url: str, channel: str) -> None:
-        super().__init__(url=url, channel=channel, write_only=True)
-        self.captured: dict[str, Any] | None = None
-
-    def _publish(self, data: dict[str, Any]) -> None:
-        self.captured = data
-
-    def packet(self, event: str, data: dict[str, Any], room: str) -> str:
-        self.captured = None
-        self.emit(event, data, room=room, namespace="/")
-        assert self.captured is not None
-        encoded: str = self.json.dumps(self.captured)
-        return encoded
-
-
 class WebChannel(Channel):
-    """Emits `notification` to the room of (app, user)."""
+    """Appends `notification` for the room of (app, user) to the live feed."""
 
     name = "web"
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        self._pubsub_channel = socketio_channel(context.settings.queue_prefix)
-        self._emitter = _CapturingEmitter(context.settings.redis_url, self._pubsub_channel)
+        prefix = context.settings.queue_prefix
+        self._feed = feed_key(prefix)
+        self._epoch = epoch_key(prefix)
         self._emit_once = context.redis.register_script(_EMIT_ONCE)
-        self._marker_prefix = f"{context.settings.queue_prefix}:web:emitted:"
+        self._marker_prefix = f"{prefix}:web:emitted:"
 
     def send(self, delivery: OutboundDelivery) -> Result:
         return self.send_many([delivery])[0]
@@ -66,6 +54,7 @@ class WebChannel(Channel):
         results: list[Result | None] = [None] * len(deliveries)
         pipe = self.context.redis.pipeline(transaction=False)
         queued: list[int] = []
+        epoch = uuid.uuid4().hex
         for index, delivery in enumerate(deliveries):
             if not delivery.user_id:
                 results[index] = Result.permanent("the web channel needs a user_id")
@@ -77,12 +66,16 @@ class WebChannel(Channel):
                 delivery.category,
                 delivery.created_at,
             )
-            packet = self._emitter.packet(
-                "notification", payload, user_room(delivery.app_id, delivery.user_id)
-            )
             self._emit_once(
-                keys=[self._marker_prefix + delivery.delivery_id],
-                args=[self._pubsub_channel, packet, EMITTED_TTL_SECONDS],
+                keys=[self._marker_prefix + delivery.delivery_id, self._feed, self._epoch],
+                args=[
+                    EMITTED_TTL_SECONDS,
+                    epoch,
+                    MAX_ENTRIES,
+                    user_room(delivery.app_id, delivery.user_id),
+                    delivery.delivery_id,
+                    json.dumps(payload, separators=(",", ":")),
+                ],
                 client=pipe,
             )
             queued.append(index)

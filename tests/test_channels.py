@@ -1,22 +1,23 @@
 """The web channel's own promises beyond the shared contract (`tests/test_channel_contract.py`):
-the contract notification, emitted once per delivery however often it is sent."""
+the contract notification, appended to the live feed once per delivery however often it is
+sent."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
 
 from channels.base import Outcome
 from channels.registry import channel_class
-from shared.notifications import socketio_channel, user_room
+from shared.live_feed import epoch_key
+from shared.notifications import user_room
 from shared.settings import Settings
 from tests.channel_harness import channel_settings, context_for, delivery_for
-from tests.stack import wait_until
+from tests.rigs.web import feed_entries
 
 
 @pytest.fixture
@@ -31,37 +32,27 @@ def test_web_needs_a_user(settings_for_channels: Settings) -> None:
     assert result.outcome is Outcome.PERMANENT and result.detail
 
 
-def test_web_emits_the_contract_notification_once_per_delivery(
+def test_web_appends_the_contract_notification_to_the_live_feed_once_per_delivery(
     settings_for_channels: Settings,
 ) -> None:
     settings = settings_for_channels
-    client = redis.Redis.from_url(settings.redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(socketio_channel(settings.queue_prefix))
-    wait_until(lambda: pubsub.get_message(timeout=0.1) is None and pubsub.subscribed, 5, "sub")
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     channel = channel_class("web")(context_for(settings, "web"))
     one = delivery_for("web", user_id=f"user-{uuid.uuid4().hex[:6]}")
     first, again = channel.send(one), channel.send(one)
     channel.send(delivery_for("web"))
-    received: list[dict[str, Any]] = []
-
-    def collect() -> bool:
-        item = pubsub.get_message(timeout=0.1)
-        if item is not None:
-            received.append(json.loads(item["data"]))
-        return len(received) >= 2
-
-    wait_until(collect, 5, "two packets on the Socket.IO channel")
-    assert pubsub.get_message(timeout=0.3) is None, "a third packet: the delivery was emitted twice"
-    pubsub.close()
+    entries = feed_entries(client, settings)
+    epoch = client.get(epoch_key(settings.queue_prefix))
     client.close()
 
     assert (first.outcome, again.outcome) == (Outcome.SENT, Outcome.SENT)
     assert again.detail == "already emitted"
-    packet = received[0]
-    assert packet["method"] == "emit" and packet["event"] == "notification"
-    assert packet["room"] == user_room(one.app_id, one.user_id or "")
-    assert packet["data"][0] == {
+    assert len(entries) == 2, "the delivery was appended twice"
+    assert epoch, "the feed has no epoch"
+    entry = entries[0]
+    assert entry["room"] == user_room(one.app_id, one.user_id or "")
+    assert entry["id"] == one.delivery_id
+    assert json.loads(entry["data"]) == {
         "id": one.delivery_id,
         "message_id": one.message_id,
         "title": "Hello",
@@ -71,4 +62,3 @@ def test_web_emits_the_contract_notification_once_per_delivery(
         "category": "notification",
         "created_at": one.created_at.isoformat(),
     }
-    assert [p["data"][0]["id"] for p in received].count(one.delivery_id) == 1

@@ -22,9 +22,12 @@ from shared.problems import install_problem_handlers
 from shared.runtime import Runtime
 from shared.settings import Settings
 from ws_gateway import demo, rest
+from ws_gateway.feed import LiveFeed, SentIds
 from ws_gateway.openapi import install_openapi
 from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
 
+#: Where the app keeps its `LiveFeed` (`app.extensions`).
+LIVE_FEED = "omnipush.live_feed"
 #: Largest REST body (1000 ids fit in about 45 KiB).
 MAX_BODY_BYTES = 128 * 1024
 #: Largest Socket.IO message a browser may send.
@@ -63,7 +66,9 @@ def create_app(
     manager = ConnectAwareRedisManager(
         settings.redis_url, channel=socketio_channel(settings.queue_prefix)
     )
-    InboxSockets(socketio, runtime).register(manager)
+    sent = SentIds()
+    InboxSockets(socketio, runtime, sent).register(manager)
+    app.extensions[LIVE_FEED] = LiveFeed(socketio, runtime, sent)
     socketio.init_app(
         app,
         async_mode=async_mode or detect_async_mode(),
@@ -99,11 +104,11 @@ def disconnect_all(app: Flask) -> None:
 
 
 def start_message_queue(app: Flask) -> None:
-    """Subscribe to the Socket.IO message queue now instead of at the first connection.
-
-    python-socketio starts listening when the first client connects; a served gateway starts at
-    once so that no notification published in between is lost for a socket already connected.
-    """
+    """Read the live feed, and subscribe to the Socket.IO message queue now instead of at the
+    first connection (python-socketio's default), so that a served gateway misses nothing
+    published for a socket already connected."""
+    live_feed: LiveFeed = app.extensions[LIVE_FEED]
+    live_feed.start()
     server = socketio_of(app).server
     if not server.manager_initialized:
         server.manager_initialized = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, literal, select, update
+from sqlalchemy import ColumnElement, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.ids import utcnow
@@ -90,6 +90,25 @@ def unacknowledged(
 
     The index picks the oldest `limit` by delivery id; those are then put in exact order.
     """
+    return _notifications(session, _visible(identity, UNACKNOWLEDGED), limit)
+
+
+def handed_since(
+    session: Session, identity: BrowserIdentity, since: datetime, limit: int = REPLAY_LIMIT
+) -> list[dict[str, Any]]:
+    """The user's notifications that the web channel is handing to browsers now or has since
+    `since`, acknowledged or not (another tab's ack does not mean this one got it), oldest
+    first: what a gateway that lost the live feed may have missed."""
+    conditions = [
+        *_visible(identity, INBOX_STATUSES),
+        or_(Delivery.status == "sending", Delivery.sent_at >= since),
+    ]
+    return _notifications(session, conditions, limit)
+
+
+def _notifications(
+    session: Session, conditions: Sequence[ColumnElement[bool]], limit: int
+) -> list[dict[str, Any]]:
     rows = session.execute(
         select(
             Delivery.id,
@@ -100,7 +119,7 @@ def unacknowledged(
             Message.category,
         )
         .join(Message, Message.id == Delivery.message_id)
-        .where(*_visible(identity, UNACKNOWLEDGED))
+        .where(*conditions)
         .order_by(Delivery.id)
         .limit(limit)
     ).all()

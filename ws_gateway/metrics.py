@@ -31,3 +31,15 @@ EXPIRED_SOCKETS = Counter(
 RENEWALS = Counter(
     "omnipush_gateway_token_renewals_total", "Socket `renew` events by outcome.", ["outcome"]
 )
+FEED_OUTAGES = Counter(
+    "omnipush_gateway_feed_outages_total",
+    "Times this process lost the live feed in Redis (refused, dropped or silent).",
+)
+FEED_CATCH_UPS = Counter(
+    "omnipush_gateway_feed_catch_ups_total",
+    "Times this process filled a gap in the live feed from the store.",
+)
+FEED_RECOVERED = Counter(
+    "omnipush_gateway_feed_recovered_total",
+    "Notifications sent to sockets by catch-ups from the store.",
+)

@@ -29,6 +29,7 @@ from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import read_token, socket_token
+from ws_gateway.feed import SentIds
 from ws_gateway.metrics import (
     ACKNOWLEDGED,
     CONNECTED_SOCKETS,
@@ -85,9 +86,10 @@ def _error(error: str, **extra: Any) -> dict[str, Any]:
 class InboxSockets:
     """Registers the inbox's Socket.IO handlers on one `SocketIO` and serves its events."""
 
-    def __init__(self, socketio: SocketIO, runtime: Runtime) -> None:
+    def __init__(self, socketio: SocketIO, runtime: Runtime, sent: SentIds) -> None:
         self.socketio = socketio
         self.runtime = runtime
+        self.sent = sent
 
     def register(self, manager: ConnectAwareRedisManager) -> None:
         """Attach the handlers (call before `SocketIO.init_app`)."""
@@ -141,6 +143,8 @@ class InboxSockets:
                 "error", {"message": REPLAY_FAILED}, to=sid, namespace=NAMESPACE, ignore_queue=True
             )
             return
+        # The live feed may carry some of them too while this runs; each reaches the socket once.
+        items = [item for item in items if self.sent.first_time(sid, item["id"])]
         for item in items:
             self.socketio.emit("notification", item, to=sid, namespace=NAMESPACE, ignore_queue=True)
         self.socketio.emit(
@@ -152,6 +156,7 @@ class InboxSockets:
     def on_disconnect(self, *_reason: Any) -> None:
         """Forget the socket (the room membership goes with it)."""
         sid: str = request.sid  # type: ignore[attr-defined]
+        self.sent.forget(sid)
         if self._saved_token(sid) is not None:
             CONNECTED_SOCKETS.dec()
 
