@@ -46,7 +46,9 @@ class Result:
 
     `retry_after` (seconds) is the provider's or the rate limit's word on when to come back;
     `account` names the provider account that answered; `gone_devices` are ids of the user's
-    devices that the provider says no longer exist, for the worker to remove.
+    devices that the provider says no longer exist, for the worker to remove; `receipt` is
+    what the channel named a send that went through, kept on the delivery (web: its position
+    in the live feed).
     """
 
     outcome: Outcome
@@ -54,6 +56,7 @@ class Result:
     retry_after: float | None = None
     account: str | None = None
     gone_devices: tuple[int, ...] = ()
+    receipt: str | None = None
 
     @classmethod
     def sent(cls, detail: str | None = None, **extra: Any) -> Result:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -20,16 +21,19 @@ from shared.notifications import notification_payload, user_room
 
 EMITTED_TTL_SECONDS = 7 * 24 * 3600
 
-# Append only if this delivery has not been emitted before; both steps or neither. A stream
-# found without its epoch (a Redis that lost its data) gets a new one.
+# Append only if this delivery has not been emitted before; both steps or neither. The marker
+# holds the entry's position, which either way is the answer (with 1 when appended now). A
+# stream found without its epoch (a Redis that lost its data) gets a new one.
 _EMIT_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('SET', KEYS[3], ARGV[2], 'NX')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-             'room', ARGV[4], 'id', ARGV[5], 'data', ARGV[6])
-  return 1
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {0, held}
 end
-return 0
+redis.call('SET', KEYS[3], ARGV[2], 'NX')
+local position = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+                            'room', ARGV[4], 'id', ARGV[5], 'data', ARGV[6])
+redis.call('SET', KEYS[1], position, 'EX', ARGV[1])
+return {1, position}
 """
 
 
@@ -89,7 +93,9 @@ class WebChannel(Channel):
         return [result or Result.transient("not attempted") for result in results]
 
 
-def _result_of(reply: object) -> Result:
+def _result_of(reply: Any) -> Result:
     if isinstance(reply, Exception):
         return Result.transient(f"Redis unavailable: {type(reply).__name__}")
-    return Result.sent(None if reply else "already emitted")
+    appended, position = reply
+    receipt = position.decode() if isinstance(position, bytes) else str(position)
+    return Result.sent(None if appended else "already emitted", receipt=receipt)

@@ -154,6 +154,9 @@ _MARK_SENT = (
     .where(_STILL_CLAIMED)
     .values(status="sent", last_error=None, sent_at=bindparam("now"), updated_at=bindparam("now"))
 )
+_SET_RECEIPT = (
+    update(_D).where(_D.c.id == bindparam("delivery")).values(receipt=bindparam("receipt"))
+)
 _MARK_UNSENT = (
     update(_D)
     .where(_STILL_CLAIMED)
@@ -446,6 +449,7 @@ class ChannelWorker(BatchConsumer):
         follow_ups: list[tuple[Inbound, Outgoing]] = []
         gone: list[int] = []
         dead: list[dict[str, Any]] = []
+        receipts: list[dict[str, str]] = []
         failed: list[OutboundDelivery] = []
         # Past their message's expires_at: not sent, and final (nothing to retry or park).
         for delivery in expired:
@@ -487,6 +491,8 @@ class ChannelWorker(BatchConsumer):
                 header = decided.tier if deferred else self._jittered(decided.tier)
                 follow_ups.append((attempt.source, self._retry_message(attempt.source, header)))
             elif status == "sent":
+                if result.receipt is not None:
+                    receipts.append({"delivery": delivery.delivery_id, "receipt": result.receipt})
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -535,6 +541,8 @@ class ChannelWorker(BatchConsumer):
         for (status, error), ids in groups.items():
             if status == "sent":
                 connection.execute(_MARK_SENT, {"ids": ids, "now": now})
+                if receipts:
+                    connection.execute(_SET_RECEIPT, receipts)
             elif status == "deferred":
                 connection.execute(_MARK_DEFERRED, {"ids": ids, "now": now, "error": error})
             else:

@@ -9,10 +9,16 @@ persistence): a gateway that sees another epoch, or finds entries it never read 
 catches up from the store instead (`ws_gateway.feed`).
 
 Each entry holds the user's Socket.IO room, the delivery id and the `notification` payload as
-JSON.
+JSON. An entry's id is the notification's `position`: the web channel keeps it as the
+delivery's receipt, the gateway adds it to what it sends, and a browser that reconnects says
+the last one it saw (`since`) to get what it missed.
 """
 
 from __future__ import annotations
+
+import re
+
+_POSITION = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 #: About how many entries the stream keeps (`XADD ... MAXLEN ~`): minutes of traffic.
 MAX_ENTRIES = 100_000
@@ -26,3 +32,14 @@ def feed_key(queue_prefix: str) -> str:
 def epoch_key(queue_prefix: str) -> str:
     """The key of the stream's epoch."""
     return f"{queue_prefix}:live-feed:epoch"
+
+
+def is_position(value: object) -> bool:
+    """Whether `value` is a stream entry id (`millis-sequence`)."""
+    return isinstance(value, str) and _POSITION.fullmatch(value) is not None
+
+
+def position_key(position: str) -> tuple[int, int]:
+    """A position as something that orders (entry ids do not order as strings)."""
+    millis, _, sequence = position.partition("-")
+    return int(millis), int(sequence or 0)

@@ -230,6 +230,9 @@ class Delivery(Base):
     fallback_of: Mapped[str | None] = mapped_column(String(40))
     # When a `deferred` delivery (quiet hours) may be sent; its outbox row is published then.
     release_at: Mapped[datetime | None] = mapped_column()
+    # What the channel named the send that went through (`channels.base.Result.receipt`): for
+    # web, the notification's position in the live feed.
+    receipt: Mapped[str | None] = mapped_column(String(64))
 
 
 class Endpoint(Base):

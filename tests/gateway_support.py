@@ -17,9 +17,9 @@ from datetime import timedelta
 from typing import Any
 
 import socketio
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
-from channels.base import OutboundDelivery, Result
+from channels.base import OutboundDelivery, Outcome
 from channels.web import WebChannel
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message
@@ -220,7 +220,7 @@ def add_many(runtime: Runtime, app_id: str, user_id: str, count: int) -> list[st
 
 
 def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
-    """Publish `item` as the web worker does."""
+    """Append `item` to the live feed as the web worker does, and keep its receipt."""
     with runtime.sessions() as session:
         delivery = session.get(Delivery, item.delivery_id)
         message = session.get(Message, item.message_id)
@@ -239,7 +239,11 @@ def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
             created_at=delivery.created_at,
         )
     )
-    assert result == Result.sent()
+    assert result.outcome is Outcome.SENT and result.detail is None, result
+    with runtime.sessions() as session, session.begin():  # as the worker records it
+        session.execute(
+            update(Delivery).where(Delivery.id == item.delivery_id).values(receipt=result.receipt)
+        )
 
 
 def statuses(runtime: Runtime, items: list[Item]) -> dict[str, str]:
@@ -286,12 +290,19 @@ class Browser:
 
         return record
 
-    def connect(self, token: str | None, *, via_query: bool = False, **options: Any) -> Browser:
+    def connect(
+        self,
+        token: str | None,
+        *,
+        via_query: bool = False,
+        auth_extra: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Browser:
         url, auth = self.url, None
         if token is not None and via_query:
             url = f"{self.url}?token={token}"
         elif token is not None:
-            auth = {"token": token}
+            auth = {"token": token, **(auth_extra or {})}
         options.setdefault("transports", ["websocket"])
         self.client.connect(url, auth=auth, wait_timeout=TIMEOUT, **options)
         return self

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from channels.base import Outcome
 from channels.registry import channel_class
-from shared.live_feed import epoch_key
+from shared.live_feed import epoch_key, feed_key
 from shared.notifications import user_room
 from shared.settings import Settings
 from tests.channel_harness import channel_settings, context_for, delivery_for
@@ -41,12 +42,15 @@ def test_web_appends_the_contract_notification_to_the_live_feed_once_per_deliver
     one = delivery_for("web", user_id=f"user-{uuid.uuid4().hex[:6]}")
     first, again = channel.send(one), channel.send(one)
     channel.send(delivery_for("web"))
+    stream: Any = client.xrange(feed_key(settings.queue_prefix))
+    positions = [position for position, _fields in stream]
     entries = feed_entries(client, settings)
     epoch = client.get(epoch_key(settings.queue_prefix))
     client.close()
 
     assert (first.outcome, again.outcome) == (Outcome.SENT, Outcome.SENT)
     assert again.detail == "already emitted"
+    assert first.receipt == again.receipt == positions[0], "the receipt is the feed position"
     assert len(entries) == 2, "the delivery was appended twice"
     assert epoch, "the feed has no epoch"
     entry = entries[0]

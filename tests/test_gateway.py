@@ -295,9 +295,13 @@ def test_connect_replays_unacknowledged_oldest_first_then_the_unread_count(
         delivery = session.get(Delivery, expected[0].delivery_id)
         message = session.get(Message, expected[0].message_id)
         assert delivery is not None and message is not None
-    assert first == notification_payload(
-        delivery.id, message.id, message.content, message.category, delivery.created_at
-    )
+    # Written straight into the store, it never went through the live feed: no position.
+    assert first == {
+        **notification_payload(
+            delivery.id, message.id, message.content, message.category, delivery.created_at
+        ),
+        "position": None,
+    }
     assert set(first) == {
         "id",
         "message_id",
@@ -307,6 +311,7 @@ def test_connect_replays_unacknowledged_oldest_first_then_the_unread_count(
         "data",
         "category",
         "created_at",
+        "position",
     }
 
 

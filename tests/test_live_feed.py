@@ -17,8 +17,10 @@ from contextlib import contextmanager
 
 import pytest
 import redis
+import socketio
 
 from producer_api.api_keys import NewApp
+from shared.live_feed import is_position, position_key
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import new_tenant
@@ -34,7 +36,7 @@ from tests.gateway_support import (
     token_for,
 )
 from tests.stack import free_port, wait_until
-from ws_gateway.feed import SentIds, identity_of_room, stream_position
+from ws_gateway.feed import SentIds, identity_of_room
 
 TIMEOUT = 30.0
 
@@ -67,9 +69,11 @@ def test_a_room_names_its_app_and_user(room: str, identity: tuple[str, str] | No
     assert (None if found is None else (found.app_id, found.user_id)) == identity
 
 
-def test_stream_ids_order_by_time_then_sequence() -> None:
+def test_positions_order_by_time_then_sequence() -> None:
     ids = ["1700000000001-0", "1700000000000-12", "1700000000000-2", "0-0"]
-    assert sorted(ids, key=stream_position) == [
+    assert all(is_position(i) for i in ids)
+    assert not any(is_position(v) for v in ("", "12", "1-2-3", "a-1", 7, None, "1-" + "9" * 21))
+    assert sorted(ids, key=position_key) == [
         "0-0",
         "1700000000000-2",
         "1700000000000-12",
@@ -240,3 +244,52 @@ def test_redis_restarted_empty_mid_stream_loses_no_notification(
         proxy.resume()
         items += appended()
         assert_each_tab_got_its_users_items_once_in_order(browsers, users, TABS, items)
+
+
+def test_a_tab_whose_gateway_was_killed_resumes_on_another_from_the_last_position_it_saw(
+    inprocess_settings: Settings, inprocess_runtime: Runtime, app: NewApp
+) -> None:
+    """Two gateways on one Redis each hold a tab of the same user. The first is SIGKILLed; its
+    tab reconnects to the second with the position of the last notification it saw and gets
+    exactly what it missed, in order, then the rest live, as the tab that stayed gets all."""
+    user = new_user()
+    appended = feed(inprocess_runtime, inprocess_settings, app.app_id, [user], 5)
+    with (
+        running_gateway(inprocess_settings) as doomed,
+        running_gateway(inprocess_settings) as survivor,
+        tabs(survivor, app.app_id, [user], 1) as [stayed],
+        tabs(doomed, app.app_id, [user], 1) as [moved],
+    ):
+        items = appended()
+        wait_until(lambda: len(moved.ids()) == 5, TIMEOUT, "the first five on the doomed one")
+        doomed.service.kill()
+        missed = appended()
+        last_seen = moved.notifications()[-1]["position"]
+        assert last_seen, "a live notification carries its position in the feed"
+        moved.close()
+        resumed = Browser(survivor.url).connect(
+            token_for(survivor.settings, app.app_id, user), auth_extra={"since": last_seen}
+        )
+        try:
+            resumed.wait(lambda b: b.counts(), "the unread count after the replay")
+            later = appended()
+            expected = [item.delivery_id for item in missed + later]
+            wait_until(lambda: len(resumed.ids()) >= 10, TIMEOUT, "the missed five and five more")
+            assert resumed.ids() == expected, "missed, doubled or out of order after the move"
+            assert_each_tab_got_its_users_items_once_in_order(
+                [stayed], [user], 1, items + missed + later
+            )
+        finally:
+            resumed.close()
+
+
+def test_a_position_that_is_not_one_is_refused_on_connect(
+    inprocess_settings: Settings, app: NewApp
+) -> None:
+    with running_gateway(inprocess_settings) as gateway:
+        browser = Browser(gateway.url)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            browser.connect(
+                token_for(gateway.settings, app.app_id, new_user()), auth_extra={"since": "last"}
+            )
+        assert browser.connect_errors and "invalid since" in str(browser.connect_errors[-1])

@@ -212,6 +212,25 @@ def test_a_message_settles_only_when_every_delivery_is_final(
     assert message_outcome(statuses) == outcome
 
 
+class ReceiptChannel(ScriptedChannel):
+    """Sends, and names each send as a provider would."""
+
+    def send(self, delivery: OutboundDelivery) -> Result:
+        self.attempts.append(delivery.delivery_id)
+        return Result.sent(receipt=f"receipt-of-{delivery.delivery_id}")
+
+
+def test_a_send_s_receipt_is_kept_on_its_delivery(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    channel = ReceiptChannel(channel_context(runtime, "web"), [])
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
+    with runtime.engine.connect() as connection:
+        receipt = connection.scalar(select(Delivery.receipt).where(Delivery.id == delivery_id))
+    assert receipt == f"receipt-of-{delivery_id}"
+
+
 class HeldChannel(ScriptedChannel):
     """Sends only once `release` is set, so a test can act while the worker is mid-send."""
 

@@ -1,10 +1,12 @@
-"""Where a browser's token comes from: Socket.IO `auth`, `?token=`, or `Authorization: Bearer`."""
+"""Where a browser's token comes from (Socket.IO `auth`, `?token=`, or `Authorization: Bearer`),
+and where a reconnecting socket says it stopped (`since`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from shared.live_feed import is_position
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken, read_browser_token
 
 #: A JWT is far shorter; anything longer is refused before it is parsed.
@@ -18,6 +20,7 @@ __all__ = [
     "bearer_token",
     "identify",
     "read_token",
+    "socket_since",
     "socket_token",
 ]
 
@@ -29,6 +32,20 @@ def socket_token(auth: Any, query: Mapping[str, str]) -> str | None:
         if isinstance(token, str) and token:
             return token
     return query.get("token") or None
+
+
+def socket_since(auth: Any, query: Mapping[str, str]) -> str | None:
+    """The live feed position of the last notification a reconnecting client saw:
+    `auth={"since": ...}` first, else `?since=`; None when it sent none. ValueError when what
+    it sent is not a position."""
+    since = auth.get("since") if isinstance(auth, Mapping) else None
+    if since is None:
+        since = query.get("since")
+    if since is None or since == "":
+        return None
+    if not is_position(since):
+        raise ValueError("since is not a notification's position")
+    return str(since)
 
 
 def bearer_token(header: str | None) -> str | None:

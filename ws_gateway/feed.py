@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from shared.ids import utcnow
-from shared.live_feed import epoch_key, feed_key
+from shared.live_feed import epoch_key, feed_key, position_key
 from shared.runtime import Runtime
 from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity
@@ -73,12 +73,6 @@ class SentIds:
 
     def forget(self, sid: str) -> None:
         self._by_sid.pop(sid, None)
-
-
-def stream_position(entry_id: str) -> tuple[int, int]:
-    """A stream entry id (`millis-sequence`) as something that orders."""
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
 
 
 def identity_of_room(room: str) -> BrowserIdentity | None:
@@ -148,7 +142,9 @@ class LiveFeed:
                 log.info("gateway.feed_back", down_s=self._down_seconds())
                 self._unavailable_since = None
             for entry_id, fields in entries:
-                self._deliver(fields["room"], fields["id"], json.loads(fields["data"]))
+                payload = json.loads(fields["data"])
+                payload["position"] = entry_id
+                self._deliver(fields["room"], fields["id"], payload)
                 self._position = entry_id
 
     def _read(self) -> tuple[str | None, list[tuple[str, dict[str, str]]]]:
@@ -211,7 +207,7 @@ class LiveFeed:
         except ResponseError:  # no such key: nothing was appended since Redis lost it
             return True
         deleted = str(info.get("max-deleted-entry-id") or "0-0")
-        return stream_position(deleted) > stream_position(self._position or "0-0")
+        return position_key(deleted) > position_key(self._position or "0-0")
 
     def _catch_up(self, since: datetime) -> int:
         """Send the sockets of every room here what the store says was handed to the web

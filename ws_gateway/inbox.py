@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.ids import utcnow
+from shared.live_feed import position_key
 from shared.models import Delivery, Message, UTCDateTime
 from shared.notifications import UNACKNOWLEDGED, UNREAD, notification_payload
 from shared.tokens import BrowserIdentity
@@ -34,6 +35,8 @@ REPLAY_LIMIT = 500
 #: Default and largest page of `GET /v1/inbox`.
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+#: How far a delivery's `sent_at` may be behind the feed's clock (both on this side of Redis).
+CLOCK_MARGIN_SECONDS = 30
 #: The most ids one ack/read may name.
 MAX_IDS = 1000
 #: Web deliveries that end `expired` once their message has expired: unread ones that reached
@@ -117,13 +120,35 @@ def _notifications(
             Message.created_at.label("message_created_at"),
             Message.content,
             Message.category,
+            Delivery.receipt,
         )
         .join(Message, Message.id == Delivery.message_id)
         .where(*conditions)
         .order_by(Delivery.id)
         .limit(limit)
     ).all()
-    return [_payload(row) for row in sorted(rows, key=_age)]
+    # `position` is the notification's place in the live feed, once the web channel has one.
+    return [{**_payload(row), "position": row.receipt} for row in sorted(rows, key=_age)]
+
+
+def missed_since(
+    session: Session, identity: BrowserIdentity, position: str, limit: int = REPLAY_LIMIT
+) -> list[dict[str, Any]]:
+    """What a tab that last saw the notification at `position` of the live feed has not seen,
+    in the feed's order: those after it, and those being handed out now (no position yet)."""
+    # A position starts with Redis's clock in ms: nothing after it was sent much before that.
+    after = position_key(position)
+    sent = datetime.fromtimestamp(after[0] / 1000, UTC) - timedelta(seconds=CLOCK_MARGIN_SECONDS)
+    items = [
+        item
+        for item in handed_since(session, identity, sent, limit)
+        if item["position"] is None or position_key(item["position"]) > after
+    ]
+    return sorted(items, key=lambda item: (item["position"] is None, _feed_order(item)))
+
+
+def _feed_order(item: dict[str, Any]) -> tuple[int, int]:
+    return position_key(item["position"]) if item["position"] is not None else (0, 0)
 
 
 def unread_count(session: Session, identity: BrowserIdentity) -> int:

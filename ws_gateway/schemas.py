@@ -56,7 +56,8 @@ class InboxQuerySchema(StrictSchema):
 
 
 class NotificationSchema(Schema):
-    """A notification as the socket's `notification` event and the inbox listing carry it."""
+    """A notification as the inbox listing and the socket's `notification` event carry it (the
+    event adds `position`, its place in the live feed)."""
 
     id = fields.String(required=True, metadata={"description": "The delivery id."})
     message_id = fields.String(required=True)

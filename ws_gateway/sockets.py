@@ -5,7 +5,9 @@ expiry) is kept in the socket's session and scopes everything the socket may see
 afterwards. A socket lives only as long as its token: when the token expires, the socket gets
 `unauthorized` and is disconnected, and an event that arrives on a socket whose token has
 expired is refused the same way. Before that, the client may `renew` with a fresh token for the
-same user. The replay runs right after the CONNECT packet has gone out (see
+same user. A client that reconnects may say `since`, the live feed position of the last
+notification it saw: its replay is then what it missed since, in the feed's order, instead of
+everything unacknowledged. The replay runs right after the CONNECT packet has gone out (see
 `ConnectAwareRedisManager`), so the client has joined the namespace before the first
 `notification` reaches it.
 """
@@ -28,7 +30,7 @@ from shared.runtime import Runtime
 from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
-from ws_gateway.auth import read_token, socket_token
+from ws_gateway.auth import read_token, socket_since, socket_token
 from ws_gateway.feed import SentIds
 from ws_gateway.metrics import (
     ACKNOWLEDGED,
@@ -52,6 +54,9 @@ REPLAY_FAILED = "replay failed, reconnect to retry"
 EXPIRY_WATCH_SECONDS = 60.0
 #: The key of the socket's `BrowserToken` in its Socket.IO session.
 TOKEN_KEY = "token"
+#: The key of the feed position it reconnected after (`since`), if it said one.
+SINCE_KEY = "since"
+INVALID_SINCE = "invalid since"
 
 log = structlog.get_logger("ws_gateway.sockets")
 
@@ -111,9 +116,15 @@ class InboxSockets:
             CONNECTS.labels(outcome="refused").inc()
             log.info("gateway.connect_refused", reason=str(error))
             raise ConnectionRefusedError(UNAUTHORIZED) from None
+        try:
+            since = socket_since(auth, request.args)
+        except ValueError as error:
+            CONNECTS.labels(outcome="refused").inc()
+            log.info("gateway.connect_refused", reason=str(error))
+            raise ConnectionRefusedError(INVALID_SINCE) from None
         identity = token.identity
         sid: str = request.sid  # type: ignore[attr-defined]
-        self._save_token(sid, token)
+        self._save_token(sid, token, since)
         join_room(user_room(identity.app_id, identity.user_id), sid=sid, namespace=NAMESPACE)
         CONNECTS.labels(outcome="accepted").inc()
         CONNECTED_SOCKETS.inc()
@@ -128,10 +139,15 @@ class InboxSockets:
         identity = token.identity
         self.socketio.start_background_task(self.expire_when_due, sid)
 
+        since = self._saved_since(sid)
+
         def replay() -> tuple[list[dict[str, Any]], int]:
             with self.runtime.sessions() as session, session.begin():
                 inbox.expire_overdue(session, identity)
-                items = inbox.unacknowledged(session, identity)
+                if since is None:
+                    items = inbox.unacknowledged(session, identity)
+                else:
+                    items = inbox.missed_since(session, identity, since)
                 return items, inbox.unread_count(session, identity)
 
         try:
@@ -283,8 +299,21 @@ class InboxSockets:
         token = saved.get(TOKEN_KEY) if isinstance(saved, dict) else None
         return token if isinstance(token, BrowserToken) else None
 
-    def _save_token(self, sid: str, token: BrowserToken) -> None:
-        self.socketio.server.save_session(sid, {TOKEN_KEY: token}, namespace=NAMESPACE)
+    def _save_token(self, sid: str, token: BrowserToken, since: str | None = None) -> None:
+        session = {
+            TOKEN_KEY: token,
+            SINCE_KEY: since if since is not None else self._saved_since(sid),
+        }
+        self.socketio.server.save_session(sid, session, namespace=NAMESPACE)
+
+    def _saved_since(self, sid: str) -> str | None:
+        """Where the socket said, on connect, that it had stopped."""
+        try:
+            saved = self.socketio.server.get_session(sid, namespace=NAMESPACE)
+        except KeyError:
+            return None
+        since = saved.get(SINCE_KEY) if isinstance(saved, dict) else None
+        return since if isinstance(since, str) else None
 
     def _expel(self, sid: str, token: BrowserToken) -> None:
         """Tell the client its token expired, then disconnect it (this process holds it)."""

@@ -115,7 +115,14 @@
     return;
   }
 
-  var socket = window.io({ auth: { token: token } });
+  // The live feed position of the last notification received: a reconnect says it (`since`)
+  // and gets what it missed instead of the whole unacknowledged replay.
+  var lastPosition = null;
+  var socket = window.io({
+    auth: function (send) {
+      send(lastPosition ? { token: token, since: lastPosition } : { token: token });
+    },
+  });
 
   var expired = false;
   socket.on("connect", function () { setStatus("live", "live"); });
@@ -140,6 +147,7 @@
     }
   });
   socket.on("notification", function (item) {
+    if (item && typeof item.position === "string") lastPosition = item.position;
     if (item && typeof item.id === "string") queueAck(item.id);
     if (add(item, false)) render();
   });
