@@ -152,6 +152,9 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            # The `queued` event is of when the rows went out, not of when their confirms came
+            # back: by then the dispatcher may have dispatched them already.
+            published_at = utcnow()
             futures = self.link.publish_batch([self._outgoing(row) for row in rows])
             wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
             confirmed = [
@@ -163,7 +166,7 @@ class OutboxRelay:
             if failures:
                 log.warning("relay.unconfirmed", count=failures)
             if confirmed:
-                self._mark_published(connection, confirmed)
+                self._mark_published(connection, confirmed, published_at)
         now = utcnow()
         self.metrics.observe_batch(
             len(rows), [(now - row.available_at).total_seconds() for row in confirmed]
@@ -184,8 +187,8 @@ class OutboxRelay:
         self,
         connection: Connection,
         rows: list[Row[int, str, str, dict[str, Any], str, datetime]],
+        now: datetime,
     ) -> None:
-        now = utcnow()
         ids = [row.id for row in rows]
         # Only a message handed to the dispatcher is `queued`, not one getting a fallback.
         message_ids = [row.message_id for row in rows if row.routing_key == DISPATCH_KEY]
@@ -195,7 +198,7 @@ class OutboxRelay:
             return
         connection.execute(_MARK_PUBLISHED, {"ids": ids, "now": now})
         connection.execute(_MARK_QUEUED, {"message_ids": message_ids, "now": now})
-        record_events(connection, [event_row(mid, "queued") for mid in message_ids])
+        record_events(connection, [{**event_row(mid, "queued"), "at": now} for mid in message_ids])
 
     def _wait_for_work(self) -> None:
         if not self._postgres:

@@ -251,7 +251,9 @@ def _message_view(message_id: str, app_id: str) -> dict[str, Any]:
             select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
         ).all()
         events = session.scalars(
-            select(Event).where(Event.message_id == message_id).order_by(Event.id)
+            # In the order things happened (as `omnipush trace` shows them): the relay's
+            # `queued` is committed after the broker's confirm, maybe after `dispatched`.
+            select(Event).where(Event.message_id == message_id).order_by(Event.at, Event.id)
         ).all()
     return {
         "id": message.id,

@@ -182,3 +182,23 @@ def test_the_accepted_event_says_how_many_entries_the_message_had(
     with runtime.sessions() as session:
         event = session.scalars(select(Event).where(Event.message_id == message_id)).one()
     assert (event.stage, event.detail) == ("accepted", {"recipients": 2})
+
+
+def test_the_timeline_is_in_the_order_things_happened_not_the_order_they_were_written(
+    client: FlaskClient, tenant: NewApp, runtime: Runtime
+) -> None:
+    """The relay writes `queued` once the broker confirmed, which may be after the dispatcher
+    wrote `dispatched`; each event's time puts them right."""
+    message_id = post(client, tenant).get_json()["id"]
+    with runtime.sessions() as session, session.begin():
+        accepted = session.scalars(select(Event).where(Event.message_id == message_id)).one()
+        published = accepted.at + timedelta(milliseconds=5)
+        session.add(
+            Event(
+                message_id=message_id, stage="dispatched", at=published + timedelta(milliseconds=3)
+            )
+        )
+        session.flush()
+        session.add(Event(message_id=message_id, stage="queued", at=published))
+    shown = client.get(f"/v1/messages/{message_id}", headers=auth(tenant)).get_json()
+    assert [event["stage"] for event in shown["events"]] == ["accepted", "queued", "dispatched"]
