@@ -24,10 +24,13 @@ from shared.settings import Settings
 from ws_gateway import demo, rest
 from ws_gateway.feed import LiveFeed, SentIds
 from ws_gateway.openapi import install_openapi
+from ws_gateway.slow_consumers import SlowConsumers
 from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
 
 #: Where the app keeps its `LiveFeed` (`app.extensions`).
 LIVE_FEED = "omnipush.live_feed"
+#: Where the app keeps its `SlowConsumers` (`app.extensions`).
+SLOW_CONSUMERS = "omnipush.slow_consumers"
 #: Largest REST body (1000 ids fit in about 45 KiB).
 MAX_BODY_BYTES = 128 * 1024
 #: Largest Socket.IO message a browser may send.
@@ -67,8 +70,10 @@ def create_app(
         settings.redis_url, channel=socketio_channel(settings.queue_prefix)
     )
     sent = SentIds()
+    slow_consumers = SlowConsumers(socketio)
     InboxSockets(socketio, runtime, sent).register(manager)
-    app.extensions[LIVE_FEED] = LiveFeed(socketio, runtime, sent)
+    app.extensions[LIVE_FEED] = LiveFeed(socketio, runtime, sent, slow_consumers)
+    app.extensions[SLOW_CONSUMERS] = slow_consumers
     socketio.init_app(
         app,
         async_mode=async_mode or detect_async_mode(),
@@ -80,6 +85,8 @@ def create_app(
         logger=False,
         engineio_logger=False,
     )
+    # Outside Socket.IO's middleware, so that Engine.IO's websockets get the wrapped sockets.
+    app.wsgi_app = slow_consumers.patient_sockets(app.wsgi_app)  # type: ignore[method-assign,assignment]
 
     api = install_openapi(app)
     api.register_blueprint(rest.blp)
@@ -104,12 +111,15 @@ def disconnect_all(app: Flask) -> None:
 
 
 def start_message_queue(app: Flask) -> None:
-    """Read the live feed, and subscribe to the Socket.IO message queue now instead of at the
-    first connection (python-socketio's default), so that a served gateway misses nothing
-    published for a socket already connected."""
+    """Read the live feed, watch for sockets that stopped reading, and subscribe to the
+    Socket.IO message queue now instead of at the first connection (python-socketio's default),
+    so that a served gateway misses nothing published for a socket already connected."""
     live_feed: LiveFeed = app.extensions[LIVE_FEED]
     live_feed.start()
-    server = socketio_of(app).server
+    slow_consumers: SlowConsumers = app.extensions[SLOW_CONSUMERS]
+    socketio = socketio_of(app)
+    socketio.start_background_task(slow_consumers.run)
+    server = socketio.server
     if not server.manager_initialized:
         server.manager_initialized = True
         server.manager.initialize()

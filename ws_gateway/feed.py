@@ -37,6 +37,7 @@ from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity
 from ws_gateway import inbox
 from ws_gateway.metrics import FEED_CATCH_UPS, FEED_OUTAGES, FEED_RECOVERED
+from ws_gateway.slow_consumers import SlowConsumers
 
 log = structlog.get_logger("ws_gateway.feed")
 
@@ -87,10 +88,17 @@ def identity_of_room(room: str) -> BrowserIdentity | None:
 class LiveFeed:
     """Reads the live feed for one gateway process; see the module docstring."""
 
-    def __init__(self, socketio: SocketIO, runtime: Runtime, sent: SentIds) -> None:
+    def __init__(
+        self,
+        socketio: SocketIO,
+        runtime: Runtime,
+        sent: SentIds,
+        slow_consumers: SlowConsumers,
+    ) -> None:
         self.socketio = socketio
         self.runtime = runtime
         self.sent = sent
+        self.slow_consumers = slow_consumers
         prefix = runtime.settings.queue_prefix
         self._key = feed_key(prefix)
         self._epoch_key = epoch_key(prefix)
@@ -230,10 +238,12 @@ class LiveFeed:
                 yield room, identity
 
     def _deliver(self, room: str, delivery_id: str, payload: dict[str, Any]) -> int:
-        """Emit `payload` to each socket of `room` here that has not been sent it; to how many."""
+        """Emit `payload` to each socket of `room` here that has not been sent it; to how many.
+        A socket that stopped reading is cut off instead (it resumes from the store)."""
         sent = 0
-        for sid, _eio_sid in self.socketio.server.manager.get_participants(NAMESPACE, room):
-            if self.sent.first_time(sid, delivery_id):
+        participants = list(self.socketio.server.manager.get_participants(NAMESPACE, room))
+        for sid, eio_sid in participants:
+            if self.slow_consumers.admit(eio_sid) and self.sent.first_time(sid, delivery_id):
                 self.socketio.emit(
                     "notification", payload, to=sid, namespace=NAMESPACE, ignore_queue=True
                 )

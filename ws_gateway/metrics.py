@@ -43,3 +43,9 @@ FEED_RECOVERED = Counter(
     "omnipush_gateway_feed_recovered_total",
     "Notifications sent to sockets by catch-ups from the store.",
 )
+SLOW_CONSUMERS = Counter(
+    "omnipush_gateway_slow_consumers_total",
+    "Sockets cut off because they stopped reading: too much waiting for them (backlog), or a "
+    "frame that waited too long (stalled).",
+    ["reason"],
+)
