@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Result
-from shared.live_feed import MAX_ENTRIES, epoch_key, feed_key
+from shared.live_feed import MAX_ENTRIES, emitted_key, epoch_key, feed_key
 from shared.notifications import notification_payload, user_room
 
 EMITTED_TTL_SECONDS = 7 * 24 * 3600
@@ -48,7 +48,7 @@ class WebChannel(Channel):
         self._feed = feed_key(prefix)
         self._epoch = epoch_key(prefix)
         self._emit_once = context.redis.register_script(_EMIT_ONCE)
-        self._marker_prefix = f"{prefix}:web:emitted:"
+        self._prefix = prefix
 
     def send(self, delivery: OutboundDelivery) -> Result:
         return self.send_many([delivery])[0]
@@ -71,7 +71,7 @@ class WebChannel(Channel):
                 delivery.created_at,
             )
             self._emit_once(
-                keys=[self._marker_prefix + delivery.delivery_id, self._feed, self._epoch],
+                keys=[emitted_key(self._prefix, delivery.delivery_id), self._feed, self._epoch],
                 args=[
                     EMITTED_TTL_SECONDS,
                     epoch,

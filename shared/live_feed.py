@@ -34,6 +34,11 @@ def epoch_key(queue_prefix: str) -> str:
     return f"{queue_prefix}:live-feed:epoch"
 
 
+def emitted_key(queue_prefix: str, delivery_id: str) -> str:
+    """The web channel's marker that it appended `delivery_id`; it holds the entry's position."""
+    return f"{queue_prefix}:web:emitted:{delivery_id}"
+
+
 def is_position(value: object) -> bool:
     """Whether `value` is a stream entry id (`millis-sequence`)."""
     return isinstance(value, str) and _POSITION.fullmatch(value) is not None

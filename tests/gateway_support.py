@@ -50,9 +50,10 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(settings: Settings) -> Iterator[Gateway]:
-    """`omnipush serve gateway` for `settings`, on a port of its own, subscribed and ready."""
-    own = settings.with_overrides(gateway_bind=f"127.0.0.1:{free_port()}")
+def running_gateway(settings: Settings, bind: str | None = None) -> Iterator[Gateway]:
+    """`omnipush serve gateway` for `settings`, on `bind` (default: a port of its own),
+    subscribed and ready."""
+    own = settings.with_overrides(gateway_bind=bind or f"127.0.0.1:{free_port()}")
     service = Service(args=["serve", "gateway"], env=service_env(own)).start()
     running = Gateway(settings=own, service=service)
     try:
@@ -219,15 +220,13 @@ def add_many(runtime: Runtime, app_id: str, user_id: str, count: int) -> list[st
     return [d["id"] for d in deliveries]
 
 
-def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
-    """Append `item` to the live feed as the web worker does, and keep its receipt."""
+def outbound(runtime: Runtime, item: Item) -> OutboundDelivery:
+    """What the web worker hands the web channel for `item`."""
     with runtime.sessions() as session:
         delivery = session.get(Delivery, item.delivery_id)
         message = session.get(Message, item.message_id)
         assert delivery is not None and message is not None
-    channel = WebChannel(context_for(settings, "web"))
-    result = channel.send(
-        OutboundDelivery(
+        return OutboundDelivery(
             delivery_id=delivery.id,
             message_id=message.id,
             app_id=delivery.app_id,
@@ -238,12 +237,104 @@ def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
             content=message.content,
             created_at=delivery.created_at,
         )
-    )
+
+
+def emit_live(runtime: Runtime, settings: Settings, item: Item) -> None:
+    """Append `item` to the live feed as the web worker does, and keep its receipt."""
+    result = WebChannel(context_for(settings, "web")).send(outbound(runtime, item))
     assert result.outcome is Outcome.SENT and result.detail is None, result
     with runtime.sessions() as session, session.begin():  # as the worker records it
         session.execute(
             update(Delivery).where(Delivery.id == item.delivery_id).values(receipt=result.receipt)
         )
+
+
+def append_to_feed(
+    settings: Settings, app_id: str, users: list[str], content: dict[str, Any]
+) -> list[str]:
+    """Append a notification with `content` for each of `users` (a user may come more than
+    once) to the live feed only, as the web channel does; their ids, in order."""
+    now = utcnow()
+    deliveries = [
+        OutboundDelivery(
+            delivery_id=new_id("dlv"),
+            message_id=new_id("msg"),
+            app_id=app_id,
+            channel="web",
+            user_id=user,
+            address=None,
+            category="notification",
+            content=content,
+            created_at=now,
+        )
+        for user in users
+    ]
+    results = WebChannel(context_for(settings, "web")).send_many(deliveries)
+    assert all(result.outcome is Outcome.SENT for result in results), results
+    return [delivery.delivery_id for delivery in deliveries]
+
+
+def notify_each(runtime: Runtime, settings: Settings, app_id: str, users: list[str]) -> list[str]:
+    """One web notification for each user, handed out as the web worker does: claimed
+    (`sending`), appended to the live feed, then `sent` with its feed position as receipt.
+    Their ids, in `users` order."""
+    now = utcnow()
+    messages: list[dict[str, Any]] = [
+        {
+            "id": new_id("msg"),
+            "app_id": app_id,
+            "status": "dispatched",
+            "recipients": [{"user_id": user}],
+            "channels": ["web"],
+            "content": {"title": f"for {user}"},
+            "category": "notification",
+            "created_at": now,
+        }
+        for user in users
+    ]
+    deliveries: list[dict[str, Any]] = [
+        {
+            "id": new_id("dlv"),
+            "message_id": message["id"],
+            "app_id": app_id,
+            "recipient": f"user:{user}",
+            "user_id": user,
+            "channel": "web",
+            "status": "sending",
+            "created_at": now,
+        }
+        for user, message in zip(users, messages, strict=True)
+    ]
+    with runtime.sessions() as session, session.begin():
+        session.execute(insert(Message), messages)
+        session.execute(insert(Delivery), deliveries)
+    results = WebChannel(context_for(settings, "web")).send_many(
+        [
+            OutboundDelivery(
+                delivery_id=delivery["id"],
+                message_id=message["id"],
+                app_id=app_id,
+                channel="web",
+                user_id=delivery["user_id"],
+                address=None,
+                category="notification",
+                content=message["content"],
+                created_at=now,
+            )
+            for delivery, message in zip(deliveries, messages, strict=True)
+        ]
+    )
+    assert all(result.outcome is Outcome.SENT for result in results), results
+    sent_at = utcnow()
+    with runtime.sessions() as session, session.begin():
+        session.execute(
+            update(Delivery),
+            [
+                {"id": delivery["id"], "status": "sent", "sent_at": sent_at, "receipt": r.receipt}
+                for delivery, r in zip(deliveries, results, strict=True)
+            ],
+        )
+    return [delivery["id"] for delivery in deliveries]
 
 
 def statuses(runtime: Runtime, items: list[Item]) -> dict[str, str]:

@@ -23,6 +23,7 @@ import socketio
 from flask import Flask
 from werkzeug.serving import make_server
 
+from channels.web import WebChannel
 from producer_api.api_keys import NewApp
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Message
@@ -30,6 +31,7 @@ from shared.notifications import notification_payload, user_room
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import AUDIENCE, BrowserIdentity, BrowserToken, mint_browser_token
+from tests.channel_harness import context_for
 from tests.gateway_support import (
     TIMEOUT,
     Browser,
@@ -39,6 +41,7 @@ from tests.gateway_support import (
     emit_live,
     events_of,
     new_user,
+    outbound,
     running_gateway,
     statuses,
     token_for,
@@ -284,11 +287,12 @@ def test_connect_replays_unacknowledged_oldest_first_then_the_unread_count(
     browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
     browser.wait(lambda b: b.counts(), "unread_count")
 
-    expected = sorted(sent + sending, key=lambda i: i.delivery_id)
+    # The one being handed out is not in the live feed yet: the feed brings it, positioned.
+    expected = sorted(sent, key=lambda i: i.delivery_id)
     names = [name for name, _data in browser.received]
     assert names == ["notification"] * len(expected) + ["unread_count"]
     assert browser.ids() == [i.delivery_id for i in expected]
-    assert browser.counts() == [len(expected) + len(delivered)]
+    assert browser.counts() == [len(sent) + len(sending) + len(delivered)]
 
     first = browser.notifications()[0]
     with runtime.sessions() as session:
@@ -313,6 +317,20 @@ def test_connect_replays_unacknowledged_oldest_first_then_the_unread_count(
         "created_at",
         "position",
     }
+
+
+def test_a_notification_being_handed_out_as_a_tab_connects_reaches_it_with_its_position(
+    gateway: Gateway, runtime: Runtime, tenant: NewApp, browsers: Any
+) -> None:
+    user = new_user()
+    [item] = add_items(runtime, tenant.app_id, user, 1, status="sending")
+    # In the feed before the tab joined its room, and not yet settled in the store.
+    result = WebChannel(context_for(gateway.settings, "web")).send(outbound(runtime, item))
+    browser = browsers().connect(token_for(gateway.settings, tenant.app_id, user))
+    browser.wait(lambda b: b.counts(), "unread_count")
+    assert [(n["id"], n["position"]) for n in browser.notifications()] == [
+        (item.delivery_id, result.receipt)
+    ]
 
 
 def test_one_dispatch_batch_is_replayed_and_listed_in_message_order(

@@ -20,15 +20,18 @@ from contextlib import contextmanager
 import pytest
 import websocket
 
-from channels.base import OutboundDelivery, Outcome
-from channels.web import WebChannel
 from producer_api.api_keys import NewApp
-from shared.ids import new_id, utcnow
 from shared.runtime import Runtime
 from shared.settings import Settings
-from tests.channel_harness import context_for
 from tests.conftest import new_tenant
-from tests.gateway_support import Browser, Gateway, new_user, running_gateway, token_for
+from tests.gateway_support import (
+    Browser,
+    Gateway,
+    append_to_feed,
+    new_user,
+    running_gateway,
+    token_for,
+)
 from tests.scraped import key, scrape
 from tests.stack import wait_until
 from ws_gateway.slow_consumers import MAX_PENDING, WRITE_PATIENCE_SECONDS, PatientSocket
@@ -50,24 +53,7 @@ def gateway(settings: Settings) -> Iterator[Gateway]:
 
 def append(settings: Settings, app_id: str, user_id: str, count: int, body: str) -> list[str]:
     """Append `count` notifications for the user to the live feed; their ids, in order."""
-    channel = WebChannel(context_for(settings, "web"))
-    deliveries = [
-        OutboundDelivery(
-            delivery_id=new_id("dlv"),
-            message_id=new_id("msg"),
-            app_id=app_id,
-            channel="web",
-            user_id=user_id,
-            address=None,
-            category="notification",
-            content={"title": f"n{n}", "body": body},
-            created_at=utcnow(),
-        )
-        for n in range(count)
-    ]
-    results = channel.send_many(deliveries)
-    assert all(result.outcome is Outcome.SENT for result in results), results
-    return [delivery.delivery_id for delivery in deliveries]
+    return append_to_feed(settings, app_id, [user_id] * count, {"title": "burst", "body": body})
 
 
 @contextmanager

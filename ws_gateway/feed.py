@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from shared.ids import utcnow
-from shared.live_feed import epoch_key, feed_key, position_key
+from shared.live_feed import emitted_key, epoch_key, feed_key, position_key
 from shared.runtime import Runtime
 from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity
@@ -83,6 +83,36 @@ def identity_of_room(room: str) -> BrowserIdentity | None:
         return None
     app_id, _, user_id = room[len(_ROOM_PREFIX) :].partition(":")
     return BrowserIdentity(app_id, user_id) if app_id and user_id else None
+
+
+def with_positions(
+    runtime: Runtime, items: list[dict[str, Any]], *, leave_out_unappended: bool
+) -> list[dict[str, Any]]:
+    """`items` of the inbox's replay and catch-up queries as they are sent: each with its place
+    in the live feed, which a browser needs in order to resume after it. The store has it once
+    the web worker settled the delivery; one still being handed out gets it from the web
+    channel's marker in Redis, and one not in the feed yet is left out if
+    `leave_out_unappended` (the feed brings it, with its position, to every socket in the room
+    by then). When Redis cannot say, they go as they are."""
+    pending = [item["id"] for item in items if item[inbox.IN_FLIGHT] and item["position"] is None]
+    positions: dict[str, str | None] = {}
+    if pending:
+        keys = [emitted_key(runtime.settings.queue_prefix, delivery_id) for delivery_id in pending]
+        found = runtime.best_effort_redis.call("feed positions", lambda r: r.mget(keys), None)
+        if found is not None:
+            positions = {
+                delivery_id: position.decode() if isinstance(position, bytes) else position
+                for delivery_id, position in zip(pending, found, strict=True)
+            }
+    sent: list[dict[str, Any]] = []
+    for item in items:
+        in_flight = item.pop(inbox.IN_FLIGHT)
+        if item["id"] in positions:
+            item["position"] = positions[item["id"]]
+            if item["position"] is None and in_flight and leave_out_unappended:
+                continue
+        sent.append(item)
+    return sent
 
 
 class LiveFeed:
@@ -229,7 +259,9 @@ class LiveFeed:
 
     def _handed(self, identity: BrowserIdentity, since: datetime) -> list[dict[str, Any]]:
         with self.runtime.sessions() as session:
-            return inbox.handed_since(session, identity, since)
+            items = inbox.handed_since(session, identity, since)
+        # What Redis lost is not in the feed any more: nothing is left out.
+        return with_positions(self.runtime, items, leave_out_unappended=False)
 
     def _rooms(self) -> Iterator[tuple[str, BrowserIdentity]]:
         rooms = self.socketio.server.manager.rooms.get(NAMESPACE, {})

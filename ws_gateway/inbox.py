@@ -32,6 +32,10 @@ WEB = "web"
 INBOX_STATUSES = (*UNREAD, "read")
 #: The most notifications one connect replays; the rest follow on a later connect once acked.
 REPLAY_LIMIT = 500
+#: The key that marks, in what the replay and catch-up queries return, a notification the web
+#: channel is handing out now (its position, if it has one yet, is only in Redis); taken out
+#: before it is sent (`ws_gateway.feed.with_positions`).
+IN_FLIGHT = "in_flight"
 #: Default and largest page of `GET /v1/inbox`.
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -121,6 +125,7 @@ def _notifications(
             Message.content,
             Message.category,
             Delivery.receipt,
+            Delivery.status,
         )
         .join(Message, Message.id == Delivery.message_id)
         .where(*conditions)
@@ -128,7 +133,10 @@ def _notifications(
         .limit(limit)
     ).all()
     # `position` is the notification's place in the live feed, once the web channel has one.
-    return [{**_payload(row), "position": row.receipt} for row in sorted(rows, key=_age)]
+    return [
+        {**_payload(row), "position": row.receipt, IN_FLIGHT: row.status == "sending"}
+        for row in sorted(rows, key=_age)
+    ]
 
 
 def missed_since(

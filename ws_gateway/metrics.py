@@ -3,7 +3,7 @@ metrics every HTTP service has (`shared.http_metrics`)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTED_SOCKETS = Gauge(
     "omnipush_gateway_connected_sockets", "Socket.IO clients connected to this process."
@@ -13,6 +13,11 @@ CONNECTS = Counter(
 )
 REPLAYED = Counter(
     "omnipush_gateway_replayed_total", "Unacknowledged notifications replayed on connect."
+)
+REPLAY_WAIT = Histogram(
+    "omnipush_gateway_replay_wait_seconds",
+    "How long a connect's replay waited for its turn at the store.",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
 )
 ACKNOWLEDGED = Counter(
     "omnipush_gateway_acknowledged_total", "Web deliveries marked delivered by a browser ack."

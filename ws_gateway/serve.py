@@ -21,8 +21,9 @@ from ws_gateway.app import create_app, disconnect_all, socketio_of, start_messag
 
 #: How often a worker told to stop checks whether it should close its sockets.
 SHUTDOWN_POLL_SECONDS = 0.25
-#: Concurrent connections (sockets and requests) one gateway process accepts.
-WORKER_CONNECTIONS = 10_000
+#: Concurrent connections (sockets and requests) one gateway process accepts: 10,000 sockets,
+#: with room beside them for health checks and the inbox REST.
+WORKER_CONNECTIONS = 12_000
 
 log = structlog.get_logger("ws_gateway.serve")
 

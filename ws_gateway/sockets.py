@@ -14,6 +14,8 @@ everything unacknowledged. The replay runs right after the CONNECT packet has go
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +33,7 @@ from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import read_token, socket_since, socket_token
-from ws_gateway.feed import SentIds
+from ws_gateway.feed import SentIds, with_positions
 from ws_gateway.metrics import (
     ACKNOWLEDGED,
     CONNECTED_SOCKETS,
@@ -41,6 +43,7 @@ from ws_gateway.metrics import (
     REJECTED_EVENTS,
     RENEWALS,
     REPLAY_FAILURES,
+    REPLAY_WAIT,
     REPLAYED,
 )
 from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
@@ -57,6 +60,10 @@ TOKEN_KEY = "token"
 #: The key of the feed position it reconnected after (`since`), if it said one.
 SINCE_KEY = "since"
 INVALID_SINCE = "invalid since"
+#: Replays that use the store at once; the others wait their turn, so that a crowd reconnecting
+#: after a gateway restart neither runs this process out of store connections (its pool holds
+#: 5) nor keeps acks and the REST routes waiting behind it.
+REPLAYS_AT_ONCE = 4
 
 log = structlog.get_logger("ws_gateway.sockets")
 
@@ -95,6 +102,8 @@ class InboxSockets:
         self.socketio = socketio
         self.runtime = runtime
         self.sent = sent
+        # Made here, in the serving process: under gevent, the cooperative semaphore.
+        self._replay_turns = threading.BoundedSemaphore(REPLAYS_AT_ONCE)
 
     def register(self, manager: ConnectAwareRedisManager) -> None:
         """Attach the handlers (call before `SocketIO.init_app`)."""
@@ -132,7 +141,8 @@ class InboxSockets:
 
     def after_connected(self, sid: str, namespace: str) -> None:
         """Watch the token's expiry; replay what the user has not acknowledged, oldest first,
-        then the unread count. A replay that fails says so, so the client can reconnect."""
+        then the unread count, when its turn comes (`REPLAYS_AT_ONCE`). A replay that fails
+        says so, so the client can reconnect."""
         token = self._saved_token(sid) if namespace == NAMESPACE else None
         if token is None:
             return
@@ -151,7 +161,12 @@ class InboxSockets:
                 return items, inbox.unread_count(session, identity)
 
         try:
-            items, count = retry_once_on_disconnect(replay)
+            waiting_since = time.monotonic()
+            with self._replay_turns:
+                REPLAY_WAIT.observe(time.monotonic() - waiting_since)
+                if self._saved_token(sid) is None:
+                    return  # gone while it waited
+                items, count = retry_once_on_disconnect(replay)
         except Exception:  # never let the replay break the connection itself
             log.exception("gateway.replay_failed", app=identity.app_id, sid=sid)
             REPLAY_FAILURES.inc()
@@ -159,7 +174,9 @@ class InboxSockets:
                 "error", {"message": REPLAY_FAILED}, to=sid, namespace=NAMESPACE, ignore_queue=True
             )
             return
-        # The live feed may carry some of them too while this runs; each reaches the socket once.
+        # The live feed carries those being handed out now too; each reaches the socket once,
+        # with its position, which the browser needs to resume after it.
+        items = with_positions(self.runtime, items, leave_out_unappended=True)
         items = [item for item in items if self.sent.first_time(sid, item["id"])]
         for item in items:
             self.socketio.emit("notification", item, to=sid, namespace=NAMESPACE, ignore_queue=True)
