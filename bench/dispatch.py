@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -52,6 +49,7 @@ from sqlalchemy import func, insert, select, text
 from bench import cpu
 from bench.baseline import publish_confirmed
 from bench.e2e import Receiver
+from bench.profiling import Profiler
 from producer_api.api_keys import NewApp, create_app_with_key
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Subscription, Topic, User, table_of
@@ -173,78 +171,6 @@ def consume_baseline(amqp_url: str, queue: str, body: bytes, count: int) -> floa
     finally:
         channel.queue_delete(queue)
         connection.close()
-
-
-class Profiler:
-    """py-spy recording one process while it is timed; collapsed stacks to var/."""
-
-    def __init__(self, executable: str) -> None:
-        self.executable = executable
-        self.process: subprocess.Popen[bytes] | None = None
-        self.output = Path()
-
-    def attach(self, pid: int, label: str) -> None:
-        self.output = Path(f"var/bench-dispatch-{label}.pyspy.txt")
-        self.process = subprocess.Popen(
-            [
-                *(self.executable, "record", "--pid", str(pid), "--rate", "200"),
-                *("--format", "raw", "--output", str(self.output), "--nonblocking"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def detach(self) -> dict[str, Any]:
-        """Stop recording; where the samples went (`summarize`), and where the stacks are."""
-        if self.process is None:
-            return {}
-        self.process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        self.process.wait(60)
-        self.process = None
-        return {"stacks": str(self.output), **summarize(self.output)}
-
-
-def summarize(path: Path, limit: int = 20) -> dict[str, dict[str, float]]:
-    """Where the samples of py-spy's collapsed stacks at `path` went: by the package of the
-    innermost frame (the code that was running), and for omnipush's own functions the share
-    of samples each was on the stack in (inclusive)."""
-    leaves: Counter[str] = Counter()
-    ours: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue  # py-spy now and then reads a frame's name torn (a line break in it)
-        samples = int(count)
-        total += samples
-        frames = stack.split(";")
-        leaves[_package(frames[-1])] += samples
-        for name in {_name(frame) for frame in frames if _package(frame) in OMNIPUSH}:
-            ours[name] += samples
-    if not total:
-        return {}
-    return {
-        "running_by_package": {k: round(n / total, 3) for k, n in leaves.most_common(limit)},
-        "omnipush_on_stack": {k: round(n / total, 3) for k, n in ours.most_common(limit)},
-    }
-
-
-#: The packages whose functions `summarize` lists one by one.
-OMNIPUSH = frozenset({"dispatcher", "shared", "channels"})
-
-
-def _where(frame: str) -> str:
-    """The file of a collapsed frame `name (path/to/file.py:12)`."""
-    return frame.rpartition(" (")[2].rstrip(")").rpartition(":")[0]
-
-
-def _package(frame: str) -> str:
-    path = _where(frame)
-    return path.split("/")[0].removesuffix(".py") if "/" in path else path.removesuffix(".py")
-
-
-def _name(frame: str) -> str:
-    return f"{frame.rpartition(' (')[0]} ({_where(frame)})"
 
 
 def ready_at(service: Service) -> float:
@@ -553,7 +479,7 @@ def main() -> int:
     parser.add_argument("--py-spy", metavar="PATH", help="profile each timed dispatcher")
     args = parser.parse_args()
     Path("var").mkdir(exist_ok=True)
-    profiler = Profiler(args.py_spy) if args.py_spy else None
+    profiler = Profiler(args.py_spy, "dispatch") if args.py_spy else None
     result = {
         "messages": messages_phase(args.messages, profiler),
         "fan_out": fan_out_phase(args.subscribers, profiler),
