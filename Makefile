@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.channels
 	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.gateway
 
 lint: install
 	$(BIN)/ruff check .

@@ -241,9 +241,9 @@ def gateway_in_process(runtime: Runtime) -> Iterator[tuple[str, Flask]]:
 def test_an_event_on_a_socket_whose_token_has_expired_is_refused(
     event: str, runtime: Runtime, tenant: NewApp
 ) -> None:
-    # In process, so the socket's token can be made to expire at a moment of the test's choosing
-    # while the expiry watch (woken by the original token only) still sleeps: the refusal comes
-    # from the handler itself.
+    # In process, so the socket's token can be made to expire at a moment of the test's choosing,
+    # and without the expiry watch (it runs only in a served gateway): the refusal comes from
+    # the handler itself.
     from ws_gateway.app import socketio_of
     from ws_gateway.sockets import TOKEN_KEY
 

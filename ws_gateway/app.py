@@ -29,6 +29,8 @@ from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
 
 #: Where the app keeps its `LiveFeed` (`app.extensions`).
 LIVE_FEED = "omnipush.live_feed"
+#: Where the app keeps its `InboxSockets` (`app.extensions`).
+INBOX_SOCKETS = "omnipush.inbox_sockets"
 #: Where the app keeps its `SlowConsumers` (`app.extensions`).
 SLOW_CONSUMERS = "omnipush.slow_consumers"
 #: Largest REST body (1000 ids fit in about 45 KiB).
@@ -71,7 +73,9 @@ def create_app(
     )
     sent = SentIds()
     slow_consumers = SlowConsumers(socketio)
-    InboxSockets(socketio, runtime, sent).register(manager)
+    sockets = InboxSockets(socketio, runtime, sent)
+    sockets.register(manager)
+    app.extensions[INBOX_SOCKETS] = sockets
     app.extensions[LIVE_FEED] = LiveFeed(socketio, runtime, sent, slow_consumers)
     app.extensions[SLOW_CONSUMERS] = slow_consumers
     socketio.init_app(
@@ -111,14 +115,18 @@ def disconnect_all(app: Flask) -> None:
 
 
 def start_message_queue(app: Flask) -> None:
-    """Read the live feed, watch for sockets that stopped reading, and subscribe to the
-    Socket.IO message queue now instead of at the first connection (python-socketio's default),
-    so that a served gateway misses nothing published for a socket already connected."""
+    """Read the live feed, watch for expired tokens, overdue deliveries and sockets that stopped
+    reading, and subscribe to the Socket.IO message queue now instead of at the first connection
+    (python-socketio's default), so that a served gateway misses nothing published for a
+    socket already connected."""
     live_feed: LiveFeed = app.extensions[LIVE_FEED]
     live_feed.start()
     slow_consumers: SlowConsumers = app.extensions[SLOW_CONSUMERS]
     socketio = socketio_of(app)
     socketio.start_background_task(slow_consumers.run)
+    sockets: InboxSockets = app.extensions[INBOX_SOCKETS]
+    socketio.start_background_task(sockets.expiry.run)
+    socketio.start_background_task(sockets.overdue.run)
     server = socketio.server
     if not server.manager_initialized:
         server.manager_initialized = True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,16 +59,17 @@ class SentIds:
 
     def __init__(self, limit: int = REMEMBERED_PER_SOCKET) -> None:
         self.limit = limit
-        self._by_sid: dict[str, OrderedDict[str, None]] = {}
+        # Plain dicts keep insertion order, in half an OrderedDict's memory: one per socket.
+        self._by_sid: dict[str, dict[str, None]] = {}
 
     def first_time(self, sid: str, delivery_id: str) -> bool:
         """Remember that `sid` is being sent `delivery_id`; False if it was sent it already."""
-        seen = self._by_sid.setdefault(sid, OrderedDict())
+        seen = self._by_sid.setdefault(sid, {})
         if delivery_id in seen:
             return False
         seen[delivery_id] = None
         if len(seen) > self.limit:
-            seen.popitem(last=False)
+            del seen[next(iter(seen))]
         return True
 
     def forget(self, sid: str) -> None:

@@ -6,8 +6,8 @@ are single conditional UPDATEs, so concurrent acks, reads and sockets never race
 into a wrong state.
 
 A notification whose message is past its `expires_at` is gone from the inbox: it is neither
-replayed, listed, counted, acknowledged nor read. The gateway notices it on the user's next
-connect, and the delivery ends `expired` then (`expire_overdue`).
+replayed, listed, counted, acknowledged nor read. The gateway notices it when the user next
+connects, and the delivery ends `expired` then (`expire_overdue`, for many users at once).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, exists, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.ids import utcnow
@@ -167,12 +167,21 @@ def unread_count(session: Session, identity: BrowserIdentity) -> int:
     return int(count or 0)
 
 
-def expire_overdue(session: Session, identity: BrowserIdentity) -> list[str]:
-    """Mark the user's unread deliveries whose message has expired `expired`; their ids."""
+def expire_overdue(session: Session, identities: Sequence[BrowserIdentity]) -> list[str]:
+    """Mark the unread web deliveries of these users whose message has expired `expired`, in
+    one statement; their ids."""
+    if not identities:
+        return []
     now = utcnow()
+    users = [(identity.app_id, identity.user_id) for identity in identities]
     rows = session.execute(
         update(Delivery)
-        .where(*_mine(identity), Delivery.status.in_(EXPIRABLE), _expired(now))
+        .where(
+            tuple_(Delivery.app_id, Delivery.user_id).in_(users),
+            Delivery.channel == WEB,
+            Delivery.status.in_(EXPIRABLE),
+            _expired(now),
+        )
         .values(status="expired", updated_at=now)
         .returning(Delivery.id, Delivery.message_id),
         execution_options={"synchronize_session": False},

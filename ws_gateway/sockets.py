@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import socketio
@@ -33,6 +34,7 @@ from shared.store_retry import retry_once_on_disconnect
 from shared.tokens import BrowserIdentity, BrowserToken, InvalidToken
 from ws_gateway import inbox
 from ws_gateway.auth import read_token, socket_since, socket_token
+from ws_gateway.expiry import TokenExpiry
 from ws_gateway.feed import SentIds, with_positions
 from ws_gateway.metrics import (
     ACKNOWLEDGED,
@@ -46,15 +48,13 @@ from ws_gateway.metrics import (
     REPLAY_WAIT,
     REPLAYED,
 )
+from ws_gateway.overdue import OverdueDeliveries
 from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
 
 NAMESPACE = "/"
 UNAUTHORIZED = "unauthorized"
 TOKEN_EXPIRED = "token expired"
 REPLAY_FAILED = "replay failed, reconnect to retry"
-#: Longest a socket's expiry watch sleeps before it looks again whether the socket is still
-#: there, so the watch of a socket that left long before its token expires ends soon too.
-EXPIRY_WATCH_SECONDS = 60.0
 #: The key of the socket's `BrowserToken` in its Socket.IO session.
 TOKEN_KEY = "token"
 #: The key of the feed position it reconnected after (`since`), if it said one.
@@ -104,6 +104,10 @@ class InboxSockets:
         self.sent = sent
         # Made here, in the serving process: under gevent, the cooperative semaphore.
         self._replay_turns = threading.BoundedSemaphore(REPLAYS_AT_ONCE)
+        #: Expels each socket when its token expires (its task runs once the app serves).
+        self.expiry = TokenExpiry(socketio, self.expiry_due)
+        #: Settles the overdue deliveries of the users who connect (its task likewise).
+        self.overdue = OverdueDeliveries(socketio, runtime)
 
     def register(self, manager: ConnectAwareRedisManager) -> None:
         """Attach the handlers (call before `SocketIO.init_app`)."""
@@ -147,13 +151,13 @@ class InboxSockets:
         if token is None:
             return
         identity = token.identity
-        self.socketio.start_background_task(self.expire_when_due, sid)
+        self.expiry.watch(sid, token.expires_at)
+        self.overdue.note(identity)
 
         since = self._saved_since(sid)
 
         def replay() -> tuple[list[dict[str, Any]], int]:
             with self.runtime.sessions() as session, session.begin():
-                inbox.expire_overdue(session, identity)
                 if since is None:
                     items = inbox.unacknowledged(session, identity)
                 else:
@@ -193,18 +197,16 @@ class InboxSockets:
         if self._saved_token(sid) is not None:
             CONNECTED_SOCKETS.dec()
 
-    def expire_when_due(self, sid: str) -> None:
-        """Disconnect the socket once its token (as last renewed) has expired; a background task
-        that ends with the socket."""
-        while True:
-            token = self._saved_token(sid)
-            if token is None:
-                return
-            remaining = (token.expires_at - utcnow()).total_seconds()
-            if remaining <= 0:
-                self._expel(sid, token)
-                return
-            self.socketio.sleep(min(remaining, EXPIRY_WATCH_SECONDS))
+    def expiry_due(self, sid: str) -> datetime | None:
+        """`TokenExpiry`'s callback: expel the socket if its token expired; else the expiry of
+        its renewed token (None once the socket is gone)."""
+        token = self._saved_token(sid)
+        if token is None:
+            return None
+        if token.expired(utcnow()):
+            self._expel(sid, token)
+            return None
+        return token.expires_at
 
     # -- events -----------------------------------------------------------------------------
 
@@ -276,8 +278,8 @@ class InboxSockets:
             RENEWALS.labels(outcome="refused").inc()
             log.info("gateway.renew_refused", sid=sid, reason="another app or user")
             return _error(UNAUTHORIZED, detail="The token is for another app or user.")
-        # Both tokens are valid for this user: the socket holds until the later expiry (which
-        # also keeps the expiry watch, sleeping until the current one, from waking too late).
+        # Both tokens are valid for this user: the socket holds until the later expiry (the
+        # expiry watch, due at the current one, then watches until the new one).
         renewed = max(current, fresh, key=lambda token: token.expires_at)
         self._save_token(sid, renewed)
         RENEWALS.labels(outcome="renewed").inc()
