@@ -166,7 +166,8 @@ def handed_since(
 def _notifications(
     session: Session, statement: Select[Any], parameters: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    rows = session.execute(statement, parameters).all()
+    # On the session's connection: Core statements skip the ORM's handling of results.
+    rows = session.connection().execute(statement, parameters).all()
     # `position` is the notification's place in the live feed, once the web channel has one.
     return [
         {**_payload(row), "position": row.receipt, IN_FLIGHT: row.status == "sending"}
@@ -196,7 +197,7 @@ def _feed_order(item: dict[str, Any]) -> tuple[int, int]:
 
 def unread_count(session: Session, identity: BrowserIdentity) -> int:
     """How many of the user's web deliveries are unread."""
-    count = session.scalar(_UNREAD_COUNT, _parameters(identity))
+    count = session.connection().scalar(_UNREAD_COUNT, _parameters(identity))
     return int(count or 0)
 
 
