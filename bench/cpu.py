@@ -9,7 +9,7 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _processes() -> dict[int, tuple[int, str, float]]:
+def processes() -> dict[int, tuple[int, str, float]]:
     """pid -> (parent pid, command name, CPU seconds so far) for every process."""
     table: dict[int, tuple[int, str, float]] = {}
     for entry in Path("/proc").iterdir():
@@ -35,7 +35,7 @@ def snapshot(
     """CPU seconds of each named process tree (`roots`: label -> pid), of every process whose
     command name starts with a prefix (`by_name`: label -> prefix, e.g. the broker), and of
     single processes without their children (`alone`: label -> pid)."""
-    table = _processes()
+    table = processes()
     children: dict[int, list[int]] = {}
     for pid, (parent, _name, _cpu) in table.items():
         children.setdefault(parent, []).append(pid)

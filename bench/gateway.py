@@ -36,7 +36,8 @@ from typing import Any
 
 import httpx
 
-from bench.cpu import _processes
+from bench import cpu
+from bench.cpu import processes
 from bench.profiling import Profiler
 from producer_api.api_keys import create_app_with_key
 from shared.runtime import Runtime
@@ -47,12 +48,13 @@ from tests.socket_crowd import SocketCrowd, socket_crowd
 from tests.stack import free_port, wait_http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
+INFRASTRUCTURE = {"postgresql": "postgres", "redis": "redis-server"}
 TIMEOUT = 300.0
 
 
 def resident_kib(root: int) -> int:
     """Resident memory of `root` and every process under it, in KiB."""
-    table = _processes()
+    table = processes()
     tree, grew = {root}, True
     while grew:
         more = {pid for pid, (parent, _name, _cpu) in table.items() if parent in tree} - tree
@@ -178,12 +180,23 @@ def gateway(
                 fan_out(crowd, rounds + 1, lambda: notify_each(runtime, settings, app_id, users))
             missed = notify_each(runtime, settings, app_id, users)
             crowd.send({"op": "wait", "received": rounds + 2, "timeout_ms": int(TIMEOUT * 1000)})
+            others = {"socket clients": crowd.process.pid}
+            cpu_before = cpu.snapshot(others, INFRASTRUCTURE, {})
             restarted = time.monotonic()
             with running_gateway(settings, bind) as second:
-                if profiler is not None and second.service.process is not None:
+                ready = time.monotonic() - restarted
+                assert second.service.process is not None
+                if profiler is not None:
                     profiler.attach(second.service.process.pid, "storm", subprocesses=True)
                 answer = crowd.answer()
                 resumed = time.monotonic() - restarted
+                # The gateway's from its start: it did not exist before.
+                cpu_used = cpu.delta(
+                    cpu_before,
+                    cpu.snapshot(
+                        {"gateway": second.service.process.pid, **others}, INFRASTRUCTURE, {}
+                    ),
+                )
                 profile = profiler.detach() if profiler is not None else {}
             exact = [s["ids"][-1] for s in crowd.state(ids=True)["sockets"]] == missed
     finally:
@@ -195,6 +208,8 @@ def gateway(
             "sockets": sockets,
             "resumed": answer["done"],
             "seconds_from_restart": round(resumed, 2),
+            "ready_after_s": round(ready, 2),
+            "cpu_seconds": cpu_used,
             "each_got_what_it_missed": exact,
             "profile": profile,
         },
@@ -237,8 +252,9 @@ def main() -> int:
         f"bare {baseline['fan_out']['deliveries_per_s_best']:.0f}/s "
         f"(ratio {result['fan_out_ratio_to_bare']})\n"
         f"reconnect storm: {storm['resumed']} of {args.sockets} resumed "
-        f"{storm['seconds_from_restart']} s after the restart; exactly what each missed: "
-        f"{storm['each_got_what_it_missed']}"
+        f"{storm['seconds_from_restart']} s after the restart (ready after "
+        f"{storm['ready_after_s']} s); exactly what each missed: "
+        f"{storm['each_got_what_it_missed']}; CPU seconds {storm['cpu_seconds']}"
     )
     return 0
 
