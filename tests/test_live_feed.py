@@ -21,6 +21,7 @@ import socketio
 
 from producer_api.api_keys import NewApp
 from shared.live_feed import is_position, position_key
+from shared.models import Delivery
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import new_tenant
@@ -32,11 +33,13 @@ from tests.gateway_support import (
     add_items,
     emit_live,
     new_user,
+    notify_each,
     running_gateway,
     token_for,
 )
 from tests.stack import free_port, wait_until
 from ws_gateway.feed import SentIds, identity_of_room
+from ws_gateway.inbox import REPLAY_LIMIT
 
 TIMEOUT = 30.0
 
@@ -279,6 +282,31 @@ def test_a_tab_whose_gateway_was_killed_resumes_on_another_from_the_last_positio
             assert_each_tab_got_its_users_items_once_in_order(
                 [stayed], [user], 1, items + missed + later
             )
+        finally:
+            resumed.close()
+
+
+def test_a_tab_that_missed_more_than_a_page_gets_all_of_it_in_pages_in_order(
+    inprocess_settings: Settings, inprocess_runtime: Runtime, app: NewApp
+) -> None:
+    user = new_user()
+    with running_gateway(inprocess_settings) as gateway:
+        [seen] = notify_each(inprocess_runtime, inprocess_settings, app.app_id, [user])
+        with inprocess_runtime.sessions() as session:
+            delivery = session.get(Delivery, seen)
+            assert delivery is not None and delivery.receipt is not None
+            last_seen = delivery.receipt
+        missed = notify_each(
+            inprocess_runtime, inprocess_settings, app.app_id, [user] * (2 * REPLAY_LIMIT + 200)
+        )
+        resumed = Browser(gateway.url).connect(
+            token_for(gateway.settings, app.app_id, user), auth_extra={"since": last_seen}
+        )
+        try:
+            resumed.wait(lambda b: b.counts(), "the unread count after the whole replay")
+            assert resumed.ids() == missed, "missed, doubled or out of order"
+            assert resumed.counts() == [len(missed) + 1]
+            assert resumed.disconnects == []
         finally:
             resumed.close()
 

@@ -73,7 +73,7 @@ def create_app(
     )
     sent = SentIds()
     slow_consumers = SlowConsumers(socketio)
-    sockets = InboxSockets(socketio, runtime, sent)
+    sockets = InboxSockets(socketio, runtime, sent, slow_consumers)
     sockets.register(manager)
     app.extensions[INBOX_SOCKETS] = sockets
     app.extensions[LIVE_FEED] = LiveFeed(socketio, runtime, sent, slow_consumers)

@@ -132,6 +132,7 @@ _HANDED_SINCE = _ITEMS.where(
     Delivery.status.in_(INBOX_STATUSES),
     _NOT_EXPIRED,
     or_(Delivery.status == "sending", Delivery.sent_at >= bindparam("since")),
+    Delivery.id > bindparam("after_id"),
 )
 _UNREAD_COUNT = (
     select(func.count())
@@ -155,12 +156,18 @@ def unacknowledged(
 
 
 def handed_since(
-    session: Session, identity: BrowserIdentity, since: datetime, limit: int = REPLAY_LIMIT
+    session: Session,
+    identity: BrowserIdentity,
+    since: datetime,
+    limit: int = REPLAY_LIMIT,
+    after_id: str = "",
 ) -> list[dict[str, Any]]:
     """The user's notifications that the web channel is handing to browsers now or has since
     `since`, acknowledged or not (another tab's ack does not mean this one got it), oldest
-    first: what a gateway that lost the live feed may have missed."""
-    return _notifications(session, _HANDED_SINCE, _parameters(identity, since=since, limit=limit))
+    first: what a gateway that lost the live feed may have missed. A page of the first `limit`
+    by delivery id after `after_id`."""
+    parameters = _parameters(identity, since=since, limit=limit, after_id=after_id)
+    return _notifications(session, _HANDED_SINCE, parameters)
 
 
 def _notifications(
@@ -175,20 +182,36 @@ def _notifications(
     ]
 
 
+@dataclass(frozen=True)
+class MissedPage:
+    """A page of what a tab missed, and the delivery id the next page reads on from (None when
+    this page was the last)."""
+
+    items: list[dict[str, Any]]
+    next_after: str | None
+
+
 def missed_since(
-    session: Session, identity: BrowserIdentity, position: str, limit: int = REPLAY_LIMIT
-) -> list[dict[str, Any]]:
+    session: Session,
+    identity: BrowserIdentity,
+    position: str,
+    limit: int = REPLAY_LIMIT,
+    after_id: str = "",
+) -> MissedPage:
     """What a tab that last saw the notification at `position` of the live feed has not seen,
-    in the feed's order: those after it, and those being handed out now (no position yet)."""
+    in the feed's order: those after it, and those being handed out now (no position yet).
+    One page of `limit` by delivery id, after `after_id`."""
     # A position starts with Redis's clock in ms: nothing after it was sent much before that.
     after = position_key(position)
     sent = datetime.fromtimestamp(after[0] / 1000, UTC) - timedelta(seconds=CLOCK_MARGIN_SECONDS)
+    handed = handed_since(session, identity, sent, limit, after_id)
     items = [
         item
-        for item in handed_since(session, identity, sent, limit)
+        for item in handed
         if item["position"] is None or position_key(item["position"]) > after
     ]
-    return sorted(items, key=lambda item: (item["position"] is None, _feed_order(item)))
+    items.sort(key=lambda item: (item["position"] is None, _feed_order(item)))
+    return MissedPage(items, max(item["id"] for item in handed) if len(handed) >= limit else None)
 
 
 def _feed_order(item: dict[str, Any]) -> tuple[int, int]:

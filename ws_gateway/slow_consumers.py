@@ -40,6 +40,9 @@ MAX_PENDING = 1000
 #: How long a websocket's writer waits for the browser to take one frame.
 WRITE_PATIENCE_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
+#: Packets waiting below which a socket takes the next page of its replay.
+DRAINED = 100
+DRAIN_POLL_SECONDS = 0.05
 #: The reason a cut socket's disconnect gives.
 SLOW_CONSUMER = "slow consumer"
 #: Why a socket was cut off (the metric's label): too much waiting for it, or a frame stalled.
@@ -135,6 +138,23 @@ class SlowConsumers:
         if pending < self.max_pending:
             return True
         self._cut(eio_sid, BACKLOG, pending=pending)
+        return False
+
+    def drained(self, sid: str) -> bool:
+        """Wait until socket `sid` has taken most of what waits for it (for the next page of a
+        replay); False if it is gone, or still full after the write patience."""
+        deadline = time.monotonic() + self.write_patience
+        while time.monotonic() < deadline:
+            try:
+                eio_sid = self.socketio.server.manager.eio_sid_from_sid(sid, "/")
+                eio_socket = self.socketio.server.eio.sockets[eio_sid]
+            except KeyError:
+                return False
+            if eio_socket.closed:
+                return False
+            if eio_socket.queue.qsize() < DRAINED:
+                return True
+            self.socketio.sleep(DRAIN_POLL_SECONDS)
         return False
 
     def run(self) -> None:

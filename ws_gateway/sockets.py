@@ -50,6 +50,7 @@ from ws_gateway.metrics import (
 )
 from ws_gateway.overdue import OverdueDeliveries
 from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
+from ws_gateway.slow_consumers import SlowConsumers
 
 NAMESPACE = "/"
 UNAUTHORIZED = "unauthorized"
@@ -98,10 +99,17 @@ def _error(error: str, **extra: Any) -> dict[str, Any]:
 class InboxSockets:
     """Registers the inbox's Socket.IO handlers on one `SocketIO` and serves its events."""
 
-    def __init__(self, socketio: SocketIO, runtime: Runtime, sent: SentIds) -> None:
+    def __init__(
+        self,
+        socketio: SocketIO,
+        runtime: Runtime,
+        sent: SentIds,
+        slow_consumers: SlowConsumers,
+    ) -> None:
         self.socketio = socketio
         self.runtime = runtime
         self.sent = sent
+        self.slow_consumers = slow_consumers
         # Made here, in the serving process: under gevent, the cooperative semaphore.
         self._replay_turns = threading.BoundedSemaphore(REPLAYS_AT_ONCE)
         #: Expels each socket when its token expires (its task runs once the app serves).
@@ -144,51 +152,72 @@ class InboxSockets:
         log.info("gateway.connected", app=identity.app_id, user_id=identity.user_id, sid=sid)
 
     def after_connected(self, sid: str, namespace: str) -> None:
-        """Watch the token's expiry; replay what the user has not acknowledged, oldest first,
-        then the unread count, when its turn comes (`REPLAYS_AT_ONCE`). A replay that fails
-        says so, so the client can reconnect."""
+        """Watch the token's expiry; replay, when its turn comes (`REPLAYS_AT_ONCE`), what the
+        user has not acknowledged, oldest first (one page), or with `since` everything missed,
+        a page at a time once the socket has taken the last; then the unread count. A replay
+        that fails says so, so the client can reconnect."""
         token = self._saved_token(sid) if namespace == NAMESPACE else None
         if token is None:
             return
         identity = token.identity
         self.expiry.watch(sid, token.expires_at)
         self.overdue.note(identity)
-
         since = self._saved_since(sid)
+        replayed, after_id = 0, ""
+        while True:
+            page = self._replay_page(sid, identity, since, after_id)
+            if page is None:
+                return
+            items, count, next_after = page
+            replayed += self._send_replayed(sid, items)
+            if next_after is None or not self.slow_consumers.drained(sid):
+                break
+            after_id = next_after
+        self.socketio.emit(
+            "unread_count", {"count": count}, to=sid, namespace=NAMESPACE, ignore_queue=True
+        )
+        REPLAYED.inc(replayed)
+        log.info("gateway.replayed", app=identity.app_id, sid=sid, replayed=replayed)
 
-        def replay() -> tuple[list[dict[str, Any]], int]:
+    def _replay_page(
+        self, sid: str, identity: BrowserIdentity, since: str | None, after_id: str
+    ) -> tuple[list[dict[str, Any]], int, str | None] | None:
+        """One page of the replay, the unread count, and where the next page starts; None if
+        the socket left meanwhile or the store failed (the client is told)."""
+
+        def replay() -> tuple[list[dict[str, Any]], int, str | None]:
             with self.runtime.sessions() as session, session.begin():
                 if since is None:
-                    items = inbox.unacknowledged(session, identity)
+                    items, next_after = inbox.unacknowledged(session, identity), None
                 else:
-                    items = inbox.missed_since(session, identity, since)
-                return items, inbox.unread_count(session, identity)
+                    page = inbox.missed_since(session, identity, since, after_id=after_id)
+                    items, next_after = page.items, page.next_after
+                return items, inbox.unread_count(session, identity), next_after
 
         try:
             waiting_since = time.monotonic()
             with self._replay_turns:
                 REPLAY_WAIT.observe(time.monotonic() - waiting_since)
                 if self._saved_token(sid) is None:
-                    return  # gone while it waited
-                items, count = retry_once_on_disconnect(replay)
+                    return None  # gone while it waited
+                return retry_once_on_disconnect(replay)
         except Exception:  # never let the replay break the connection itself
             log.exception("gateway.replay_failed", app=identity.app_id, sid=sid)
             REPLAY_FAILURES.inc()
             self.socketio.emit(
                 "error", {"message": REPLAY_FAILED}, to=sid, namespace=NAMESPACE, ignore_queue=True
             )
-            return
+            return None
+
+    def _send_replayed(self, sid: str, items: list[dict[str, Any]]) -> int:
+        """Emit a page of the replay; how many it sent."""
         # The live feed carries those being handed out now too; each reaches the socket once,
         # with its position, which the browser needs to resume after it.
         items = with_positions(self.runtime, items, leave_out_unappended=True)
         items = [item for item in items if self.sent.first_time(sid, item["id"])]
         for item in items:
             self.socketio.emit("notification", item, to=sid, namespace=NAMESPACE, ignore_queue=True)
-        self.socketio.emit(
-            "unread_count", {"count": count}, to=sid, namespace=NAMESPACE, ignore_queue=True
-        )
-        REPLAYED.inc(len(items))
-        log.info("gateway.replayed", app=identity.app_id, sid=sid, replayed=len(items))
+        return len(items)
 
     def on_disconnect(self, *_reason: Any) -> None:
         """Forget the socket (the room membership goes with it)."""
