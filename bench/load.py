@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from urllib.parse import urlsplit
 
 
@@ -31,6 +32,9 @@ def post_messages(
     lock = threading.Lock()
     next_index = iter(range(len(recipients)))
     started = time.monotonic()
+    # Every call's contents differ from every other's: the dispatcher would deduplicate a
+    # message whose content a recipient got minutes before (a warm-up's, say).
+    run = uuid.uuid4().hex[:8]
 
     def worker() -> None:
         connection = http.client.HTTPConnection(
@@ -49,7 +53,7 @@ def post_messages(
                 {
                     "to": [{"user_id": user} for user in recipients[index]],
                     "channels": ["web"],
-                    "content": {"title": f"bench {index}"},
+                    "content": {"title": f"bench {run} {index}"},
                 }
             )
             sent_at = time.monotonic()
