@@ -6,6 +6,8 @@ one Socket.IO client per user, and measures
 1. throughput: messages fanned out to every user, posted as fast as the API takes them;
    deliveries per second from the first POST to the last notification received;
 2. latency: single-recipient messages posted at a fixed rate; POST-to-receipt p50 and p99;
+3. lone latency: one message at a time at idle, to a user whose socket is the official
+   socket.io-client's (Node.js, `tests/socket_crowd.js`); POST-to-receipt p50 and p99;
 
 beside a baseline measured in the same run on the same broker (raw pika, asynchronous confirms
 plus a consumer with acks), printing the ratio. Run it with `make bench`; results also go to
@@ -15,16 +17,19 @@ var/bench-e2e.json.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import socketio
 from sqlalchemy import select
@@ -37,6 +42,7 @@ from shared.models import Event
 from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
 from tests.conftest import isolated_settings, service_env
+from tests.socket_crowd import socket_crowd
 from tests.stack import Stack, wait_until
 
 
@@ -125,6 +131,41 @@ def latency(
     }
 
 
+def lone_latency(stack: Stack, api_key: str, token: str, user: str, samples: int) -> dict[str, Any]:
+    """One message at a time, each after the last arrived and a pause, to the one socket of
+    `user`: milliseconds from just before the POST to the notification in the browser."""
+    address = urlsplit(stack.api_url)
+    connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port)
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    run = uuid.uuid4().hex[:8]
+    times: list[float] = []
+    message_ids: list[str] = []
+    with socket_crowd() as crowd:
+        assert crowd.open(stack.gateway_url, [token], reconnect=False, timeout=30) == 1
+        for n in range(samples):
+            time.sleep(0.2)  # idle between samples, as a lone message finds the stack
+            crowd.send({"op": "wait", "received": n + 1, "timeout_ms": 10_000})
+            content = {"title": f"lone {run} {n}"}
+            body = {"to": [{"user_id": user}], "channels": ["web"], "content": content}
+            connection.request("POST", "/v1/messages", json.dumps(body), headers)
+            response = connection.getresponse()
+            accepted = json.loads(response.read())
+            assert response.status == 202, response.status
+            message_ids.append(accepted["id"])
+            answer = crowd.answer()
+            assert answer["done"] == 1, "the lone message never arrived"
+            times.append(float(answer["last_ms"]))
+    connection.close()
+    times.sort()
+    return {
+        "samples": samples,
+        "p50_ms": round(statistics.median(times), 1),
+        "p99_ms": round(times[max(0, int(len(times) * 0.99) - 1)], 1),
+        "max_ms": round(times[-1], 1),
+        "message_ids": message_ids,
+    }
+
+
 def stage_latencies(runtime: Runtime, message_ids: list[str]) -> dict[str, float]:
     """Median milliseconds from `accepted` to each later stage, from the store's trace."""
     offsets: dict[str, list[float]] = {}
@@ -156,6 +197,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="latency phase messages/s")
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn API workers")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
+    parser.add_argument("--lone", type=int, default=50, help="lone messages, one at a time")
     args = parser.parse_args()
 
     with isolated_settings() as settings:
@@ -180,6 +222,11 @@ def main() -> int:
                 paced["median_ms_after_accepted"] = stage_latencies(
                     runtime, paced.pop("message_ids")
                 )
+                token, _ = mint_browser_token(settings.secret_key, tenant.app_id, "lone", 3600)
+                alone = lone_latency(stack, tenant.api_key, token, "lone", args.lone)
+                alone["median_ms_after_accepted"] = stage_latencies(
+                    runtime, alone.pop("message_ids")
+                )
             finally:
                 load.close()
                 receiver.close()
@@ -192,6 +239,7 @@ def main() -> int:
         "throughput": fan_out,
         "ratio_to_baseline": round(fan_out["deliveries_per_s"] / baseline.per_second, 3),
         "latency": paced,
+        "lone_latency": alone,
     }
     Path("var").mkdir(exist_ok=True)
     Path("var/bench-e2e.json").write_text(json.dumps(result, indent=2))
@@ -202,7 +250,9 @@ def main() -> int:
         f"raw pika baseline {baseline.per_second:.0f} msg/s; "
         f"ratio {result['ratio_to_baseline']:.3f}\n"
         f"latency at {paced['achieved_rate']:.0f} msg/s: p50 {paced['p50_ms']} ms, "
-        f"p99 {paced['p99_ms']} ms"
+        f"p99 {paced['p99_ms']} ms\n"
+        f"lone message at idle to socket.io-client: p50 {alone['p50_ms']} ms, "
+        f"p99 {alone['p99_ms']} ms"
     )
     return 0
 
