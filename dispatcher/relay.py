@@ -35,6 +35,7 @@ from shared.amqp.link import AmqpLink, Outgoing
 from shared.amqp.topology import DISPATCH_KEY, channel_key, dispatch_key
 from shared.db import OUTBOX_CHANNEL, is_postgresql
 from shared.ids import utcnow
+from shared.linger import Linger
 from shared.models import Event, JsonType, Message, OutboxEntry, UTCDateTime, table_of
 from shared.payloads import DeliveryPayload, DispatchPayload, encode
 from shared.pipeline_metrics import RelayMetrics
@@ -107,8 +108,9 @@ class OutboxRelay:
         self._postgres = is_postgresql(runtime.engine)
         # With LISTEN/NOTIFY the poll only picks up scheduled rows coming due.
         self.poll_seconds = poll_seconds or (1.0 if self._postgres else 0.05)
-        # After a wake-up, wait this long for more rows: one batch instead of many tiny ones.
-        self.linger_seconds = linger_seconds
+        # After a wake-up, wait this long for more rows while rows are flowing: one batch
+        # instead of many tiny ones, without holding a message that comes alone.
+        self._linger = Linger(linger_seconds)
         self._stopping = threading.Event()
         # Most rows are messages to dispatch; a fallback delivery goes to its channel's queue.
         self._dispatch = DispatchPayload()
@@ -137,6 +139,8 @@ class OutboxRelay:
                     self._drop_listener()
                     self._stopping.wait(1.0)
                     continue
+                if published:
+                    self._linger.worked()
                 if published < self.batch_size:
                     self._wait_for_work()
         finally:
@@ -208,7 +212,8 @@ class OutboxRelay:
             listener = self._ensure_listener()
             readable, _, _ = select.select([listener], [], [], self.poll_seconds)
             if readable:
-                self._stopping.wait(self.linger_seconds)
+                if (linger := self._linger.wait_seconds()) > 0:
+                    self._stopping.wait(linger)
                 listener.poll()
                 listener.notifies.clear()
         except Exception as error:  # any driver or socket error: listen again next time

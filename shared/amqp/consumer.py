@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.amqp.link import AmqpLink, Inbound
+from shared.linger import Linger
 from shared.stop_signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,7 @@ class BatchConsumer(ABC):
     def __init__(self, link: AmqpLink) -> None:
         self.link = link
         self._stopping = threading.Event()
+        self._linger = Linger(self.batch_wait_seconds)
 
     @abstractmethod
     def handle_batch(self, batch: list[Inbound]) -> None:
@@ -74,6 +76,7 @@ class BatchConsumer(ABC):
             batch = self._next_batch(timeout=0.2)
             if batch:
                 self._handle_safely(batch)
+                self._linger.worked()
         self.finish()
         self.link.close()
         log.info("consumer.stopped")
@@ -84,7 +87,7 @@ class BatchConsumer(ABC):
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.batch_wait_seconds
+        deadline = time.monotonic() + self._linger.wait_seconds()
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
             try:
