@@ -58,7 +58,8 @@ def test_a_crowd_reconnecting_after_a_gateway_restart_resumes_exactly_where_it_s
             assert [s["ids"] for s in sockets] == [
                 [first_id, missed_id] for first_id, missed_id in zip(seen, missed, strict=True)
             ], "each socket got exactly what it missed, once"
-            assert all(s["connected"] and s["connects"] == 2 for s in sockets)
+            # A socket may also have reconnected to the first gateway while it was stopping.
+            assert all(s["connected"] and s["connects"] >= 2 for s in sockets)
             samples = scrape(f"{second.url}/metrics")
             assert samples.get(key("omnipush_gateway_replay_failures_total"), 0) == 0
             assert samples[key("omnipush_gateway_connected_sockets")] == SOCKETS
