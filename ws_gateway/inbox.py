@@ -70,14 +70,6 @@ class InboxPage:
     next_before: str | None
 
 
-def _mine(identity: BrowserIdentity) -> list[ColumnElement[bool]]:
-    return [
-        Delivery.app_id == identity.app_id,
-        Delivery.user_id == identity.user_id,
-        Delivery.channel == WEB,
-    ]
-
-
 def _expired(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     """The delivery's message has an `expires_at` that has passed."""
     return exists().where(
@@ -85,9 +77,26 @@ def _expired(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     )
 
 
-def _visible(identity: BrowserIdentity, statuses: Sequence[str]) -> list[ColumnElement[bool]]:
+# Statements name the user and the time as parameters (`_parameters`), so that those the
+# gateway runs on every connect (ten thousand at once after a restart) are built once: building
+# one took more of the gateway's CPU than running it.
+_MINE = (
+    # Not named after columns: UPDATE statements keep those names for their SET values.
+    Delivery.app_id == bindparam("app"),
+    Delivery.user_id == bindparam("user"),
+    Delivery.channel == WEB,
+)
+_NOT_EXPIRED = ~_expired(bindparam("now"))
+
+
+def _visible(statuses: Sequence[str]) -> list[ColumnElement[bool]]:
     """The user's web deliveries in one of `statuses` whose message has not expired."""
-    return [*_mine(identity), Delivery.status.in_(statuses), ~_expired(utcnow())]
+    return [*_MINE, Delivery.status.in_(statuses), _NOT_EXPIRED]
+
+
+def _parameters(identity: BrowserIdentity, **more: Any) -> dict[str, Any]:
+    """The values of `_visible`'s parameters (and `more`) for `identity`, now."""
+    return {"app": identity.app_id, "user": identity.user_id, "now": utcnow(), **more}
 
 
 def _payload(row: Any) -> dict[str, Any]:
@@ -117,32 +126,13 @@ _ITEMS = (
     .order_by(Delivery.id)
     .limit(bindparam("limit"))
 )
-# The replay's statements are built once, with the user and the time as parameters: they run
-# on every connect (ten thousand at once after a gateway restart), and building one took more
-# of the gateway's CPU than running it.
-_MINE = (
-    Delivery.app_id == bindparam("app_id"),
-    Delivery.user_id == bindparam("user_id"),
-    Delivery.channel == WEB,
-)
-_NOT_EXPIRED = ~_expired(bindparam("now"))
-_UNACKNOWLEDGED = _ITEMS.where(*_MINE, Delivery.status.in_(UNACKNOWLEDGED), _NOT_EXPIRED)
+_UNACKNOWLEDGED = _ITEMS.where(*_visible(UNACKNOWLEDGED))
 _HANDED_SINCE = _ITEMS.where(
-    *_MINE,
-    Delivery.status.in_(INBOX_STATUSES),
-    _NOT_EXPIRED,
+    *_visible(INBOX_STATUSES),
     or_(Delivery.status == "sending", Delivery.sent_at >= bindparam("since")),
     Delivery.id > bindparam("after_id"),
 )
-_UNREAD_COUNT = (
-    select(func.count())
-    .select_from(Delivery)
-    .where(*_MINE, Delivery.status.in_(UNREAD), _NOT_EXPIRED)
-)
-
-
-def _parameters(identity: BrowserIdentity, **more: Any) -> dict[str, Any]:
-    return {"app_id": identity.app_id, "user_id": identity.user_id, "now": utcnow(), **more}
+_UNREAD_COUNT = select(func.count()).select_from(Delivery).where(*_visible(UNREAD))
 
 
 def unacknowledged(
@@ -257,9 +247,10 @@ def acknowledge(session: Session, identity: BrowserIdentity, ids: Sequence[str])
     now = utcnow()
     rows = session.execute(
         update(Delivery)
-        .where(*_visible(identity, UNACKNOWLEDGED), Delivery.id.in_(list(ids)))
+        .where(*_visible(UNACKNOWLEDGED), Delivery.id.in_(list(ids)))
         .values(status="delivered", delivered_at=now, updated_at=now)
         .returning(Delivery.id, Delivery.message_id),
+        _parameters(identity),
         execution_options={"synchronize_session": False},
     ).all()
     record_events(
@@ -276,7 +267,7 @@ def mark_read(
     if ids is not None and not ids:
         return []
     now = utcnow()
-    conditions = _visible(identity, UNREAD)
+    conditions = _visible(UNREAD)
     if ids is not None:
         conditions.append(Delivery.id.in_(list(ids)))
     rows = session.execute(
@@ -289,6 +280,7 @@ def mark_read(
             delivered_at=func.coalesce(Delivery.delivered_at, literal(now, UTCDateTime())),
         )
         .returning(Delivery.id, Delivery.message_id),
+        _parameters(identity),
         execution_options={"synchronize_session": False},
     ).all()
     record_events(
@@ -313,7 +305,7 @@ def page(
 
     Pages follow delivery ids (the index); items within a page are in exact time order.
     """
-    conditions = _visible(identity, UNREAD if unread_only else INBOX_STATUSES)
+    conditions = _visible(UNREAD if unread_only else INBOX_STATUSES)
     if before is not None:
         conditions.append(Delivery.id < before)
     rows = session.execute(
@@ -331,7 +323,8 @@ def page(
         .join(Message, Message.id == Delivery.message_id)
         .where(*conditions)
         .order_by(Delivery.id.desc())
-        .limit(limit + 1)
+        .limit(limit + 1),
+        _parameters(identity),
     ).all()
     more = len(rows) > limit
     rows = rows[:limit]
