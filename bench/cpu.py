@@ -29,6 +29,20 @@ def processes() -> dict[int, tuple[int, str, float]]:
     return table
 
 
+def tree(root: int, table: Mapping[int, tuple[int, str, float]]) -> set[int]:
+    """`root` and every process under it that `table` (`processes()`) holds."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _name, _cpu) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
 def snapshot(
     roots: Mapping[str, int], by_name: Mapping[str, str], alone: Mapping[str, int]
 ) -> dict[str, float]:
@@ -36,15 +50,9 @@ def snapshot(
     command name starts with a prefix (`by_name`: label -> prefix, e.g. the broker), and of
     single processes without their children (`alone`: label -> pid)."""
     table = processes()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _name, _cpu) in table.items():
-        children.setdefault(parent, []).append(pid)
-
-    def tree(pid: int) -> float:
-        own = table.get(pid, (0, "", 0.0))[2]
-        return own + sum(tree(child) for child in children.get(pid, []))
-
-    result = {label: tree(pid) for label, pid in roots.items()}
+    result = {
+        label: sum(table[pid][2] for pid in tree(root, table)) for label, root in roots.items()
+    }
     for label, pid in alone.items():
         result[label] = table.get(pid, (0, "", 0.0))[2]
     for label, prefix in by_name.items():

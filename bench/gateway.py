@@ -54,14 +54,8 @@ TIMEOUT = 300.0
 
 def resident_kib(root: int) -> int:
     """Resident memory of `root` and every process under it, in KiB."""
-    table = processes()
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, (parent, _name, _cpu) in table.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
     total = 0
-    for pid in tree:
+    for pid in cpu.tree(root, processes()):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

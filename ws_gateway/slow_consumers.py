@@ -131,8 +131,8 @@ class SlowConsumers:
     def admit(self, eio_sid: str) -> bool:
         """Whether a notification may be queued for the socket of Engine.IO session `eio_sid`;
         one that has too many waiting already is cut off instead."""
-        eio_socket = self.socketio.server.eio.sockets.get(eio_sid)
-        if eio_socket is None or eio_socket.closed:
+        eio_socket = self._open_socket(eio_sid)
+        if eio_socket is None:
             return False
         pending = eio_socket.queue.qsize()
         if pending < self.max_pending:
@@ -143,19 +143,21 @@ class SlowConsumers:
     def drained(self, sid: str) -> bool:
         """Wait until socket `sid` has taken most of what waits for it (for the next page of a
         replay); False if it is gone, or still full after the write patience."""
+        eio_sid = self.socketio.server.manager.eio_sid_from_sid(sid, "/")
         deadline = time.monotonic() + self.write_patience
         while time.monotonic() < deadline:
-            try:
-                eio_sid = self.socketio.server.manager.eio_sid_from_sid(sid, "/")
-                eio_socket = self.socketio.server.eio.sockets[eio_sid]
-            except KeyError:
-                return False
-            if eio_socket.closed:
+            eio_socket = self._open_socket(eio_sid)
+            if eio_socket is None:
                 return False
             if eio_socket.queue.qsize() < DRAINED:
                 return True
             self.socketio.sleep(DRAIN_POLL_SECONDS)
         return False
+
+    def _open_socket(self, eio_sid: str | None) -> Any:
+        """The Engine.IO socket of session `eio_sid`, unless it is gone or closed."""
+        eio_socket = self.socketio.server.eio.sockets.get(eio_sid)
+        return None if eio_socket is None or eio_socket.closed else eio_socket
 
     def run(self) -> None:
         """Cut off, once a second, every websocket whose writer has waited too long."""
