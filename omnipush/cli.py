@@ -406,11 +406,7 @@ def dead_replay(
     """Send DEAD_ID again (or, with --all, every dead letter waiting for a replay)."""
     from shared.dead_letters import (
         DeadLetterFilter,
-        ReplayFailed,
         ReplayOutcome,
-        channels_of,
-        find_dead_letter,
-        replay_link,
         replay_matching,
         replay_one,
     )
@@ -419,40 +415,21 @@ def dead_replay(
         raise click.UsageError("give one dead letter ID or --all")
     if dead_id is not None and (channel or app_id):
         raise click.UsageError("--channel and --app go with --all")
-    settings = _settings()
-    # The broker link logs; its lines go to stderr, stdout is the command's answer.
-    from shared.logging import configure_logging
-
-    configure_logging("cli", settings.log_format)
     with _store() as engine:
-        try:
-            if dead_id is not None:
-                with engine.connect() as connection:
-                    found = find_dead_letter(connection, dead_id)
-                if found is None:
-                    raise click.ClickException(f"no dead letter {dead_id}")
-                with replay_link(settings, [found.channel]) as link:
-                    outcome = replay_one(engine, link, dead_id)
-                if outcome is ReplayOutcome.ALREADY_REPLAYED:
-                    raise click.ClickException(f"dead letter {dead_id} was replayed already")
-                click.echo(f"replayed {dead_id}")
-                return
-            chosen = DeadLetterFilter(app_id=app_id, channel=channel)
-            with engine.connect() as connection:
-                channels = channels_of(connection, chosen)
-            if not channels:
-                click.echo("replayed 0 dead letters (none waiting)")
-                return
-            with replay_link(settings, channels) as link:
-                done = replay_matching(
-                    engine,
-                    link,
-                    chosen,
-                    lambda done, total: click.echo(f"replayed {done}/{total}", err=True),
-                )
-        except ReplayFailed as error:
-            raise click.ClickException(str(error)) from error
-    click.echo(f"replayed {done} dead letters")
+        if dead_id is not None:
+            outcome = replay_one(engine, dead_id)
+            if outcome is ReplayOutcome.UNKNOWN:
+                raise click.ClickException(f"no dead letter {dead_id}")
+            if outcome is ReplayOutcome.ALREADY_REPLAYED:
+                raise click.ClickException(f"dead letter {dead_id} was replayed already")
+            click.echo(f"replayed {dead_id}")
+            return
+        done = replay_matching(
+            engine,
+            DeadLetterFilter(app_id=app_id, channel=channel),
+            lambda done, total: click.echo(f"replayed {done}/{total}", err=True),
+        )
+    click.echo(f"replayed {done} dead letters" + ("" if done else " (none waiting)"))
 
 
 @main.group()

@@ -1,8 +1,8 @@
 """`/v1/dead-letters`: an app's deliveries that failed for good, and replaying them.
 
 The store side (what a dead letter is, how a replay re-queues it) is shared/dead_letters.py;
-this blueprint scopes it to the calling app. A replay opens a short-lived broker link of its
-own: the API otherwise reaches the broker only through the outbox, and replays are rare.
+this blueprint scopes it to the calling app. Like a message, a replay reaches the broker
+through the outbox.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from producer_api.paging import PageQuery
 from shared.blueprint import Blueprint, fail
 from shared.dead_letters import (
     DeadLetterFilter,
-    ReplayFailed,
     ReplayOutcome,
-    find_dead_letter,
     list_dead_letters,
-    replay_link,
     replay_one,
 )
 from shared.flask_runtime import runtime_of
@@ -84,20 +81,8 @@ class Replay(MethodView):
     @blp.alt_response(409, description="The dead letter was replayed already")
     def post(self, dead_id: str) -> dict[str, Any]:
         """Send the delivery again: it goes back to `queued` with its attempts reset and is
-        republished to its channel. A dead letter replays once."""
-        app_id = current_app_id()
-        runtime = runtime_of()
-        with runtime.engine.connect() as connection:
-            found = find_dead_letter(connection, dead_id, app_id)
-        if found is None:
-            fail(404, f"No dead letter {dead_id}.")
-        if found.replayed_at is not None:
-            fail(409, f"Dead letter {dead_id} was replayed already.")
-        try:
-            with replay_link(runtime.settings, [found.channel]) as link:
-                outcome = replay_one(runtime.engine, link, dead_id, app_id)
-        except ReplayFailed as error:
-            fail(503, str(error))
+        handed to its channel's queue through the outbox. A dead letter replays once."""
+        outcome = replay_one(runtime_of().engine, dead_id, current_app_id())
         if outcome is ReplayOutcome.ALREADY_REPLAYED:
             fail(409, f"Dead letter {dead_id} was replayed already.")
         if outcome is ReplayOutcome.UNKNOWN:

@@ -14,34 +14,28 @@ chosen message); the row is what an operator works from. A row is written for ev
 that failed for good, also one a fallback channel took over (`channels.fallback`): replaying
 that one sends on its first channel again, which is the operator's call.
 
-The store update and the publish are one step: the rows are updated inside a transaction, the
-messages are published, and the transaction commits only once the broker has confirmed them.
-A worker that receives a republished message first waits on the delivery's row lock, then sees
-it `queued`; if the publish fails nothing was changed, and if the commit fails the worker finds
-the delivery still `failed` and drops the message, so the dead letter stays to replay again.
+The store update and the publish are one step through the outbox: in one transaction the rows
+are updated and an outbox row per delivery is written, which the relay publishes to the
+channel's queue (`dispatcher.relay`). A worker can therefore never receive a replayed delivery
+before the store says it is `queued` again, and a replay needs only the store: with the broker
+away it waits in the outbox and goes out once the relay reaches the broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import wait
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, distinct, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
-from shared.amqp.link import AmqpLink, Outgoing, PublishError
-from shared.amqp.topology import Topology, channel_key
+from shared.amqp.topology import channel_key
 from shared.ids import utcnow
-from shared.models import DeadLetter, Delivery, Message
-from shared.payloads import DeliveryPayload, encode
-from shared.settings import Settings
+from shared.models import DeadLetter, Delivery, Message, OutboxEntry
 from shared.trace import event_row, record_events
 
-CONFIRM_TIMEOUT_SECONDS = 30.0
 #: Rows replayed per transaction by `replay_matching`.
 REPLAY_BATCH = 100
 #: Message statuses a replay re-opens: the message settled and will settle again.
@@ -77,10 +71,6 @@ class ReplayOutcome(StrEnum):
     REPLAYED = "replayed"
     ALREADY_REPLAYED = "already_replayed"
     UNKNOWN = "unknown"
-
-
-class ReplayFailed(Exception):
-    """The broker did not take the republished messages; nothing was changed."""
 
 
 def _where(query: Any, chosen: DeadLetterFilter, include_replayed: bool) -> Any:
@@ -149,39 +139,12 @@ def find_dead_letter(
     return None if row is None else _view(row)
 
 
-def channels_of(connection: Connection, chosen: DeadLetterFilter) -> list[str]:
-    """The channels of the dead letters waiting for a replay under `chosen`."""
-    query = _where(select(distinct(DeadLetter.channel)), chosen, include_replayed=False)
-    return sorted(connection.scalars(query))
-
-
-@contextmanager
-def replay_link(settings: Settings, channels: Sequence[str]) -> Iterator[AmqpLink]:
-    """A connected link whose topology declares `channels`' queues (so a replay waits in the
-    queue even while no worker of the channel runs)."""
-    topology = Topology(
-        prefix=settings.queue_prefix,
-        channels=tuple(channels),
-        retry_delays=settings.config.retry_delays,
-    )
-    link = AmqpLink(settings.amqp_url, topology, name="omnipush-replay")
-    link.start()
-    try:
-        if not link.wait_ready(10):
-            raise ReplayFailed(f"RabbitMQ at {link.address} is not reachable")
-        yield link
-    finally:
-        link.close()
-
-
-def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
+def replay(engine: Engine, ids: Sequence[str]) -> list[str]:
     """Replay the dead letters `ids` not replayed yet, in one transaction (see the module
-    docstring); returns the ids replayed. Raises `ReplayFailed` (and changes nothing) when
-    the broker does not confirm the republished messages."""
+    docstring); returns the ids replayed."""
     if not ids:
         return []
     now = utcnow()
-    payloads = DeliveryPayload()
     with engine.begin() as connection:
         taken = connection.execute(
             update(DeadLetter)
@@ -249,40 +212,34 @@ def replay(engine: Engine, link: AmqpLink, ids: Sequence[str]) -> list[str]:
                 "channel": row.channel,
                 "priority": priorities[row.message_id],
             }
-            key = channel_key(row.channel, payload["priority"])
-            outgoing.append(Outgoing(key, encode(payloads, payload)))
+            outgoing.append(
+                {
+                    "message_id": row.message_id,
+                    "routing_key": channel_key(row.channel, payload["priority"]),
+                    "payload": payload,
+                    "available_at": now,
+                    "created_at": now,
+                }
+            )
         record_events(connection, events)
-        _publish(link, outgoing)
+        if outgoing:
+            connection.execute(insert(OutboxEntry), outgoing)
     return [row.id for row in taken]
 
 
-def _publish(link: AmqpLink, outgoing: list[Outgoing]) -> None:
-    if not outgoing:
-        return
-    futures = link.publish_batch(outgoing)
-    wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
-    for future in futures:
-        error = future.exception(timeout=0) if future.done() else PublishError("no confirm")
-        if error is not None:
-            raise ReplayFailed(f"the broker did not take the replayed delivery: {error}")
-
-
-def replay_one(
-    engine: Engine, link: AmqpLink, dead_id: str, app_id: str | None = None
-) -> ReplayOutcome:
+def replay_one(engine: Engine, dead_id: str, app_id: str | None = None) -> ReplayOutcome:
     """Replay one dead letter (of `app_id`, when given)."""
     with engine.connect() as connection:
         found = find_dead_letter(connection, dead_id, app_id)
     if found is None:
         return ReplayOutcome.UNKNOWN
-    if found.replayed_at is not None or not replay(engine, link, [dead_id]):
+    if found.replayed_at is not None or not replay(engine, [dead_id]):
         return ReplayOutcome.ALREADY_REPLAYED
     return ReplayOutcome.REPLAYED
 
 
 def replay_matching(
     engine: Engine,
-    link: AmqpLink,
     chosen: DeadLetterFilter,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
@@ -298,7 +255,7 @@ def replay_matching(
         )
     done = 0
     for start in range(0, len(ids), REPLAY_BATCH):
-        done += len(replay(engine, link, ids[start : start + REPLAY_BATCH]))
+        done += len(replay(engine, ids[start : start + REPLAY_BATCH]))
         if progress is not None:
             progress(done, len(ids))
     return done

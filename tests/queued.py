@@ -1,7 +1,7 @@
 """Where the worker runtime tests of every channel start: a delivery as the dispatcher leaves it
 (its message dispatched, the delivery queued, its AMQP message published to the lane of the
-channel's queue of the message's priority), and a channel worker consuming in a thread of the
-test."""
+channel's queue of the message's priority), and a channel worker and an outbox relay, each
+running in a thread of the test."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import insert
 
 from channels.base import Channel
 from channels.worker import CLAIM_SECONDS, ChannelWorker
+from dispatcher.relay import OutboxRelay
 from shared.amqp.link import AmqpLink, Outgoing
 from shared.amqp.topology import channel_key
 from shared.ids import new_id, utcnow
@@ -175,4 +176,17 @@ def running_worker(
         yield worker
     finally:
         worker.stop()
+        thread.join(20)
+
+
+@contextmanager
+def running_relay(runtime: Runtime) -> Iterator[None]:
+    """An outbox relay publishing the store's due rows until the block ends."""
+    relay = OutboxRelay(runtime, AmqpLink(AMQP_URL, runtime.topology))
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        relay.stop()
         thread.join(20)

@@ -26,14 +26,12 @@ from shared.config_file import Delay
 from shared.dead_letters import (
     DeadLetterFilter,
     DeadLetterView,
-    ReplayFailed,
     find_dead_letter,
     list_dead_letters,
     replay,
-    replay_link,
 )
 from shared.ids import new_id, utcnow
-from shared.models import DeadLetter, Delivery, Event, Message
+from shared.models import DeadLetter, Delivery, Event, Message, OutboxEntry
 from shared.runtime import Runtime
 from shared.settings import Settings
 from tests.conftest import (
@@ -46,8 +44,8 @@ from tests.conftest import (
     service_env,
 )
 from tests.offline_dns import offline_resolver
-from tests.queued import queued_delivery, running_worker
-from tests.stack import run_omnipush, wait_until
+from tests.queued import queued_delivery, running_relay, running_worker
+from tests.stack import free_port, run_omnipush, wait_until
 from tests.test_worker import ScriptedChannel, state
 
 
@@ -82,6 +80,16 @@ def _completed(runtime: Runtime, message_id: str, delivery_id: str) -> None:
     )
 
 
+@pytest.fixture
+def own_store() -> Iterator[Runtime]:
+    """A store and queues of this test's own: the CLI sees (and `--all` replays) every dead
+    letter of its store, so none of other tests may be there."""
+    with isolated_settings() as settings:
+        built = Runtime.build(settings)
+        yield built
+        built.close()
+
+
 def test_a_delivery_that_fails_for_good_is_a_dead_letter_written_with_its_failed_record(
     isolated_runtime: Runtime,
 ) -> None:
@@ -104,12 +112,12 @@ def test_a_delivery_that_fails_for_good_is_a_dead_letter_written_with_its_failed
 
 
 def test_a_dead_letter_replayed_over_rest_is_sent_once_and_replays_only_once(
-    isolated_runtime: Runtime,
+    own_store: Runtime,
 ) -> None:
-    runtime = isolated_runtime
+    runtime = own_store
     channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.PERMANENT, Outcome.SENT])
     api = _api(runtime)
-    with running_worker(runtime, channel):
+    with running_relay(runtime), running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime)
         _failed(runtime, message_id, delivery_id)
         # queued_delivery's tenant keeps its key to itself: give it another one to call with.
@@ -156,22 +164,12 @@ def test_replaying_an_unknown_or_another_apps_dead_letter_is_404(
     assert api.get("/v1/dead-letters", headers=bearer(other)).get_json()["items"] == []
 
 
-@pytest.fixture
-def own_store() -> Iterator[Runtime]:
-    """A store and queues of this test's own: the CLI sees (and `--all` replays) every dead
-    letter of its store, so none of other tests may be there."""
-    with isolated_settings() as settings:
-        built = Runtime.build(settings)
-        yield built
-        built.close()
-
-
 def test_the_cli_lists_and_replays_one_then_all_with_progress(own_store: Runtime) -> None:
     runtime = own_store
     env = service_env(runtime.settings)
     script = [Outcome.PERMANENT, Outcome.PERMANENT, Outcome.SENT, Outcome.SENT]
     channel = ScriptedChannel(channel_context(runtime, "web"), script)
-    with running_worker(runtime, channel):
+    with running_relay(runtime), running_worker(runtime, channel):
         first = queued_delivery(runtime)
         _failed(runtime, *first)
         second = queued_delivery(runtime)
@@ -313,48 +311,49 @@ def _failed_dead_letter(
     return dead
 
 
-def test_a_replay_the_broker_does_not_take_changes_nothing(isolated_runtime: Runtime) -> None:
-    runtime = isolated_runtime
-    # A channel no queue is bound for: the broker returns the republished message.
-    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "nowhere")
-    with replay_link(runtime.settings, []) as link, pytest.raises(ReplayFailed, match="no queue"):
-        replay(runtime.engine, link, [dead.id])
+def _outbox_keys(runtime: Runtime, message_id: str) -> list[str]:
     with runtime.engine.connect() as connection:
-        found = find_dead_letter(connection, dead.id)
-        delivery = connection.execute(
-            select(Delivery.status, Delivery.attempts).where(Delivery.id == dead.delivery_id)
-        ).one()
-        message = connection.scalar(select(Message.status).where(Message.id == dead.message_id))
-    assert found is not None and found.replayed_at is None
-    assert tuple(delivery) == ("failed", 6) and message == "failed"
-    assert _stages(runtime, dead.delivery_id) == []
+        return list(
+            connection.scalars(
+                select(OutboxEntry.routing_key).where(OutboxEntry.message_id == message_id)
+            )
+        )
 
 
-def test_two_replays_at_once_republish_the_delivery_once(isolated_runtime: Runtime) -> None:
-    runtime = isolated_runtime
-    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "web")
-    with replay_link(runtime.settings, ["web"]) as link, ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: replay(runtime.engine, link, [dead.id]), range(2)))
-    assert sorted(results) == [[], [dead.id]]
-    assert queue_depth(runtime.topology.channel_queue("web")) == 1
-    assert _stages(runtime, dead.delivery_id) == ["replayed"]
-
-
-def test_a_replayed_dead_letter_goes_back_to_the_lane_of_its_message(
-    isolated_runtime: Runtime,
+def test_a_replay_needs_only_the_store_and_goes_out_through_the_relay_in_its_lane(
+    own_store: Runtime,
 ) -> None:
-    runtime = isolated_runtime
+    runtime = own_store
     dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "web", priority="high")
-    with replay_link(runtime.settings, ["web"]) as link:
-        assert replay(runtime.engine, link, [dead.id]) == [dead.id]
+    # Nothing listens on the broker's address: the replay does not need it.
+    env = {**service_env(runtime.settings), "OMNIPUSH_AMQP_URL": f"amqp://127.0.0.1:{free_port()}"}
+    done = run_omnipush("dead", "replay", dead.id, env=env)
+    assert done.returncode == 0, done.stderr
+    # Written to the outbox in the replay's transaction, not published by the replay itself:
+    # so no worker can take the message before the store says the delivery is queued again.
+    assert _outbox_keys(runtime, dead.message_id) == ["channel.web.high"]
     high, normal, low = runtime.topology.channel_queues("web")
-    assert [queue_depth(queue) for queue in (high, normal, low)] == [1, 0, 0]
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
+        runtime.topology.declare_blocking(connection.channel())
+        with running_relay(runtime):
+            wait_until(lambda: queue_depth(high) == 1, 20, "the relay to publish the replay")
+        assert [queue_depth(queue) for queue in (normal, low)] == [0, 0]
         _method, _properties, body = connection.channel().basic_get(high, auto_ack=True)
     finally:
         connection.close()
-    assert json.loads(body)["priority"] == "high"
+    sent = json.loads(body)
+    assert (sent["delivery_id"], sent["priority"]) == (dead.delivery_id, "high")
+
+
+def test_two_replays_at_once_requeue_the_delivery_once(isolated_runtime: Runtime) -> None:
+    runtime = isolated_runtime
+    dead = _failed_dead_letter(runtime, new_tenant(runtime).app_id, "web")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: replay(runtime.engine, [dead.id]), range(2)))
+    assert sorted(results) == [[], [dead.id]]
+    assert _outbox_keys(runtime, dead.message_id) == ["channel.web"]
+    assert _stages(runtime, dead.delivery_id) == ["replayed"]
 
 
 def test_a_delivery_out_of_attempts_is_a_dead_letter_too(inprocess_settings: Settings) -> None:

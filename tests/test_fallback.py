@@ -6,9 +6,7 @@ phone number), the real web channel and the real relay, against the real store a
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pika
@@ -22,8 +20,6 @@ from channels.vapid import VapidKey
 from channels.web import WebChannel
 from channels.worker import channel_context
 from dispatcher.fallback_choice import next_channel
-from dispatcher.relay import OutboxRelay
-from shared.amqp.link import AmqpLink
 from shared.config_file import Delay
 from shared.models import Delivery, Device, Event, Message, OutboxEntry, User
 from shared.runtime import Runtime
@@ -31,7 +27,7 @@ from shared.settings import Settings
 from shared.statuses import standing
 from tests.channel_harness import Answer
 from tests.conftest import AMQP_URL, new_tenant, queue_depth, queue_prefix
-from tests.queued import queued_delivery, running_worker
+from tests.queued import queued_delivery, running_relay, running_worker
 from tests.rigs.push_webpush import LOOPBACK, SUBJECT
 from tests.sms_providers import GatewayServer, sms_settings
 from tests.stack import wait_until
@@ -131,18 +127,6 @@ def two_channels(isolated_runtime: Runtime) -> Iterator[Runtime]:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     topology.delete_blocking(connection.channel())
     connection.close()
-
-
-@contextmanager
-def running_relay(runtime: Runtime) -> Iterator[None]:
-    relay = OutboxRelay(runtime, AmqpLink(AMQP_URL, runtime.topology))
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        relay.stop()
-        thread.join(20)
 
 
 def paged_message(
