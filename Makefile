@@ -45,8 +45,9 @@ lock:
 vendor: node_modules/.package-lock.json
 	$(PYTHON) scripts/vendor_assets.py
 
-# bench.api drives HTTP load with wrk (C; a Python client would be the bottleneck): the Debian
-# package is installed here when it is missing (root, as on the development machines and CI).
+# bench.api and bench.e2e drive HTTP load with wrk (C; a Python client would be the bottleneck):
+# the Debian package is installed here when it is missing (root, as on the development machines
+# and CI).
 bench: install
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.publish

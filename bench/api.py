@@ -58,7 +58,7 @@ from tests.stack import free_port, run_omnipush, wait_http_ok
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
 WRK_MISSING = (
-    "bench.api needs wrk, the HTTP load generator (a Python client would be the bottleneck).\n"
+    "This benchmark needs wrk, the HTTP load generator (a Python client would be the bottleneck).\n"
     "Install it with `apt-get install -y wrk` (Debian/Ubuntu, as root), or run `make bench`,\n"
     "which installs it when it is missing."
 )
@@ -175,8 +175,10 @@ def run_wrk(
     threads: int,
     count_items: bool = False,
     timeout_s: int = 5,
+    unique_users: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; its own report (see wrk_report.lua) plus the CPU seconds wrk used."""
+    """One wrk run; its own report (see wrk_report.lua) plus the CPU seconds wrk used. With
+    `unique_users`, `body` is a template that each request fills in with its own number."""
     argv = [
         "wrk",
         f"--threads={min(threads, connections)}",
@@ -190,6 +192,7 @@ def run_wrk(
         str(body) if body is not None else "-",
         authorization or "-",
         "accepted" if count_items else "-",
+        *([str(unique_users)] if unique_users else []),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
@@ -313,28 +316,35 @@ class Store:
         self.engine.dispose()
 
 
+def hello_server(env: dict[str, str], workers: int) -> Server:
+    """`bench.hello_app` on a free port with `workers` gunicorn workers, ready."""
+    bind = f"127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "bench.hello_app", "--bind", bind, "--workers", str(workers)]
+    hello = Server("hello", argv, env, f"http://{bind}")
+    try:
+        hello.wait_ready("/")
+    except BaseException:
+        hello.stop()
+        raise
+    return hello
+
+
 @contextmanager
 def servers(env: dict[str, str], api_bind: str, workers: int) -> Iterator[tuple[Server, Server]]:
-    hello_bind = f"127.0.0.1:{free_port()}"
-    python = sys.executable
     api = Server(
         "api",
-        [python, "-m", "omnipush", "serve", "api", "--workers", str(workers)],
+        [sys.executable, "-m", "omnipush", "serve", "api", "--workers", str(workers)],
         env,
         f"http://{api_bind}",
     )
-    hello = Server(
-        "hello",
-        [python, "-m", "bench.hello_app", "--bind", hello_bind, "--workers", str(workers)],
-        env,
-        f"http://{hello_bind}",
-    )
     try:
         api.wait_ready("/healthz")
-        hello.wait_ready("/")
-        yield hello, api
+        hello = hello_server(env, workers)
+        try:
+            yield hello, api
+        finally:
+            hello.stop()
     finally:
-        hello.stop()
         api.stop()
 
 

@@ -1,49 +1,86 @@
-"""End-to-end benchmark: POST /v1/messages to a Socket.IO client, through the whole stack.
+"""End-to-end benchmark: POST /v1/messages to Socket.IO clients, through the whole stack.
 
 It starts a private stack (its own PostgreSQL database and queue prefix, free ports), connects
 one Socket.IO client per user, and measures
 
 1. throughput: messages fanned out to every user, posted as fast as the API takes them;
-   deliveries per second from the first POST to the last notification received;
-2. latency: single-recipient messages posted at a fixed rate; POST-to-receipt p50 and p99;
+   deliveries per second from the first POST to the last notification received, beside raw
+   pika (asynchronous confirms plus a consumer with acks) on the same broker;
+2. paced latency: single-recipient messages posted at a fixed rate; POST-to-receipt p50 and
+   p99, and the CPU per message over every process of the pipeline and its services;
 3. lone latency: one message at a time at idle, to a user whose socket is the official
    socket.io-client's (Node.js, `tests/socket_crowd.js`); POST-to-receipt p50 and p99;
+4. closed loop: wrk posting single-recipient messages (each its own content) as fast as the API
+   answers, for a fixed time; messages per second from the first POST until the last of them
+   reached its socket, beside wrk against `bench.hello_app` (bare Flask "hello") under the
+   same gunicorn settings;
+5. topic fan-out: N official socket.io-client sockets (default 10,000) connected to the
+   stack's gateway, each a subscriber of one topic; seconds from POSTing a message to the
+   topic until every socket has it, beside `bench.bare_gateway` emitting to the same number of
+   sockets (`bench.gateway.bare`); and the gateway's memory per idle socket beside bare
+   Flask-SocketIO's.
 
-beside a baseline measured in the same run on the same broker (raw pika, asynchronous confirms
-plus a consumer with acks), printing the ratio. Run it with `make bench`; results also go to
-var/bench-e2e.json.
+The load generators (the message poster, wrk) and the sockets run in processes of their own,
+counted apart. With `--py-spy PATH` every service is profiled through the paced phase (which
+then costs more CPU: py-spy's samples), and the result says where each one's samples went.
+The run ends with one table of the live path's targets, each figure beside its baseline from
+the same run. Run it with `make bench`; results also go to var/bench-e2e.json.
+
+    python -m bench.e2e [--sockets 10000] [--closed-seconds 10] [--lone 50] [--py-spy PATH] ...
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import socketio
 from sqlalchemy import select
 
 from bench import cpu
+from bench.api import WRK_MISSING, Server, hello_server, run_wrk
 from bench.baseline import run_baseline
+from bench.gateway import bare, memory_per_socket, rounds_of
 from bench.load import post_messages
-from producer_api.api_keys import create_app_with_key
+from bench.profiling import Profiler
+from producer_api.api_keys import NewApp, create_app_with_key
+from producer_api.topics import MAX_SUBSCRIBE
 from shared.models import Event
 from shared.runtime import Runtime
+from shared.settings import Settings
 from shared.tokens import mint_browser_token
 from tests.conftest import isolated_settings, service_env
 from tests.socket_crowd import socket_crowd
 from tests.stack import Stack, wait_until
+
+TIMEOUT_SECONDS = 300.0
+
+#: What a closed loop's wrk posts: bench.wrk_report fills in {n} and {user} for each request.
+CLOSED_LOOP_MESSAGE = {
+    "to": [{"user_id": "bench-{user}"}],
+    "channels": ["web"],
+    "content": {"title": "closed loop {n}"},
+}
+#: The clients' processes, counted apart from the pipeline's CPU.
+CLIENTS = ("bench load generator", "bench receivers", "wrk")
 
 
 class Receiver:
@@ -52,6 +89,7 @@ class Receiver:
     def __init__(self, gateway_url: str, secret: str, app_id: str, users: list[str]) -> None:
         self.arrivals: dict[str, float] = {}
         self.count = 0
+        self.last_arrival = 0.0
         self._lock = threading.Lock()
         self.clients = []
         for user in users:
@@ -65,6 +103,7 @@ class Receiver:
         now = time.monotonic()
         with self._lock:
             self.count += 1
+            self.last_arrival = now
             self.arrivals.setdefault(data["message_id"], now)
 
     def close(self) -> None:
@@ -190,6 +229,176 @@ def cpu_snapshot(stack: Stack, load: Load) -> dict[str, float]:
     return cpu.snapshot(roots, infrastructure, alone={"bench receivers": os.getpid()})
 
 
+def pipeline_cpu_ms(used: dict[str, float], messages: int) -> float:
+    """Milliseconds of CPU a message over the pipeline's processes and its services (PostgreSQL,
+    RabbitMQ, Redis), the clients apart."""
+    total = sum(seconds for label, seconds in used.items() if label not in CLIENTS)
+    return round(1000 * total / messages, 2) if messages else 0.0
+
+
+def closed_loop(
+    stack: Stack,
+    load: Load,
+    receiver: Receiver,
+    hello: Server,
+    api_key: str,
+    users: int,
+    seconds: float,
+    connections: int,
+) -> dict[str, Any]:
+    """wrk against bare hello, then against the API with messages to `users` connected users,
+    each its own content; end to end, until the last of them reached its socket."""
+    with tempfile.TemporaryDirectory() as directory:
+        body = Path(directory) / "message.json"
+        body.write_text(json.dumps(CLOSED_LOOP_MESSAGE))
+        wrk: dict[str, Any] = {
+            "method": "POST",
+            "body": body,
+            "seconds": seconds,
+            "connections": connections,
+        }
+        bare_hello = run_wrk(hello.url + "/", authorization=None, threads=1, **wrk)
+        hello_per_s = _answered(bare_hello, ok=lambda status: 200 <= status < 300) / (
+            bare_hello["duration_us"] / 1e6
+        )
+        count_before = receiver.count
+        cpu_before = cpu_snapshot(stack, load)
+        started = time.monotonic()
+        report = run_wrk(
+            stack.api_url + "/v1/messages",
+            authorization=f"Bearer {api_key}",
+            threads=1,
+            unique_users=users,
+            **wrk,
+        )
+        accepted = _answered(report, ok=lambda status: status == 202)
+        wait_until(
+            lambda: receiver.count >= count_before + accepted,
+            TIMEOUT_SECONDS,
+            "every closed-loop message at its socket",
+            interval=0.01,
+        )
+        elapsed = receiver.last_arrival - started
+        used = cpu.delta(cpu_before, cpu_snapshot(stack, load))
+    used["wrk"] = round(report["wrk_cpu_seconds"], 2)
+    end_to_end = accepted / elapsed
+    return {
+        "connections": connections,
+        "seconds": seconds,
+        "hello_per_s": round(hello_per_s, 1),
+        "accepted": accepted,
+        "statuses": report["statuses"],
+        "accepted_per_s": round(accepted / (report["duration_us"] / 1e6), 1),
+        "end_to_end_messages_per_s": round(end_to_end, 1),
+        "ratio_to_hello": round(end_to_end / hello_per_s, 3),
+        "cpu_seconds": used,
+        "cpu_ms_per_message": pipeline_cpu_ms(used, accepted),
+    }
+
+
+def _answered(report: dict[str, Any], ok: Callable[[int], bool]) -> int:
+    return sum(n for status, n in report["statuses"].items() if ok(int(status)))
+
+
+def topic_fan_out(
+    stack: Stack, settings: Settings, tenant: NewApp, sockets: int, rounds: int
+) -> dict[str, Any]:
+    """`sockets` users subscribed to one topic, each with a socket of the crowd: the gateway's
+    memory per idle socket, then `rounds` messages to the topic, each until every socket has it."""
+    users = [f"topic-{n}" for n in range(sockets)]
+    tokens = [mint_browser_token(settings.secret_key, tenant.app_id, u, 3600)[0] for u in users]
+    gateway = stack.services["gateway"].process
+    assert gateway is not None
+    headers = {"Authorization": f"Bearer {tenant.api_key}"}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as api:
+        api.put("/v1/topics/everyone", json={"name": "everyone"}).raise_for_status()
+        for start in range(0, sockets, MAX_SUBSCRIBE):
+            chunk = {"user_ids": users[start : start + MAX_SUBSCRIBE]}
+            api.post("/v1/topics/everyone/subscribers", json=chunk).raise_for_status()
+        numbers = itertools.count()
+
+        def post() -> None:
+            content = {"title": f"to every subscriber {next(numbers)}"}
+            body = {"to": [{"topic": "everyone"}], "channels": ["web"], "content": content}
+            api.post("/v1/messages", json=body).raise_for_status()
+
+        with socket_crowd() as crowd:
+            memory = memory_per_socket(crowd, gateway.pid, stack.gateway_url, tokens)
+            fanned = rounds_of(crowd, sockets, rounds, post)
+    return {"sockets": sockets, "memory": memory, "fan_out": fanned}
+
+
+@contextmanager
+def profiled(stack: Stack, executable: str | None) -> Iterator[dict[str, Any]]:
+    """Every service of `stack` recorded by py-spy (`executable`) through the block, where
+    their samples went in the dict yielded once the block ends; nothing without `executable`."""
+    profiles: dict[str, Any] = {}
+    profilers = {}
+    if executable is not None:
+        for name, service in stack.services.items():
+            if service.process is not None:
+                profilers[name] = Profiler(executable, "e2e")
+                profilers[name].attach(service.process.pid, name, subprocesses=True)
+    try:
+        yield profiles
+    finally:
+        profiles.update({name: profiler.detach() for name, profiler in profilers.items()})
+
+
+@contextmanager
+def running_hello(stack: Stack) -> Iterator[Server]:
+    hello = hello_server(stack.env, stack.api_workers)
+    try:
+        yield hello
+    finally:
+        hello.stop()
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live path's targets, each with the figure measured and its baseline of this run."""
+    paced, alone, closed = result["latency"], result["lone_latency"], result["closed_loop"]
+    topic, bare_server = result["topic"], result["bare_flask_socketio"]
+    fan_ratio = round(
+        topic["fan_out"]["deliveries_per_s_best"] / bare_server["fan_out"]["deliveries_per_s_best"],
+        3,
+    )
+    ours_kib, bare_kib = topic["memory"]["kib_per_socket"], bare_server["memory"]["kib_per_socket"]
+    rows = [
+        ("CPU per message, paced", "<= 4.5 ms", f"{paced['cpu_ms_per_message']} ms", "", ""),
+        ("lone message at idle, p50", "<= 15 ms", f"{alone['p50_ms']} ms", "", ""),
+        ("paced 200/s, p99", "<= 50 ms", f"{paced['p99_ms']} ms", "", ""),
+        (
+            "closed loop, end to end",
+            ">= 0.5x hello",
+            f"{closed['end_to_end_messages_per_s']:.0f} msg/s",
+            f"hello {closed['hello_per_s']:.0f} req/s",
+            f"{closed['ratio_to_hello']}",
+        ),
+        (
+            f"topic fan-out to {topic['sockets']} sockets",
+            ">= 0.5x bare",
+            f"{topic['fan_out']['deliveries_per_s_best']:.0f}/s",
+            f"bare {bare_server['fan_out']['deliveries_per_s_best']:.0f}/s",
+            f"{fan_ratio}",
+        ),
+        (
+            "gateway memory per idle socket",
+            "<= bare, <= 100 KiB",
+            f"{ours_kib} KiB",
+            f"bare {bare_kib} KiB",
+            f"{round(ours_kib / bare_kib, 3)}",
+        ),
+    ]
+    keys = ("what", "target", "measured", "baseline", "ratio")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
+    for row in [{key: key for key in rows[0]}, *rows]:
+        print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300, help="throughput messages")
@@ -198,7 +407,15 @@ def main() -> int:
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn API workers")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     parser.add_argument("--lone", type=int, default=50, help="lone messages, one at a time")
+    parser.add_argument("--closed-seconds", type=float, default=10.0, help="closed loop length")
+    parser.add_argument("--connections", type=int, default=16, help="closed loop connections")
+    parser.add_argument("--sockets", type=int, default=10_000, help="topic subscribers' sockets")
+    parser.add_argument("--fan-rounds", type=int, default=3, help="topic messages, one by one")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile the services, paced phase")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print(WRK_MISSING, file=sys.stderr)
+        return 2
 
     with isolated_settings() as settings:
         baseline = run_baseline(settings.amqp_url)
@@ -207,7 +424,8 @@ def main() -> int:
         try:
             stack.start_all()
             with runtime.sessions() as session, session.begin():
-                tenant = create_app_with_key(session, "bench")
+                # No limit in practice: the closed loop finds the stack's limit, not the app's.
+                tenant = create_app_with_key(session, "bench", rate_limit=1e9, rate_burst=10**9)
             users = [f"bench-{n}" for n in range(args.users)]
             receiver = Receiver(stack.gateway_url, settings.secret_key, tenant.app_id, users)
             load = Load(stack, tenant.api_key)
@@ -216,9 +434,15 @@ def main() -> int:
                 before = cpu_snapshot(stack, load)
                 fan_out = throughput(load, receiver, users, args.messages)
                 fan_out["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
-                before = cpu_snapshot(stack, load)
-                paced = latency(load, receiver, users, args.rate, args.seconds)
-                paced["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
+                with profiled(stack, args.py_spy) as profiles:
+                    before = cpu_snapshot(stack, load)
+                    paced = latency(load, receiver, users, args.rate, args.seconds)
+                    paced["cpu_seconds"] = cpu.delta(before, cpu_snapshot(stack, load))
+                if profiles:
+                    paced["profiles"] = profiles
+                paced["cpu_ms_per_message"] = pipeline_cpu_ms(
+                    paced["cpu_seconds"], paced["samples"]
+                )
                 paced["median_ms_after_accepted"] = stage_latencies(
                     runtime, paced.pop("message_ids")
                 )
@@ -227,20 +451,37 @@ def main() -> int:
                 alone["median_ms_after_accepted"] = stage_latencies(
                     runtime, alone.pop("message_ids")
                 )
+                with running_hello(stack) as hello:
+                    closed = closed_loop(
+                        stack,
+                        load,
+                        receiver,
+                        hello,
+                        tenant.api_key,
+                        len(users),
+                        args.closed_seconds,
+                        args.connections,
+                    )
             finally:
                 load.close()
                 receiver.close()
+            topic = topic_fan_out(stack, settings, tenant, args.sockets, args.fan_rounds)
         finally:
             stack.stop_all()
             runtime.close()
+    bare_server = bare(args.sockets, args.fan_rounds)
 
-    result = {
+    result: dict[str, Any] = {
         "baseline_raw_pika_messages_per_s": round(baseline.per_second, 1),
         "throughput": fan_out,
         "ratio_to_baseline": round(fan_out["deliveries_per_s"] / baseline.per_second, 3),
         "latency": paced,
         "lone_latency": alone,
+        "closed_loop": closed,
+        "topic": topic,
+        "bare_flask_socketio": bare_server,
     }
+    result["targets"] = targets(result)
     Path("var").mkdir(exist_ok=True)
     Path("var/bench-e2e.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -251,9 +492,8 @@ def main() -> int:
         f"ratio {result['ratio_to_baseline']:.3f}\n"
         f"latency at {paced['achieved_rate']:.0f} msg/s: p50 {paced['p50_ms']} ms, "
         f"p99 {paced['p99_ms']} ms\n"
-        f"lone message at idle to socket.io-client: p50 {alone['p50_ms']} ms, "
-        f"p99 {alone['p99_ms']} ms"
     )
+    print_targets(result["targets"])
     return 0
 
 

@@ -1,15 +1,26 @@
--- wrk script of bench/api.py: sends one fixed request and counts answers by status.
+-- wrk script of bench/api.py and bench/e2e.py: sends one request and counts answers by status.
 --
---   wrk ... -s bench/wrk_report.lua URL -- METHOD BODY_FILE|- AUTHORIZATION|- [accepted]
+--   wrk ... -s bench/wrk_report.lua URL -- METHOD BODY_FILE|- AUTHORIZATION|- accepted|- [USERS]
 --
 -- With "accepted" it also counts the items of each response body whose status is "accepted"
 -- and those that carry an "error" (the batch endpoint's per-item results).
+-- With USERS the body file is a template: each request gets its own body, "{n}" replaced by a
+-- number no other request of the run has and "{user}" by that number modulo USERS (so that
+-- content dedup does not take the messages of a closed loop for copies of each other).
 -- done() prints one line, "WRK_JSON {...}", that bench/api.py reads.
 
 local threads = {}
 
 function setup(thread)
+   thread:set("thread_number", #threads)
    table.insert(threads, thread)
+end
+
+function unique_request()
+   local n = sent * 1000 + thread_number
+   sent = sent + 1
+   local body = template:gsub("{n}", tostring(n)):gsub("{user}", tostring(n % users))
+   return wrk.format(nil, nil, nil, body)
 end
 
 function init(args)
@@ -24,6 +35,13 @@ function init(args)
       wrk.headers["Authorization"] = args[3]
    end
    count_items = args[4] == "accepted"
+   users = tonumber(args[5])
+   if users then
+      -- wrk asks for each request only when the script has a request(): set after init.
+      template = wrk.body
+      sent = 0
+      request = unique_request
+   end
    statuses = {}
    items_accepted = 0
    items_failed = 0
