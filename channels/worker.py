@@ -45,6 +45,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     insert,
     or_,
     select,
@@ -81,7 +82,7 @@ from shared.policy import REDIS_STAGES
 from shared.readiness import wait_for_redis
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.statuses import DELIVERY_WAITING, message_outcome, standing
+from shared.statuses import DELIVERY_FINAL, DELIVERY_WAITING, message_outcome, standing
 from shared.trace import event_row, record_events
 
 log = structlog.get_logger(__name__)
@@ -182,6 +183,14 @@ _LOCK_MESSAGES = (
     .where(_M.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_M.c.id)
     .with_for_update()
+)
+# Which of the messages could settle now: dispatched, with every delivery final. Asked first,
+# so that the deliveries of a large message are read once, when it settles, instead of all
+# of them after each batch of its deliveries (a topic's 10,000 read 100 times).
+_SETTLEABLE = select(_M.c.id).where(
+    _M.c.id.in_(bindparam("ids", expanding=True)),
+    _M.c.status == "dispatched",
+    ~exists().where(_D.c.message_id == _M.c.id, _D.c.status.not_in(sorted(DELIVERY_FINAL))),
 )
 _STATUSES = select(_D.c.message_id, _D.c.id, _D.c.status, _D.c.fallback_of).where(
     _D.c.message_id.in_(bindparam("ids", expanding=True))
@@ -577,8 +586,11 @@ class ChannelWorker(BatchConsumer):
             return []
         if connection.dialect.name == "postgresql":
             connection.execute(_LOCK_MESSAGES, {"ids": list(message_ids)})
+        settleable = list(connection.scalars(_SETTLEABLE, {"ids": list(message_ids)}))
+        if not settleable:
+            return []
         rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-        found = connection.execute(_STATUSES, {"ids": list(message_ids)})
+        found = connection.execute(_STATUSES, {"ids": settleable})
         for message_id, delivery_id, status, fallback_of in found:
             rows[message_id].append((delivery_id, status, fallback_of))
         by_outcome: dict[str, list[str]] = defaultdict(list)
