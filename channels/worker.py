@@ -184,16 +184,16 @@ _LOCK_MESSAGES = (
     .order_by(_M.c.id)
     .with_for_update()
 )
-# Which of the messages could settle now: dispatched, with every delivery final. Asked first,
-# so that the deliveries of a large message are read once, when it settles, instead of all
-# of them after each batch of its deliveries (a topic's 10,000 read 100 times).
+# The deliveries of those messages that could settle now: dispatched, with every delivery
+# final. So a large message's deliveries are read once, when it settles, instead of all of them
+# after each batch of its deliveries (a topic's 10,000 read 100 times).
 _SETTLEABLE = select(_M.c.id).where(
     _M.c.id.in_(bindparam("ids", expanding=True)),
     _M.c.status == "dispatched",
     ~exists().where(_D.c.message_id == _M.c.id, _D.c.status.not_in(sorted(DELIVERY_FINAL))),
 )
 _STATUSES = select(_D.c.message_id, _D.c.id, _D.c.status, _D.c.fallback_of).where(
-    _D.c.message_id.in_(bindparam("ids", expanding=True))
+    _D.c.message_id.in_(_SETTLEABLE.scalar_subquery())
 )
 _SETTLE = (
     update(_M)
@@ -586,11 +586,8 @@ class ChannelWorker(BatchConsumer):
             return []
         if connection.dialect.name == "postgresql":
             connection.execute(_LOCK_MESSAGES, {"ids": list(message_ids)})
-        settleable = list(connection.scalars(_SETTLEABLE, {"ids": list(message_ids)}))
-        if not settleable:
-            return []
         rows: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-        found = connection.execute(_STATUSES, {"ids": settleable})
+        found = connection.execute(_STATUSES, {"ids": list(message_ids)})
         for message_id, delivery_id, status, fallback_of in found:
             rows[message_id].append((delivery_id, status, fallback_of))
         by_outcome: dict[str, list[str]] = defaultdict(list)
