@@ -44,6 +44,10 @@ _D = table_of(Delivery)
 _M = table_of(Message)
 _S = table_of(Subscription)
 _X = table_of(MessageExpansion)
+# Built once: every dispatcher batch asks it.
+_EXPANDING = select(_X.c.message_id, _X.c.step, _X.c.after).where(
+    _X.c.message_id.in_(bindparam("ids", expanding=True))
+)
 _E = table_of(Endpoint)
 # INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
 # One per store dialect; RETURNING says which rows were new.
@@ -200,9 +204,7 @@ def progress_of(connection: Connection, message_ids: Sequence[str]) -> dict[str,
     """message id -> (step, last user id) of the messages being expanded in pages."""
     if not message_ids:
         return {}
-    rows = connection.execute(
-        select(_X.c.message_id, _X.c.step, _X.c.after).where(_X.c.message_id.in_(message_ids))
-    )
+    rows = connection.execute(_EXPANDING, {"ids": list(message_ids)})
     return {message_id: (step, after or "") for message_id, step, after in rows}
 
 

@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from shared.models import AppPolicy, table_of
 
@@ -39,6 +39,10 @@ MAX_CAP_WINDOW = 31 * DAY_SECONDS
 MAX_CAP_LIMIT = 1_000_000
 
 _P = table_of(AppPolicy)
+# Built once: the dispatcher reads the overrides in every batch.
+_OVERRIDES = select(_P.c.app_id, _P.c.overrides).where(
+    _P.c.app_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,7 @@ def app_overrides(connection: Connection, app_ids: Collection[str]) -> dict[str,
     """app id -> its stored overrides, for those of `app_ids` that have any."""
     if not app_ids:
         return {}
-    rows = connection.execute(
-        select(_P.c.app_id, _P.c.overrides).where(_P.c.app_id.in_(list(app_ids)))
-    )
+    rows = connection.execute(_OVERRIDES, {"ids": list(app_ids)})
     return {app_id: overrides for app_id, overrides in rows}
 
 
