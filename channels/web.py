@@ -16,6 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Result
+from shared.batched_script import BatchedScript, Call
 from shared.live_feed import MAX_ENTRIES, emitted_key, epoch_key, feed_key
 from shared.notifications import notification_payload, user_room
 
@@ -47,7 +48,7 @@ class WebChannel(Channel):
         prefix = context.settings.queue_prefix
         self._feed = feed_key(prefix)
         self._epoch = epoch_key(prefix)
-        self._emit_once = context.redis.register_script(_EMIT_ONCE)
+        self._emit_once = BatchedScript(_EMIT_ONCE)
         self._prefix = prefix
 
     def send(self, delivery: OutboundDelivery) -> Result:
@@ -56,7 +57,7 @@ class WebChannel(Channel):
     def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Result]:
         """Emit a whole batch in one Redis round trip; each emit-once script stays atomic."""
         results: list[Result | None] = [None] * len(deliveries)
-        pipe = self.context.redis.pipeline(transaction=False)
+        calls: list[Call] = []
         queued: list[int] = []
         epoch = uuid.uuid4().hex
         for index, delivery in enumerate(deliveries):
@@ -70,22 +71,20 @@ class WebChannel(Channel):
                 delivery.category,
                 delivery.created_at,
             )
-            self._emit_once(
-                keys=[emitted_key(self._prefix, delivery.delivery_id), self._feed, self._epoch],
-                args=[
-                    EMITTED_TTL_SECONDS,
-                    epoch,
-                    MAX_ENTRIES,
-                    user_room(delivery.app_id, delivery.user_id),
-                    delivery.delivery_id,
-                    json.dumps(payload, separators=(",", ":")),
-                ],
-                client=pipe,
-            )
+            keys = [emitted_key(self._prefix, delivery.delivery_id), self._feed, self._epoch]
+            args = [
+                EMITTED_TTL_SECONDS,
+                epoch,
+                MAX_ENTRIES,
+                user_room(delivery.app_id, delivery.user_id),
+                delivery.delivery_id,
+                json.dumps(payload, separators=(",", ":")),
+            ]
+            calls.append((keys, args))
             queued.append(index)
         if queued:
             try:
-                replies = pipe.execute(raise_on_error=False)
+                replies = self._emit_once.run(self.context.redis, calls, raise_on_error=False)
             except (RedisError, OSError) as error:
                 replies = [error] * len(queued)
             for index, reply in zip(queued, replies, strict=True):

@@ -19,11 +19,14 @@ import pytest
 import redis
 import socketio
 
+from channels.base import Outcome
+from channels.web import WebChannel
 from producer_api.api_keys import NewApp
-from shared.live_feed import is_position, position_key
+from shared.live_feed import feed_key, is_position, position_key
 from shared.models import Delivery
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.channel_harness import context_for, delivery_for
 from tests.conftest import new_tenant
 from tests.fault_proxy import FaultProxy
 from tests.gateway_support import (
@@ -321,3 +324,35 @@ def test_a_position_that_is_not_one_is_refused_on_connect(
                 token_for(gateway.settings, app.app_id, new_user()), auth_extra={"since": "last"}
             )
         assert browser.connect_errors and "invalid since" in str(browser.connect_errors[-1])
+
+
+def test_the_web_channel_sends_a_batch_in_one_round_trip_even_after_redis_lost_its_script(
+    own_redis: OwnRedis, inprocess_settings: Settings
+) -> None:
+    """The emit script is loaded once, not checked before every batch (a round trip of its
+    own); a Redis restarted empty (here: its scripts flushed) answers NOSCRIPT, and the channel
+    loads it again: each notification is appended once, a redelivered one not again."""
+    settings = inprocess_settings.with_overrides(redis_url=own_redis.url)
+    channel = WebChannel(context_for(settings, "web"))
+    client = redis.Redis.from_url(own_redis.url)
+    first, second = delivery_for("web"), delivery_for("web")
+    for batch in ([first], [delivery_for("web")], [delivery_for("web")]):
+        assert channel.send_many(batch)[0].outcome is Outcome.SENT
+    assert _script_calls(client) == {"load": 1}
+    client.script_flush()
+    results = channel.send_many([first, second])
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+    assert results[0].detail == "already emitted" and results[1].detail is None
+    assert _script_calls(client) == {"load": 2, "flush": 1}
+    appended = [f[b"id"].decode() for _id, f in client.xrange(feed_key(settings.queue_prefix))]
+    assert appended.count(first.delivery_id) == 1 and appended[-1] == second.delivery_id
+
+
+def _script_calls(client: redis.Redis) -> dict[str, int]:
+    """How many times each SCRIPT subcommand was called on this Redis."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_script|"): int(stat["calls"])
+        for name, stat in stats.items()
+        if name.startswith("cmdstat_script|")
+    }

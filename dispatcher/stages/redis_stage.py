@@ -19,10 +19,10 @@ from typing import Any
 import redis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.stages.base import Candidate, Stage, Verdict
+from shared.batched_script import BatchedScript
 
 log = structlog.get_logger(__name__)
 
@@ -42,9 +42,7 @@ class RedisStage(Stage):
         self.client = client
         self.prefix = prefix
         self.fail_open = fail_open
-        # The name Redis knows the script by (EVALSHA).
-        self._sha = hashlib.sha1(self.SCRIPT.encode()).hexdigest()
-        self._loaded = False
+        self._script = BatchedScript(self.SCRIPT)
         self._unchecked = False
 
     @abstractmethod
@@ -61,7 +59,7 @@ class RedisStage(Stage):
         if not calls:
             return verdicts
         try:
-            answers = self._run([call for _i, call in calls])
+            answers = self._script.run(self.client, [call for _i, call in calls])
         except (RedisConnectionError, RedisTimeoutError) as error:
             if not self.fail_open:
                 raise
@@ -76,22 +74,3 @@ class RedisStage(Stage):
             if int(answer) == 1:
                 verdicts[i] = self.verdict(candidates[i])
         return verdicts
-
-    def _run(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """The script's answer to each call, all in one round trip. The script is loaded once,
-        not checked before every batch as redis-py's `Script` does."""
-        if not self._loaded:
-            self.client.script_load(self.SCRIPT)
-            self._loaded = True
-        try:
-            return self._pipelined(calls)
-        except NoScriptError:
-            # A restarted Redis lost the script and answered NOSCRIPT to every call: none ran.
-            self.client.script_load(self.SCRIPT)
-            return self._pipelined(calls)
-
-    def _pipelined(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
-        return pipe.execute()
