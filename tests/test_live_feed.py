@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -344,7 +345,8 @@ def test_the_web_channel_sends_a_batch_in_one_round_trip_even_after_redis_lost_i
     assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
     assert results[0].detail == "already emitted" and results[1].detail is None
     assert _script_calls(client) == {"load": 2, "flush": 1}
-    appended = [f[b"id"].decode() for _id, f in client.xrange(feed_key(settings.queue_prefix))]
+    entries: Any = client.xrange(feed_key(settings.queue_prefix))
+    appended = [fields[b"id"].decode() for _position, fields in entries]
     assert appended.count(first.delivery_id) == 1 and appended[-1] == second.delivery_id
 
 
