@@ -268,7 +268,10 @@ def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_work
     }
     assert claimed, "no delivery claimed"
     assert set(scene.statuses()) <= {"queued", "sending"}, "an outcome was recorded"
-    assert scene.browser.notifications == []
+    # Only the answer is withheld: the emits may have reached the feed, and the browser may
+    # have them already, each once.
+    shown = [n["id"] for n in scene.browser.notifications]
+    assert len(shown) == len(set(shown)) and set(shown) <= set(claimed)
     scene.stack.kill("worker-web")
     web_queue = scene.runtime.topology.channel_queue("web")
     wait_until(
