@@ -298,7 +298,7 @@ def closed_loop(
         "busy_cores_before_each_hello_round": busy_before,
         "accepted": accepted,
         "statuses": report["statuses"],
-        "accepted_per_s": round(accepted / (report["duration_us"] / 1e6), 1),
+        "accepted_per_s": round(_per_second(report, ok=lambda status: status == 202), 1),
         "end_to_end_messages_per_s": round(end_to_end, 1),
         "ratio_to_hello": round(end_to_end / hello_per_s, 3),
         "cpu_seconds": used,
