@@ -50,6 +50,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from bench import cpu
+from bench.results import record
 from shared.db import make_engine
 from shared.models import Message
 from tests.conftest import isolated_settings, service_env
@@ -483,9 +484,7 @@ def main() -> int:
         "rounds": rounds,
         "batch": batch,
     }
-    Path("var").mkdir(exist_ok=True)
-    Path("var/bench-api.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record("api", result)
     single = result["single"]
     print(
         f"\nsingle POST /v1/messages: {single['api_median_accepted_per_s']:.0f} accepted/s; "

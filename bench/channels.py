@@ -22,7 +22,6 @@ written to var/bench-channels.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import smtplib
 import socket
@@ -33,7 +32,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,6 +39,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bench import cpu
+from bench.results import record
 from producer_api.api_keys import create_app_with_key
 from shared.amqp.topology import Topology
 from shared.runtime import Runtime
@@ -308,9 +307,7 @@ def main() -> int:
     result = {"email": email_phase(args.emails), "webhook": webhook_phase(args.webhooks)}
     for phase in result.values():
         phase["ratio"] = round(phase["ratio"], 3)
-    Path("var").mkdir(exist_ok=True)
-    Path("var/bench-channels.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record("channels", result)
     email, webhook = result["email"], result["webhook"]
     print(
         f"\nemail: {email['worker']['per_s']:.0f}/s through the worker, smtplib "

@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -50,6 +49,7 @@ from bench import cpu
 from bench.baseline import publish_confirmed
 from bench.e2e import Receiver
 from bench.profiling import Profiler
+from bench.results import record
 from producer_api.api_keys import NewApp, create_app_with_key
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Subscription, Topic, User, table_of
@@ -478,15 +478,13 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=5, help="high messages timed")
     parser.add_argument("--py-spy", metavar="PATH", help="profile each timed dispatcher")
     args = parser.parse_args()
-    Path("var").mkdir(exist_ok=True)
     profiler = Profiler(args.py_spy, "dispatch") if args.py_spy else None
     result = {
         "messages": messages_phase(args.messages, profiler),
         "fan_out": fan_out_phase(args.subscribers, profiler),
         "lanes": lane_phase(args.backlog, args.samples),
     }
-    Path("var/bench-dispatch.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record("dispatch", result)
     single, fan_out, lanes = result["messages"], result["fan_out"], result["lanes"]
     print(
         f"\nmessages: {single['dispatcher']['per_s']:.0f}/s through the dispatcher, raw pika "

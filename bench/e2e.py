@@ -61,6 +61,7 @@ from bench.baseline import run_baseline
 from bench.gateway import bare, memory_per_socket, rounds_of
 from bench.load import post_messages
 from bench.profiling import Profiler
+from bench.results import record
 from producer_api.api_keys import NewApp, create_app_with_key
 from producer_api.topics import MAX_SUBSCRIBE
 from shared.models import Event
@@ -496,9 +497,7 @@ def main() -> int:
         "bare_flask_socketio": bare_server,
     }
     result["targets"] = targets(result)
-    Path("var").mkdir(exist_ok=True)
-    Path("var/bench-e2e.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record("e2e", result)
     print(
         f"\nend to end: {fan_out['deliveries_per_s']:.0f} deliveries/s "
         f"({fan_out['recipients_per_message']} recipients per message); "

@@ -23,7 +23,6 @@ ready), and the summary says where its samples went.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import httpx
 from bench import cpu
 from bench.cpu import processes
 from bench.profiling import Profiler
+from bench.results import record
 from producer_api.api_keys import create_app_with_key
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -233,9 +233,7 @@ def main() -> int:
             ours["memory"]["kib_per_socket"] / baseline["memory"]["kib_per_socket"], 3
         ),
     }
-    Path("var").mkdir(exist_ok=True)
-    Path("var/bench-gateway.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    record("gateway", result)
     storm = ours["reconnect_storm"]
     print(
         f"\n{args.sockets} sockets, pid {os.getpid()}:\n"

@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.results import RESULTS
+
 
 class Profiler:
     """py-spy recording one process while it is timed; collapsed stacks to var/."""
@@ -21,7 +23,8 @@ class Profiler:
 
     def attach(self, pid: int, label: str, *, subprocesses: bool = False) -> None:
         """Record `pid` (and the processes under it, if `subprocesses`) until `detach`."""
-        self.output = Path(f"var/bench-{self.bench}-{label}.pyspy.txt")
+        self.output = RESULTS / f"bench-{self.bench}-{label}.pyspy.txt"
+        RESULTS.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
             [
                 *(self.executable, "record", "--pid", str(pid), "--rate", "200"),
