@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, select
 
 from channels.base import OutboundDelivery
 from dispatcher.decisions import DeliveryDecider, Work, message_facts, write_deferred
 from dispatcher.expansion import MESSAGE_COLUMNS, insert_deliveries
 from dispatcher.fallback_choice import next_channel, recipient_kind
 from dispatcher.targets import Target
-from shared.amqp.topology import channel_key
-from shared.models import Delivery, Message, OutboxEntry, table_of
+from shared.delivery_outbox import delivery_row, write_rows
+from shared.models import Delivery, Message, table_of
 
 _D = table_of(Delivery)
 _M = table_of(Message)
@@ -39,7 +39,6 @@ _FALLBACKS = select(*MESSAGE_COLUMNS).where(
 _TARGETS = select(
     _D.c.id, _D.c.message_id, _D.c.recipient, _D.c.user_id, _D.c.address, _D.c.channel
 ).where(_D.c.message_id.in_(bindparam("ids", expanding=True)))
-_OUTBOX = insert(table_of(OutboxEntry))
 
 
 def fall_back(
@@ -87,25 +86,22 @@ def fall_back(
     new_ids = {written.id for written in insert_deliveries(connection, decided.rows)}
     write_deferred(connection, decided, new_ids)
     priorities = {w.message.id: w.message.priority for w in work}
-    outbox = [
-        {
-            "message_id": row["message_id"],
-            "routing_key": channel_key(row["channel"], priorities[row["message_id"]]),
-            "payload": {
-                "delivery_id": row["id"],
-                "message_id": row["message_id"],
-                "app_id": row["app_id"],
-                "channel": row["channel"],
-                "priority": priorities[row["message_id"]],
-            },
-            "available_at": now,
-            "created_at": now,
-        }
-        for row in decided.rows
-        if row["id"] in new_ids and row["status"] == "queued"
-    ]
-    if outbox:
-        connection.execute(_OUTBOX, outbox)
+    write_rows(
+        connection,
+        [
+            delivery_row(
+                delivery_id=row["id"],
+                message_id=row["message_id"],
+                app_id=row["app_id"],
+                channel=row["channel"],
+                priority=priorities[row["message_id"]],
+                available_at=now,
+                now=now,
+            )
+            for row in decided.rows
+            if row["id"] in new_ids and row["status"] == "queued"
+        ],
+    )
     return [
         event
         for event in decided.events

@@ -15,21 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, insert, select
+from sqlalchemy import Connection, bindparam, exists, select
 
 from dispatcher.stages.base import Candidate, MessageFacts, RecipientFacts
 from dispatcher.stages.pipeline import Decision, PolicyPipeline
 from dispatcher.targets import Target
-from shared.amqp.topology import channel_key
+from shared.delivery_outbox import delivery_row, write_rows
 from shared.ids import new_id
-from shared.models import Device, OutboxEntry, User, table_of
+from shared.models import Device, User, table_of
 from shared.policy import Policy, app_policies
 from shared.statuses import message_outcome, standing
 from shared.trace import event_row
 
 _U = table_of(User)
 _V = table_of(Device)
-_OUTBOX = insert(table_of(OutboxEntry))
 _HAS_DEVICES = exists().where(_V.c.app_id == _U.c.app_id, _V.c.user_id == _U.c.user_id)
 
 
@@ -214,19 +213,15 @@ class DeliveryDecider:
                     until=release_at.isoformat() if release_at else None,
                 )
             )
-            decided.deferred[candidate.delivery_id] = {
-                "message_id": message.id,
-                "routing_key": channel_key(target.channel, message.priority),
-                "payload": {
-                    "delivery_id": candidate.delivery_id,
-                    "message_id": message.id,
-                    "app_id": message.app_id,
-                    "channel": target.channel,
-                    "priority": message.priority,
-                },
-                "available_at": release_at,
-                "created_at": now,
-            }
+            decided.deferred[candidate.delivery_id] = delivery_row(
+                delivery_id=candidate.delivery_id,
+                message_id=message.id,
+                app_id=message.app_id,
+                channel=target.channel,
+                priority=message.priority,
+                available_at=release_at,
+                now=now,
+            )
         if candidate.fallback_of is not None:
             decided.events.append(
                 event_row(
@@ -264,6 +259,7 @@ def settled_at_dispatch(
 
 def write_deferred(connection: Connection, decided: Decided, inserted: set[str]) -> None:
     """The outbox rows of the deferred deliveries among `inserted` (new rows)."""
-    rows = [row for delivery_id, row in decided.deferred.items() if delivery_id in inserted]
-    if rows:
-        connection.execute(_OUTBOX, rows)
+    write_rows(
+        connection,
+        [row for delivery_id, row in decided.deferred.items() if delivery_id in inserted],
+    )

@@ -29,11 +29,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, select, update
 
-from shared.amqp.topology import channel_key
+from shared.delivery_outbox import delivery_row, write_rows
 from shared.ids import utcnow
-from shared.models import DeadLetter, Delivery, Message, OutboxEntry
+from shared.models import DeadLetter, Delivery, Message
 from shared.trace import event_row, record_events
 
 #: Rows replayed per transaction by `replay_matching`.
@@ -205,25 +205,19 @@ def replay(engine: Engine, ids: Sequence[str]) -> list[str]:
                     reopened=row.message_id in reopened,
                 )
             )
-            payload = {
-                "delivery_id": row.delivery_id,
-                "message_id": row.message_id,
-                "app_id": row.app_id,
-                "channel": row.channel,
-                "priority": priorities[row.message_id],
-            }
             outgoing.append(
-                {
-                    "message_id": row.message_id,
-                    "routing_key": channel_key(row.channel, payload["priority"]),
-                    "payload": payload,
-                    "available_at": now,
-                    "created_at": now,
-                }
+                delivery_row(
+                    delivery_id=row.delivery_id,
+                    message_id=row.message_id,
+                    app_id=row.app_id,
+                    channel=row.channel,
+                    priority=priorities[row.message_id],
+                    available_at=now,
+                    now=now,
+                )
             )
         record_events(connection, events)
-        if outgoing:
-            connection.execute(insert(OutboxEntry), outgoing)
+        write_rows(connection, outgoing)
     return [row.id for row in taken]
 
 
