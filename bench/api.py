@@ -208,6 +208,15 @@ def run_wrk(
     return report
 
 
+def answered(report: dict[str, Any], expect: int | None) -> int:
+    """How many of a wrk run's answers had the status `expect` (None: any 2xx)."""
+    return sum(
+        n
+        for status, n in report["statuses"].items()
+        if (int(status) == expect if expect else 200 <= int(status) < 300)
+    )
+
+
 def measure(
     server: Server,
     path: str,
@@ -224,7 +233,7 @@ def measure(
     used = cpu.delta(before, cpu_now(server))
     seconds = report["duration_us"] / 1e6
     statuses = {int(k): v for k, v in report["statuses"].items()}
-    ok = sum(n for s, n in statuses.items() if (s == expect if expect else 200 <= s < 300))
+    ok = answered(report, expect)
     accepted = report["items_accepted"] if count_items else ok
     used["wrk"] = round(report["wrk_cpu_seconds"], 2)
     # Busy CPU no process above accounts for: the kernel, this script, and neighbours on the
@@ -317,17 +326,17 @@ class Store:
         self.engine.dispose()
 
 
-def hello_server(env: dict[str, str], workers: int) -> Server:
+@contextmanager
+def hello_server(env: dict[str, str], workers: int) -> Iterator[Server]:
     """`bench.hello_app` on a free port with `workers` gunicorn workers, ready."""
     bind = f"127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "bench.hello_app", "--bind", bind, "--workers", str(workers)]
     hello = Server("hello", argv, env, f"http://{bind}")
     try:
         hello.wait_ready("/")
-    except BaseException:
+        yield hello
+    finally:
         hello.stop()
-        raise
-    return hello
 
 
 @contextmanager
@@ -340,11 +349,8 @@ def servers(env: dict[str, str], api_bind: str, workers: int) -> Iterator[tuple[
     )
     try:
         api.wait_ready("/healthz")
-        hello = hello_server(env, workers)
-        try:
+        with hello_server(env, workers) as hello:
             yield hello, api
-        finally:
-            hello.stop()
     finally:
         api.stop()
 

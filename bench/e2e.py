@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -56,9 +56,9 @@ import socketio
 from sqlalchemy import select
 
 from bench import cpu
-from bench.api import WRK_MISSING, Server, background_cores, hello_server, run_wrk
+from bench.api import WRK_MISSING, Server, answered, hello_server, measure, run_wrk
 from bench.baseline import run_baseline
-from bench.gateway import bare, memory_per_socket, rounds_of
+from bench.gateway import bare, memory_per_socket, ratios_to_bare, rounds_of
 from bench.load import post_messages
 from bench.profiling import Profiler
 from bench.results import record
@@ -69,6 +69,7 @@ from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tokens import mint_browser_token
 from tests.conftest import isolated_settings, service_env
+from tests.gateway_support import token_for
 from tests.socket_crowd import socket_crowd
 from tests.stack import Stack, wait_until
 
@@ -264,12 +265,11 @@ def closed_loop(
         run_wrk(hello.url + "/", authorization=None, threads=1, **{**wrk, "seconds": 2})
         # Its rate has swung between runs (about 3,000 and 8,000/s seen): the median of three
         # rounds, each with how many cores were busy just before it (the neighbours' share).
-        hello_rounds, busy_before = [], []
-        for _ in range(HELLO_ROUNDS):
-            busy_before.append(background_cores())
-            report = run_wrk(hello.url + "/", authorization=None, threads=1, **wrk)
-            hello_rounds.append(_per_second(report, ok=lambda status: 200 <= status < 300))
-        hello_per_s = statistics.median(hello_rounds)
+        hello_rounds = [
+            measure(hello, "/", expect=None, authorization=None, threads=1, **wrk)
+            for _ in range(HELLO_ROUNDS)
+        ]
+        hello_per_s = statistics.median(r["accepted_per_s"] for r in hello_rounds)
         count_before = receiver.count
         cpu_before = cpu_snapshot(stack, load)
         started = time.monotonic()
@@ -280,7 +280,7 @@ def closed_loop(
             unique_users=users,
             **wrk,
         )
-        accepted = _answered(report, ok=lambda status: status == 202)
+        accepted = answered(report, expect=202)
         wait_until(
             lambda: receiver.count >= count_before + accepted,
             TIMEOUT_SECONDS,
@@ -295,24 +295,18 @@ def closed_loop(
         "connections": connections,
         "seconds": seconds,
         "hello_per_s": round(hello_per_s, 1),
-        "hello_rounds_per_s": [round(rate, 1) for rate in hello_rounds],
-        "busy_cores_before_each_hello_round": busy_before,
+        "hello_rounds_per_s": [r["accepted_per_s"] for r in hello_rounds],
+        "busy_cores_before_each_hello_round": [
+            r["idle_machine_busy_cores_before"] for r in hello_rounds
+        ],
         "accepted": accepted,
         "statuses": report["statuses"],
-        "accepted_per_s": round(_per_second(report, ok=lambda status: status == 202), 1),
+        "accepted_per_s": round(accepted / (report["duration_us"] / 1e6), 1),
         "end_to_end_messages_per_s": round(end_to_end, 1),
         "ratio_to_hello": round(end_to_end / hello_per_s, 3),
         "cpu_seconds": used,
         "cpu_ms_per_message": pipeline_cpu_ms(used, accepted),
     }
-
-
-def _answered(report: dict[str, Any], ok: Callable[[int], bool]) -> int:
-    return sum(n for status, n in report["statuses"].items() if ok(int(status)))
-
-
-def _per_second(report: dict[str, Any], ok: Callable[[int], bool]) -> float:
-    return _answered(report, ok) / (float(report["duration_us"]) / 1e6)
 
 
 def topic_fan_out(
@@ -321,7 +315,7 @@ def topic_fan_out(
     """`sockets` users subscribed to one topic, each with a socket of the crowd: the gateway's
     memory per idle socket, then `rounds` messages to the topic, each until every socket has it."""
     users = [f"topic-{n}" for n in range(sockets)]
-    tokens = [mint_browser_token(settings.secret_key, tenant.app_id, u, 3600)[0] for u in users]
+    tokens = [token_for(settings, tenant.app_id, user, ttl=3600) for user in users]
     gateway = stack.services["gateway"].process
     assert gateway is not None
     headers = {"Authorization": f"Bearer {tenant.api_key}"}
@@ -360,23 +354,11 @@ def profiled(stack: Stack, executable: str | None) -> Iterator[dict[str, Any]]:
         profiles.update({name: profiler.detach() for name, profiler in profilers.items()})
 
 
-@contextmanager
-def running_hello(stack: Stack) -> Iterator[Server]:
-    hello = hello_server(stack.env, stack.api_workers)
-    try:
-        yield hello
-    finally:
-        hello.stop()
-
-
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The live path's targets, each with the figure measured and its baseline of this run."""
     paced, alone, closed = result["latency"], result["lone_latency"], result["closed_loop"]
     topic, bare_server = result["topic"], result["bare_flask_socketio"]
-    fan_ratio = round(
-        topic["fan_out"]["deliveries_per_s_best"] / bare_server["fan_out"]["deliveries_per_s_best"],
-        3,
-    )
+    ratios = ratios_to_bare(topic, bare_server)
     ours_kib, bare_kib = topic["memory"]["kib_per_socket"], bare_server["memory"]["kib_per_socket"]
     rows = [
         ("CPU per message, paced", "<= 4.5 ms", f"{paced['cpu_ms_per_message']} ms", "", ""),
@@ -394,14 +376,14 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             ">= 0.5x bare",
             f"{topic['fan_out']['deliveries_per_s_best']:.0f}/s",
             f"bare {bare_server['fan_out']['deliveries_per_s_best']:.0f}/s",
-            f"{fan_ratio}",
+            f"{ratios['fan_out_ratio_to_bare']}",
         ),
         (
             "gateway memory per idle socket",
             "<= bare, <= 100 KiB",
             f"{ours_kib} KiB",
             f"bare {bare_kib} KiB",
-            f"{round(ours_kib / bare_kib, 3)}",
+            f"{ratios['memory_ratio_to_bare']}",
         ),
     ]
     keys = ("what", "target", "measured", "baseline", "ratio")
@@ -466,7 +448,7 @@ def main() -> int:
                 alone["median_ms_after_accepted"] = stage_latencies(
                     runtime, alone.pop("message_ids")
                 )
-                with running_hello(stack) as hello:
+                with hello_server(stack.env, stack.api_workers) as hello:
                     closed = closed_loop(
                         stack,
                         load,

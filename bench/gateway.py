@@ -150,6 +150,21 @@ def bare(sockets: int, rounds: int) -> dict[str, Any]:
     return {"memory": memory, "fan_out": fanned}
 
 
+def ratios_to_bare(ours: dict[str, Any], bare_server: dict[str, Any]) -> dict[str, float]:
+    """Fan-out and memory per idle socket of `ours` against bare Flask-SocketIO's (each a
+    result with `fan_out` and `memory`, as `bare` returns)."""
+    return {
+        "fan_out_ratio_to_bare": round(
+            ours["fan_out"]["deliveries_per_s_best"]
+            / bare_server["fan_out"]["deliveries_per_s_best"],
+            3,
+        ),
+        "memory_ratio_to_bare": round(
+            ours["memory"]["kib_per_socket"] / bare_server["memory"]["kib_per_socket"], 3
+        ),
+    }
+
+
 def gateway(
     settings: Settings, sockets: int, rounds: int, profiler: Profiler | None
 ) -> dict[str, Any]:
@@ -225,13 +240,7 @@ def main() -> int:
         "sockets": args.sockets,
         "bare_flask_socketio": baseline,
         "gateway": ours,
-        "fan_out_ratio_to_bare": round(
-            ours["fan_out"]["deliveries_per_s_best"] / baseline["fan_out"]["deliveries_per_s_best"],
-            3,
-        ),
-        "memory_ratio_to_bare": round(
-            ours["memory"]["kib_per_socket"] / baseline["memory"]["kib_per_socket"], 3
-        ),
+        **ratios_to_bare(ours, baseline),
     }
     record("gateway", result)
     storm = ours["reconnect_storm"]

@@ -44,11 +44,11 @@ _D = table_of(Delivery)
 _M = table_of(Message)
 _S = table_of(Subscription)
 _X = table_of(MessageExpansion)
+_E = table_of(Endpoint)
 # Built once: every dispatcher batch asks it.
 _EXPANDING = select(_X.c.message_id, _X.c.step, _X.c.after).where(
     _X.c.message_id.in_(bindparam("ids", expanding=True))
 )
-_E = table_of(Endpoint)
 # INSERT ... ON CONFLICT DO NOTHING: a redelivered message never fails on its existing rows.
 # One per store dialect; RETURNING says which rows were new.
 _INSERT_DELIVERIES = {
