@@ -170,8 +170,13 @@ class InboxSockets:
                 return
             items, count, next_after = page
             replayed += self._send_replayed(sid, items)
-            if next_after is None or not self.slow_consumers.drained(sid):
+            if next_after is None:
                 break
+            if not self.slow_consumers.drained(sid):
+                # Gone, or about to be cut off for not reading (`SlowConsumers`): no more.
+                log.info("gateway.replay_stopped", app=identity.app_id, sid=sid, replayed=replayed)
+                REPLAYED.inc(replayed)
+                return
             after_id = next_after
         self.socketio.emit(
             "unread_count", {"count": count}, to=sid, namespace=NAMESPACE, ignore_queue=True
@@ -181,18 +186,21 @@ class InboxSockets:
 
     def _replay_page(
         self, sid: str, identity: BrowserIdentity, since: str | None, after_id: str
-    ) -> tuple[list[dict[str, Any]], int, str | None] | None:
-        """One page of the replay, the unread count, and where the next page starts; None if
-        the socket left meanwhile or the store failed (the client is told)."""
+    ) -> tuple[list[dict[str, Any]], int | None, str | None] | None:
+        """One page of the replay, the unread count with the last page (None with the others:
+        only the last one's is sent), and where the next page starts; None if the socket left
+        meanwhile or the store failed (the client is told)."""
 
-        def replay() -> tuple[list[dict[str, Any]], int, str | None]:
+        def replay() -> tuple[list[dict[str, Any]], int | None, str | None]:
             with self.runtime.sessions() as session, session.begin():
                 if since is None:
                     items, next_after = inbox.unacknowledged(session, identity), None
                 else:
                     page = inbox.missed_since(session, identity, since, after_id=after_id)
                     items, next_after = page.items, page.next_after
-                return items, inbox.unread_count(session, identity), next_after
+                if next_after is not None:
+                    return items, None, next_after
+                return items, inbox.unread_count(session, identity), None
 
         try:
             waiting_since = time.monotonic()
