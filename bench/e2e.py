@@ -13,7 +13,8 @@ one Socket.IO client per user, and measures
 4. closed loop: wrk posting single-recipient messages (each its own content) as fast as the API
    answers, for a fixed time; messages per second from the first POST until the last of them
    reached its socket, beside wrk against `bench.hello_app` (bare Flask "hello") under the
-   same gunicorn settings;
+   same gunicorn settings; before that, the same load generator POSTs to hello at the paced
+   phase's rate, and hello's CPU per request stands beside the pipeline's CPU per message;
 5. topic fan-out: N official socket.io-client sockets (default 10,000) connected to the
    stack's gateway, each a subscriber of one topic; seconds from POSTing a message to the
    topic until every socket has it, beside `bench.bare_gateway` emitting to the same number of
@@ -59,7 +60,7 @@ from bench import cpu
 from bench.api import WRK_MISSING, Server, answered, hello_server, measure, run_wrk
 from bench.baseline import run_baseline
 from bench.gateway import bare, memory_per_socket, ratios_to_bare, rounds_of
-from bench.load import post_messages
+from bench.load import post_hello, post_messages
 from bench.profiling import Profiler
 from bench.results import record
 from producer_api.api_keys import NewApp, create_app_with_key
@@ -132,6 +133,9 @@ class Load:
         ).result()
         return sent
 
+    def post_hello(self, url: str, count: int, rate: float, threads: int) -> None:
+        self.pool.submit(post_hello, url, count, rate, threads).result()
+
     def close(self) -> None:
         self.pool.shutdown()
 
@@ -171,6 +175,27 @@ def latency(
         "p50_ms": round(statistics.median(samples), 1),
         "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 1),
         "max_ms": round(samples[-1], 1),
+    }
+
+
+def paced_hello(load: Load, hello: Server, rate: float, seconds: float) -> dict[str, Any]:
+    """Bare hello under the API's gunicorn settings, POSTed to at the paced phase's rate by the
+    same load generator: its CPU per request, the floor of what the API's share can be at that
+    rate on this machine now (at 200/s each request finds the server idle and pays its wake-up)."""
+    url = hello.url + "/"
+    load.post_hello(url, int(rate), rate * 5, threads=16)  # warm-up
+    requests = int(rate * seconds)
+    before = cpu.snapshot({"hello": hello.process.pid}, {}, {})
+    started = time.monotonic()
+    load.post_hello(url, requests, rate, threads=16)
+    achieved = requests / (time.monotonic() - started)
+    used = cpu.delta(before, cpu.snapshot({"hello": hello.process.pid}, {}, {}))
+    return {
+        "target_rate": rate,
+        "achieved_rate": round(achieved, 1),
+        "requests": requests,
+        "cpu_seconds": used["hello"],
+        "cpu_ms_per_request": round(1000 * used["hello"] / requests, 2),
     }
 
 
@@ -357,11 +382,18 @@ def profiled(stack: Stack, executable: str | None) -> Iterator[dict[str, Any]]:
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The live path's targets, each with the figure measured and its baseline of this run."""
     paced, alone, closed = result["latency"], result["lone_latency"], result["closed_loop"]
+    hello_cpu = result["hello_paced"]["cpu_ms_per_request"]
     topic, bare_server = result["topic"], result["bare_flask_socketio"]
     ratios = ratios_to_bare(topic, bare_server)
     ours_kib, bare_kib = topic["memory"]["kib_per_socket"], bare_server["memory"]["kib_per_socket"]
     rows = [
-        ("CPU per message, paced", "<= 4.5 ms", f"{paced['cpu_ms_per_message']} ms", "", ""),
+        (
+            "CPU per message, paced",
+            "<= 4.5 ms",
+            f"{paced['cpu_ms_per_message']} ms",
+            f"hello {hello_cpu} ms/request",
+            f"{paced['cpu_ms_per_message'] / hello_cpu:.2f}" if hello_cpu else "",
+        ),
         ("lone message at idle, p50", "<= 15 ms", f"{alone['p50_ms']} ms", "", ""),
         ("paced 200/s, p99", "<= 50 ms", f"{paced['p99_ms']} ms", "", ""),
         (
@@ -449,6 +481,7 @@ def main() -> int:
                     runtime, alone.pop("message_ids")
                 )
                 with hello_server(stack.env, stack.api_workers) as hello:
+                    hello_at_rate = paced_hello(load, hello, args.rate, args.seconds)
                     closed = closed_loop(
                         stack,
                         load,
@@ -473,6 +506,7 @@ def main() -> int:
         "throughput": fan_out,
         "ratio_to_baseline": round(fan_out["deliveries_per_s"] / baseline.per_second, 3),
         "latency": paced,
+        "hello_paced": hello_at_rate,
         "lone_latency": alone,
         "closed_loop": closed,
         "topic": topic,
