@@ -44,6 +44,7 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     insert,
@@ -73,7 +74,16 @@ from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.topology import JITTER_SLOTS, retry_slot
 from shared.best_effort_redis import BestEffortRedis
 from shared.ids import new_id, utcnow
-from shared.models import DeadLetter, Delivery, Device, Endpoint, Message, User, table_of
+from shared.models import (
+    DeadLetter,
+    Delivery,
+    Device,
+    Endpoint,
+    Message,
+    User,
+    UTCDateTime,
+    table_of,
+)
 from shared.outbound import OutboundPolicy
 from shared.outbox import enqueue_callbacks
 from shared.payloads import DeliveryPayload, decode
@@ -141,8 +151,12 @@ _CLAIM = (
         _D.c.attempts,
     )
 )
-_CONTENT = select(_M.c.id, _M.c.content, _M.c.category, _M.c.priority, _M.c.expires_at).where(
-    _M.c.id.in_(bindparam("ids", expanding=True))
+_CONTENT_COLUMNS = (_M.c.content, _M.c.category, _M.c.priority, _M.c.expires_at)
+_CONTENT = select(_M.c.id, *_CONTENT_COLUMNS).where(_M.c.id.in_(bindparam("ids", expanding=True)))
+# On PostgreSQL the claim returns its messages' content too: one statement instead of two.
+_CLAIMED = _CLAIM.cte("claimed")
+_CLAIM_WITH_CONTENT = select(_CLAIMED, *_CONTENT_COLUMNS).join_from(
+    _CLAIMED, _M, _M.c.id == _CLAIMED.c.message_id
 )
 _FORGET_DEVICES = delete(_V).where(_V.c.id.in_(bindparam("ids", expanding=True)))
 _BUSY = select(_D.c.id).where(
@@ -155,8 +169,20 @@ _MARK_SENT = (
     .where(_STILL_CLAIMED)
     .values(status="sent", last_error=None, sent_at=bindparam("now"), updated_at=bindparam("now"))
 )
-_SET_RECEIPT = (
-    update(_D).where(_D.c.id == bindparam("delivery")).values(receipt=bindparam("receipt"))
+# A sent delivery with a receipt (a web one's feed position) is marked sent and given its
+# receipt in one row update: the receipt whatever the status, the rest only in our claim.
+_STILL_SENDING = _D.c.status == "sending"
+_NOW = bindparam("now", type_=UTCDateTime())
+_MARK_SENT_WITH_RECEIPT = (
+    update(_D)
+    .where(_D.c.id == bindparam("delivery"))
+    .values(
+        receipt=bindparam("receipt"),
+        status=case((_STILL_SENDING, "sent"), else_=_D.c.status),
+        last_error=case((_STILL_SENDING, None), else_=_D.c.last_error),
+        sent_at=case((_STILL_SENDING, _NOW), else_=_D.c.sent_at),
+        updated_at=case((_STILL_SENDING, _NOW), else_=_D.c.updated_at),
+    )
 )
 _MARK_UNSENT = (
     update(_D)
@@ -332,15 +358,20 @@ class ChannelWorker(BatchConsumer):
         """The deliveries this worker now holds, and those of them whose message expired."""
         now = utcnow()
         stale = now - timedelta(seconds=self.claim_seconds)
-        rows = connection.execute(_CLAIM, {"ids": ids, "now": now, "stale": stale}).all()
+        params = {"ids": ids, "now": now, "stale": stale}
+        if connection.dialect.name == "postgresql":
+            rows = connection.execute(_CLAIM_WITH_CONTENT, params).all()
+            contents = {row.message_id: tuple(row[-len(_CONTENT_COLUMNS) :]) for row in rows}
+        else:
+            rows = connection.execute(_CLAIM, params).all()
+            wanted = list({row.message_id for row in rows})
+            contents = (
+                {m: tuple(c) for m, *c in connection.execute(_CONTENT, {"ids": wanted})}
+                if wanted
+                else {}
+            )
         if not rows:
             return {}, set()
-        contents = {
-            message_id: (content, category, priority, expires_at)
-            for message_id, content, category, priority, expires_at in connection.execute(
-                _CONTENT, {"ids": list({row.message_id for row in rows})}
-            )
-        }
         claimed = {}
         expired = set()
         for row in sorted(rows, key=lambda r: r.id):
@@ -458,7 +489,7 @@ class ChannelWorker(BatchConsumer):
         follow_ups: list[tuple[Inbound, Outgoing]] = []
         gone: list[int] = []
         dead: list[dict[str, Any]] = []
-        receipts: list[dict[str, str]] = []
+        receipts: dict[str, str] = {}
         failed: list[OutboundDelivery] = []
         # Past their message's expires_at: not sent, and final (nothing to retry or park).
         for delivery in expired:
@@ -501,7 +532,7 @@ class ChannelWorker(BatchConsumer):
                 follow_ups.append((attempt.source, self._retry_message(attempt.source, header)))
             elif status == "sent":
                 if result.receipt is not None:
-                    receipts.append({"delivery": delivery.delivery_id, "receipt": result.receipt})
+                    receipts[delivery.delivery_id] = result.receipt
                 events.append(
                     event_row(
                         delivery.message_id,
@@ -549,9 +580,11 @@ class ChannelWorker(BatchConsumer):
                 )
         for (status, error), ids in groups.items():
             if status == "sent":
-                connection.execute(_MARK_SENT, {"ids": ids, "now": now})
+                if plain := [i for i in ids if i not in receipts]:
+                    connection.execute(_MARK_SENT, {"ids": plain, "now": now})
                 if receipts:
-                    connection.execute(_SET_RECEIPT, receipts)
+                    rows = [{"delivery": i, "receipt": r, "now": now} for i, r in receipts.items()]
+                    connection.execute(_MARK_SENT_WITH_RECEIPT, rows)
             elif status == "deferred":
                 connection.execute(_MARK_DEFERRED, {"ids": ids, "now": now, "error": error})
             else:

@@ -220,15 +220,51 @@ class ReceiptChannel(ScriptedChannel):
         return Result.sent(receipt=f"receipt-of-{delivery.delivery_id}")
 
 
+def receipt_of(runtime: Runtime, delivery_id: str) -> str | None:
+    with runtime.engine.connect() as connection:
+        receipt: str | None = connection.scalar(
+            select(Delivery.receipt).where(Delivery.id == delivery_id)
+        )
+        return receipt
+
+
 def test_a_send_s_receipt_is_kept_on_its_delivery(isolated_runtime: Runtime) -> None:
     runtime = isolated_runtime
     channel = ReceiptChannel(channel_context(runtime, "web"), [])
     with running_worker(runtime, channel):
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
-    with runtime.engine.connect() as connection:
-        receipt = connection.scalar(select(Delivery.receipt).where(Delivery.id == delivery_id))
-    assert receipt == f"receipt-of-{delivery_id}"
+    assert receipt_of(runtime, delivery_id) == f"receipt-of-{delivery_id}"
+
+
+class AcknowledgedMidSendChannel(ReceiptChannel):
+    """Sends with a receipt, and the browser acknowledges the delivery before the worker has
+    recorded the send (the feed is that fast)."""
+
+    def __init__(self, context: ChannelContext, runtime: Runtime) -> None:
+        super().__init__(context, [])
+        self.runtime = runtime
+
+    def send(self, delivery: OutboundDelivery) -> Result:
+        with self.runtime.engine.begin() as connection:
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery.delivery_id)
+                .values(status="delivered", delivered_at=utcnow(), updated_at=utcnow())
+            )
+        return super().send(delivery)
+
+
+def test_a_delivery_acknowledged_mid_send_stays_acknowledged_and_gets_its_receipt(
+    isolated_runtime: Runtime,
+) -> None:
+    runtime = isolated_runtime
+    channel = AcknowledgedMidSendChannel(channel_context(runtime, "web"), runtime)
+    with running_worker(runtime, channel):
+        message_id, delivery_id = queued_delivery(runtime)
+        wait_until(lambda: receipt_of(runtime, delivery_id), 20, "its receipt")
+    assert state(runtime, message_id, delivery_id)[0] == "delivered"
+    assert receipt_of(runtime, delivery_id) == f"receipt-of-{delivery_id}"
 
 
 class HeldChannel(ScriptedChannel):
