@@ -184,8 +184,11 @@ def ready_at(service: Service) -> float:
 
 @contextmanager
 def private_stack(settings: Settings) -> Iterator[Stack]:
-    """The services of a phase (started as needed), stopped whatever happens."""
-    stack = Stack(settings=settings, env=service_env(settings), api_workers=2)
+    """The services of a phase (started as needed), stopped whatever happens. Web deliveries
+    go through the web worker's queue (`OMNIPUSH_WEB_SENDS=worker`): the dispatcher's figures
+    are of what it writes and publishes, and the lanes are the web worker's."""
+    env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
+    stack = Stack(settings=settings, env=env, api_workers=2)
     try:
         yield stack
     finally:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -71,7 +71,7 @@ from dispatcher.decisions import DeliveryDecider
 from dispatcher.stages.pipeline import PolicyPipeline, standard_stages
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
-from shared.amqp.topology import JITTER_SLOTS, retry_slot
+from shared.amqp.topology import JITTER_SLOTS, channel_key, retry_slot
 from shared.best_effort_redis import BestEffortRedis
 from shared.ids import new_id, utcnow
 from shared.models import (
@@ -86,7 +86,7 @@ from shared.models import (
 )
 from shared.outbound import OutboundPolicy
 from shared.outbox import enqueue_callbacks
-from shared.payloads import DeliveryPayload, decode
+from shared.payloads import DeliveryPayload, decode, encode
 from shared.pipeline_metrics import WorkerMetrics
 from shared.policy import REDIS_STAGES
 from shared.readiness import wait_for_redis
@@ -296,7 +296,7 @@ class ChannelWorker(BatchConsumer):
                 continue
             by_id[payload["delivery_id"]] = message
         if by_id:
-            self._work(by_id, len(batch))
+            self._settle(by_id, self._work(by_id, len(batch)))
         # Settled only once the others are done: a batch that fails because the store or Redis
         # is away is handled again whole, and settling a message twice makes the broker close
         # the channel (unknown delivery tag), which takes the others' acks with it.
@@ -306,9 +306,28 @@ class ChannelWorker(BatchConsumer):
             self._log.error("worker.malformed", detail=detail)
             self.link.nack(message, requeue=False)
 
-    def _work(self, by_id: dict[str, Inbound], size: int) -> None:
-        """Claim, send, record and settle the deliveries of `by_id` (delivery id -> its AMQP
-        message), of a batch of `size` AMQP messages."""
+    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]:
+        """Claim, send and record deliveries handed over in this process rather than through
+        the queue (`dispatcher.dispatch` sends web deliveries so), as if each had come as the
+        AMQP message of its payload: delivery id -> its follow-up publish (a retry or a dead
+        letter), which the caller is to publish before it lets go of the work."""
+        by_id = {
+            payload["delivery_id"]: Inbound(
+                body=encode(self._schema, payload),
+                routing_key=channel_key(payload["channel"], payload["priority"]),
+                headers={},
+                delivery_tag=0,
+                redelivered=False,
+                generation=-1,
+            )
+            for payload in payloads
+        }
+        sources = {id(source): delivery_id for delivery_id, source in by_id.items()}
+        return {sources[id(source)]: out for source, out in self._work(by_id, len(by_id))}
+
+    def _work(self, by_id: dict[str, Inbound], size: int) -> list[tuple[Inbound, Outgoing]]:
+        """Claim, send and record the deliveries of `by_id` (delivery id -> its AMQP message),
+        of a batch of `size` AMQP messages; the follow-up publishes of their sources."""
         started = time.monotonic()
         with self.runtime.engine.begin() as connection:
             claimed, expired = self._claim(connection, list(by_id))
@@ -350,7 +369,7 @@ class ChannelWorker(BatchConsumer):
         for delivery_id in busy:
             source = by_id[delivery_id]
             follow_ups.append((source, self._retry_message(source, self.delays[0].label)))
-        self._settle(by_id, follow_ups)
+        return follow_ups
 
     def _claim(
         self, connection: Connection, ids: list[str]

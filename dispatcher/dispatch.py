@@ -2,11 +2,17 @@
 
 For a batch of messages it writes one delivery row per recipient and channel in one
 transaction, publishes one AMQP message per delivery to `channel.<name>`, and acks each source
-message only after all of its deliveries are confirmed by the broker. A message whose topics
-hold more subscribers than a page is expanded page by page instead (`dispatcher.expansion`),
-each page in its own transaction and published as soon as it commits. A redelivered message
-finds its deliveries already written (or resumes its expansion where it stopped) and publishes
-the unsent ones again, a page at a time; the channel workers make that harmless.
+message only after all of its deliveries are confirmed by the broker. Web deliveries it sends
+itself, right after that commit, as the web worker would send them (`WebSender`: claimed,
+appended to the live feed, recorded, their message settled), which spares them a queue hop and
+a process on the way to the browser; only what fails (a retry, a dead letter) is published, and
+a batch with more than `WEB_SENDS_AT_ONCE` of them leaves them all to the web worker's lanes.
+A message whose topics hold more subscribers than a page is expanded page by page instead
+(`dispatcher.expansion`), each page in its own transaction and published as soon as it
+commits. A redelivered message finds its deliveries already written (or resumes its expansion
+where it stopped) and publishes the unsent ones again, a page at a time, those a dispatcher
+sent but did not record among them; the channel workers make that harmless (the web channel
+appends a delivery to the feed once).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
@@ -56,6 +63,11 @@ from shared.trace import event_row, record_events
 log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
+#: The channel whose deliveries the dispatcher may send itself (`WebSender`).
+WEB = "web"
+#: The most web deliveries of one batch the dispatcher sends itself: a batch with more hands
+#: them to the web worker's lanes, so the next batch (a high message, say) never waits long.
+WEB_SENDS_AT_ONCE = 1000
 # A scheduled message is only in the queue once it is due; the relay may mark it after this reads.
 DISPATCHABLE = ("accepted", "scheduled", "queued", "dispatched")
 
@@ -78,12 +90,14 @@ _MARK_FINISHED = (
     .values(status=bindparam("status"), updated_at=bindparam("now"))
 )
 _PRIORITY = select(_M.c.priority).where(_M.c.id == bindparam("message"))
-# What a message still has to publish, a page at a time in delivery id order.
+# What a message still has to publish, a page at a time in delivery id order: a `sending` one
+# too, which a dispatcher that sent it itself may have left claimed (the worker that gets it
+# waits for the claim to go stale).
 _PENDING_PAGE = (
     select(_D.c.id, _D.c.message_id, _D.c.app_id, _D.c.channel)
     .where(
         _D.c.message_id == bindparam("message"),
-        _D.c.status.in_(("pending", "queued")),
+        _D.c.status.in_(("pending", "queued", "sending")),
         _D.c.id > bindparam("after"),
     )
     .order_by(_D.c.id)
@@ -122,6 +136,13 @@ def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic
     return members.get((app_id, topic), [])
 
 
+class WebSender(Protocol):
+    """Sends web deliveries in the dispatcher's process as the web worker would send them
+    (`channels.worker.ChannelWorker.send_now`): delivery id -> its follow-up publish."""
+
+    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]: ...
+
+
 @dataclass
 class Plan:
     """What a batch's transaction leaves to do: deliveries it wrote that are to be published,
@@ -141,10 +162,17 @@ class DispatchConsumer(BatchConsumer):
     """Consumes `dispatch`; see the module docstring."""
 
     def __init__(
-        self, runtime: Runtime, link: AmqpLink, metrics: DispatchMetrics | None = None
+        self,
+        runtime: Runtime,
+        link: AmqpLink,
+        metrics: DispatchMetrics | None = None,
+        web: WebSender | None = None,
     ) -> None:
         super().__init__(link)
         self.runtime = runtime
+        #: Sends a batch's web deliveries right after they are written; None leaves them to
+        #: the web worker's queue.
+        self.web = web
         self.metrics = metrics or DispatchMetrics()
         self._settlements = Settlements()
         self.page_size = runtime.settings.dispatch_page_size
@@ -183,10 +211,10 @@ class DispatchConsumer(BatchConsumer):
         those AMQP messages."""
         with self.runtime.engine.begin() as connection:
             plan = self._expand(connection, list(wanted))
-        ordered = [(mid, d) for mid in wanted for d in plan.ready.get(mid, [])]
-        futures = self._publish([d for _mid, d in ordered])
+        ordered = self._hand_over([(mid, d) for mid in wanted for d in plan.ready.get(mid, [])])
+        futures = self.link.publish_batch([out for _mid, out in ordered])
         per_message: dict[str, list[Future[None]]] = {mid: [] for mid in wanted}
-        for (mid, _delivery), future in zip(ordered, futures, strict=True):
+        for (mid, _out), future in zip(ordered, futures, strict=True):
             per_message[mid].append(future)
         # Large messages publish each page as it commits; a resumed expansion cannot know what
         # the dispatcher before it published, so, like a redelivery, it publishes what is left
@@ -241,14 +269,33 @@ class DispatchConsumer(BatchConsumer):
         if not self._settlements.drain(CONFIRM_TIMEOUT_SECONDS):
             log.warning("dispatch.unsettled_at_stop")
 
+    def _hand_over(
+        self, deliveries: list[tuple[str, dict[str, str]]]
+    ) -> list[tuple[str, Outgoing]]:
+        """What to publish for a batch's deliveries, each with its message: a web delivery is
+        sent now, when this dispatcher sends them and the batch has few enough, and only its
+        follow-up (a retry, a dead letter) is published; the others go to their channel."""
+        web = [d for _mid, d in deliveries if d["channel"] == WEB] if self.web else []
+        sent = None
+        if self.web is not None and 0 < len(web) <= WEB_SENDS_AT_ONCE:
+            sent = self.web.send_now(web)
+        outgoing = []
+        for message_id, delivery in deliveries:
+            if sent is None or delivery["channel"] != WEB:
+                outgoing.append((message_id, self._outgoing(delivery)))
+            elif (follow_up := sent.get(delivery["delivery_id"])) is not None:
+                outgoing.append((message_id, follow_up))
+        return outgoing
+
+    def _outgoing(self, delivery: dict[str, str]) -> Outgoing:
+        """A delivery's AMQP message to its channel, in the lane of its message's priority."""
+        return Outgoing(
+            channel_key(delivery["channel"], delivery["priority"]), encode(self._out, delivery)
+        )
+
     def _publish(self, deliveries: Sequence[dict[str, str]]) -> list[Future[None]]:
         """Each delivery to its channel, in the lane of its message's priority."""
-        return self.link.publish_batch(
-            [
-                Outgoing(channel_key(d["channel"], d["priority"]), encode(self._out, d))
-                for d in deliveries
-            ]
-        )
+        return self.link.publish_batch([self._outgoing(d) for d in deliveries])
 
     def _expand_in_pages(
         self, message_id: str, progress: tuple[int, str] | None

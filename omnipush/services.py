@@ -74,7 +74,9 @@ def run_relay(settings: Settings) -> None:
 
 def run_dispatcher(settings: Settings) -> None:
     from channels.registry import channel_names
-    from dispatcher.dispatch import DispatchConsumer
+    from channels.web import WebChannel
+    from channels.worker import ChannelWorker, channel_context
+    from dispatcher.dispatch import WEB, DispatchConsumer
 
     registry = process_registry()
     connections = ConnectionMetrics("dispatcher", registry)
@@ -89,10 +91,20 @@ def run_dispatcher(settings: Settings) -> None:
         name=connection_name(settings, "dispatcher"),
         connections=connections,
     )
-    consumer = DispatchConsumer(runtime, link, metrics)
+    # Sends the web deliveries it writes itself, as the web worker would (and counts them as
+    # it does), unless OMNIPUSH_WEB_SENDS leaves them to the worker's queue.
+    web = None
+    if settings.web_sends == "dispatcher":
+        channel = WebChannel(channel_context(runtime, WEB))
+        web = ChannelWorker(runtime, link, channel, metrics=WorkerMetrics(WEB, registry))
+    consumer = DispatchConsumer(runtime, link, metrics, web=web)
     consumer.install_signal_handlers()
-    with _metrics(settings, registry, "dispatcher", default_metrics_port("dispatcher")):
-        consumer.run()
+    try:
+        with _metrics(settings, registry, "dispatcher", default_metrics_port("dispatcher")):
+            consumer.run()
+    finally:
+        if web is not None:
+            web.channel.close()
 
 
 def run_callbacks(settings: Settings) -> None:

@@ -25,6 +25,8 @@ SECRET_KEY_FILE = Path("var/secret_key")
 #: them all (`make run`) without two wanting the same port. The API and the gateway serve it on
 #: their own bind address.
 METRICS_HOST = "127.0.0.1"
+#: Where web deliveries may be sent from (`Settings.web_sends`), the default first.
+WEB_SENDS = ("dispatcher", "worker")
 METRICS_PORTS = {"relay": 9101, "dispatcher": 9102, "callbacks": 9103}
 #: A channel worker's default port is this plus its channel's position in the channel registry.
 WORKER_METRICS_BASE_PORT = 9110
@@ -81,6 +83,9 @@ class Settings:
     max_topic_subscribers: int = 100_000
     # Topic subscribers the dispatcher expands per transaction.
     dispatch_page_size: int = 1000
+    # Who sends web deliveries to the live feed: the dispatcher, right after it writes them
+    # (`dispatcher` ), or the web worker, from its queue (`worker`; retries always are).
+    web_sends: str = WEB_SENDS[0]
     # OMNIPUSH_METRICS_BIND: `host:port`, `off`, or None for each service's default port.
     metrics_bind: str | None = None
 
@@ -120,6 +125,7 @@ class Settings:
             dispatch_page_size=_positive(
                 env, "OMNIPUSH_DISPATCH_PAGE_SIZE", int, cls.dispatch_page_size
             ),
+            web_sends=_one_of(env, "OMNIPUSH_WEB_SENDS", WEB_SENDS),
             metrics_bind=_metrics_bind(env),
             # Last: it may write var/secret_key, which a bad setting above should not leave.
             secret_key=_secret_key(env, production),
@@ -159,6 +165,16 @@ def _email_from_env(config: FileConfig, env: Mapping[str, str]) -> FileConfig:
 
 
 Number = TypeVar("Number", int, float)
+
+
+def _one_of(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The variable's value if it is one of `choices`, the first of them if unset."""
+    raw = env.get(name)
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise RuntimeError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
 
 
 def _positive(env: Mapping[str, str], name: str, kind: type[Number], default: Number) -> Number:

@@ -5,6 +5,8 @@ Redis, each through a proxy of its own. A test makes its victim's proxy withhold
 victim waits for, freezes the victim there (SIGSTOP), checks in the store and the broker that
 the work in flight is what it should be, kills it (SIGKILL), and starts a new one behind a new
 proxy that holds nothing. A browser connected throughout must then have every notification once.
+The web worker sends every web delivery here (`OMNIPUSH_WEB_SENDS=worker`), so that each hop
+of the queue path can be crashed; `tests/test_web_sends.py` covers the dispatcher's own sends.
 """
 
 from __future__ import annotations
@@ -160,9 +162,8 @@ class CrashStack:
 @pytest.fixture(scope="module")
 def crash_stack() -> Iterator[CrashStack]:
     with isolated_settings() as settings:
-        crash = CrashStack(
-            Stack(settings=settings, env=service_env(settings)), Runtime.build(settings)
-        )
+        env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
+        crash = CrashStack(Stack(settings=settings, env=env), Runtime.build(settings))
         try:
             crash.stack.start_all({name: crash.through_new_proxy(name) for name in VICTIMS})
             yield crash

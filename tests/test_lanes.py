@@ -320,9 +320,11 @@ USER = "ann"
 def lanes_stack() -> Iterator[tuple[Stack, Runtime]]:
     """The pipeline as processes on a store and queues of their own, and a reader of its store:
     api, relay, dispatcher and gateway running; the web worker is the test's to start, once the
-    backlog it is to work through waits for it."""
+    backlog it is to work through waits for it. The web worker sends every web delivery, so
+    that each goes through the lanes of its queue (`OMNIPUSH_WEB_SENDS=worker`)."""
     with isolated_settings() as settings:
-        stack = Stack(settings=settings, env=service_env(settings))
+        env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
+        stack = Stack(settings=settings, env=env)
         runtime = Runtime.build(settings)
         try:
             stack.start_all(names=[name for name in SERVICE_ARGS if name != "worker-web"])

@@ -119,6 +119,23 @@ def test_an_unknown_log_format_is_one_line_naming_the_setting(tmp_path: Path) ->
     assert_one_line_error(result, "OMNIPUSH_LOG_FORMAT", "console or json", "'xml'")
 
 
+# --- who sends web deliveries -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", "dispatcher"), ("worker", "worker")])
+def test_web_deliveries_are_sent_by_the_dispatcher_unless_the_worker_is_named(
+    raw: str, expected: str
+) -> None:
+    env = {"OMNIPUSH_SECRET_KEY": GOOD_KEY, "OMNIPUSH_WEB_SENDS": raw}
+    assert Settings.from_env(env).web_sends == expected
+
+
+def test_an_unknown_web_sender_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = clean_env(OMNIPUSH_SECRET_KEY=GOOD_KEY, OMNIPUSH_WEB_SENDS="gateway")
+    result = run_omnipush("serve", "dispatcher", env=env, cwd=tmp_path)
+    assert_one_line_error(result, "OMNIPUSH_WEB_SENDS", "dispatcher, worker", "'gateway'")
+
+
 # --- the database URL ------------------------------------------------------------------------
 
 
