@@ -5,12 +5,14 @@ Redis, each through a proxy of its own. A test makes its victim's proxy withhold
 victim waits for, freezes the victim there (SIGSTOP), checks in the store and the broker that
 the work in flight is what it should be, kills it (SIGKILL), and starts a new one behind a new
 proxy that holds nothing. A browser connected throughout must then have every notification once.
-The web worker sends every web delivery here (`OMNIPUSH_WEB_SENDS=worker`), so that each hop
-of the queue path can be crashed; `tests/test_web_sends.py` covers the dispatcher's own sends.
+On that stack the web worker sends every web delivery (`OMNIPUSH_WEB_SENDS=worker`), so that
+each hop of the queue path can be crashed; the dispatcher's own sends (the default) are crashed
+on a stack of their own, its dispatcher talking to Redis through the proxy.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -336,3 +338,63 @@ def test_a_worker_whose_broker_connection_drops_reconnects_and_keeps_delivering(
         assert "amqp.disconnected" in worker.output()
     finally:
         client.close()
+
+
+#: A reply of the web channel's emit script: [appended, the feed entry's position].
+_EMIT_REPLY = re.compile(rb"\*2\r\n:[01]\r\n\$\d+\r\n\d+-\d+\r\n")
+
+
+def is_emit_reply(piece: bytes) -> bool:
+    return _EMIT_REPLY.search(piece) is not None
+
+
+@pytest.fixture
+def sending_dispatcher() -> Iterator[tuple[Scene, FaultProxy]]:
+    """A stack of its own whose dispatcher sends web deliveries itself (the default), talking
+    to Redis through a proxy, with an app and its user's connected browser."""
+    with isolated_settings() as settings:
+        stack = Stack(settings=settings, env=service_env(settings))
+        runtime = Runtime.build(settings)
+        proxy = FaultProxy("127.0.0.1", REDIS_PORT).start()
+        browser: InboxClient | None = None
+        try:
+            stack.start_all({"dispatcher": {"OMNIPUSH_REDIS_URL": redis_url_via(proxy)}})
+            tenant = new_tenant(runtime)
+            token, _ = mint_browser_token(settings.secret_key, tenant.app_id, USER, 600)
+            browser = InboxClient(stack.gateway_url, token).connect()
+            yield Scene(stack, runtime, tenant, browser), proxy
+        finally:
+            if browser is not None:
+                browser.close()
+            runtime.close()
+            stack.stop_all()
+            proxy.close()
+
+
+def test_a_dispatcher_killed_mid_send_leaves_its_web_deliveries_to_the_web_worker_once(
+    sending_dispatcher: tuple[Scene, FaultProxy],
+) -> None:
+    scene, proxy = sending_dispatcher
+    proxy.withhold_replies(from_piece=is_emit_reply)  # its emits never get their answer
+    message_ids = scene.post(MESSAGES, "sent by the dispatcher")
+    wait_until(lambda: scene.statuses()["sending"], 15, "the dispatcher to claim deliveries")
+    scene.stack.services["dispatcher"].freeze()
+    claimed = {
+        d: row.updated_at for d, row in scene.deliveries().items() if row.status == "sending"
+    }
+    assert set(scene.statuses()) <= {"queued", "sending"}, "an outcome was recorded"
+    # The emits reached the feed (only their answer was withheld): each shows once.
+    shown = [n["id"] for n in scene.browser.notifications]
+    assert len(shown) == len(set(shown)) and set(shown) <= set(claimed)
+    scene.stack.kill("dispatcher")
+    dispatch_queue = scene.runtime.topology.dispatch_queue
+    wait_until(lambda: queue_depth(dispatch_queue) == MESSAGES, 30, "every source requeued")
+
+    scene.stack.start("dispatcher")  # straight to Redis this time
+    scene.shows_everything_once(message_ids)
+    after = scene.deliveries()
+    for delivery_id, claimed_at in claimed.items():
+        # The web worker took each over once the dispatcher's claim had gone stale.
+        assert after[delivery_id].attempts == 2, "a claimed delivery was not attempted again"
+        sent_at = after[delivery_id].sent_at
+        assert sent_at is not None and sent_at >= claimed_at + timedelta(seconds=CLAIM_SECONDS)
