@@ -8,11 +8,12 @@ appended to the live feed, recorded, their message settled), which spares them a
 a process on the way to the browser; only what fails (a retry, a dead letter) is published, and
 a batch with more than `WEB_SENDS_AT_ONCE` of them leaves them all to the web worker's lanes.
 A message whose topics hold more subscribers than a page is expanded page by page instead
-(`dispatcher.expansion`), each page in its own transaction and published as soon as it
-commits. A redelivered message finds its deliveries already written (or resumes its expansion
-where it stopped) and publishes the unsent ones again, a page at a time, those a dispatcher
-sent but did not record among them; the channel workers make that harmless (the web channel
-appends a delivery to the feed once).
+(`dispatcher.expansion`), each page in its own transaction and handed over as soon as it
+commits (its web deliveries sent, unless a message of a higher lane is waiting). A
+redelivered message finds its deliveries already written (or resumes its expansion where it
+stopped) and publishes the unsent ones again, a page at a time, those a dispatcher sent but did
+not record among them; the channel workers make that harmless (the web channel appends a
+delivery to the feed once).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from dispatcher.targets import delivery_targets
 from shared.amqp.consumer import BatchConsumer
 from shared.amqp.link import AmqpLink, Inbound, Outgoing
 from shared.amqp.settlements import Settlements
-from shared.amqp.topology import channel_key
+from shared.amqp.topology import LANES, channel_key
 from shared.ids import utcnow
 from shared.models import Delivery, Message, table_of
 from shared.outbox import enqueue_callbacks
@@ -130,6 +131,13 @@ def all_confirmed(futures: Sequence[Future[None]]) -> bool:
     """Wait for the broker's confirms of `futures`; False unless every one came, positive."""
     wait(futures, timeout=CONFIRM_TIMEOUT_SECONDS)
     return all(f.done() and f.exception() is None for f in futures)
+
+
+def sends_page_now(priority: str, waiting_rank: int | None) -> bool:
+    """Whether the dispatcher sends a page of a large message of `priority` itself, the lane
+    of the next message waiting for it being `waiting_rank` (None: none waits): unless that
+    lane is a higher one."""
+    return waiting_rank is None or waiting_rank >= LANES.index(priority)
 
 
 def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic: str) -> list[str]:
@@ -287,6 +295,17 @@ class DispatchConsumer(BatchConsumer):
                 outgoing.append((message_id, follow_up))
         return outgoing
 
+    def _page_out(self, message_id: str, page: list[dict[str, str]]) -> list[Future[None]]:
+        """Hand over a page of a large message as it commits: its web deliveries are sent now
+        while no message of a higher lane waits for this dispatcher; once one does, the
+        pages left go to the web worker's lanes, so that it waits for the writing of the rest
+        of the expansion only, not for its sends."""
+        if page and sends_page_now(page[0]["priority"], self.link.inbox.next_rank()):
+            outgoing = self._hand_over([(message_id, d) for d in page])
+        else:
+            outgoing = [(message_id, self._outgoing(d)) for d in page]
+        return self.link.publish_batch([out for _mid, out in outgoing])
+
     def _outgoing(self, delivery: dict[str, str]) -> Outgoing:
         """A delivery's AMQP message to its channel, in the lane of its message's priority."""
         return Outgoing(
@@ -312,7 +331,7 @@ class DispatchConsumer(BatchConsumer):
             with self.runtime.engine.begin() as connection:
                 done, ready = self._paged.expand_step(connection, message_id)
             if progress is None:
-                futures += self._publish(ready)
+                futures += self._page_out(message_id, ready)
             steps += 1
         log.debug("dispatch.expanded", message_id=message_id, steps=steps)
         return futures

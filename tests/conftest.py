@@ -162,6 +162,22 @@ def isolated_runtime(inprocess_settings: Settings) -> Iterator[Runtime]:
         built.close()
 
 
+#: The dispatcher page of `paged_runtime`, in topic subscribers.
+SMALL_PAGE = 3
+
+
+@pytest.fixture
+def paged_runtime(settings: Settings) -> Iterator[Runtime]:
+    """The in-process store, queues of the test's own, and a dispatcher page of `SMALL_PAGE`
+    subscribers."""
+    with queue_prefix() as prefix:
+        built = Runtime.build(
+            settings.with_overrides(queue_prefix=prefix, dispatch_page_size=SMALL_PAGE)
+        )
+        yield built
+        built.close()
+
+
 @pytest.fixture
 def broker_proxy() -> Iterator[FaultProxy]:
     """A proxy in front of RabbitMQ that can withhold the broker's publisher confirms."""

@@ -11,21 +11,9 @@ from sqlalchemy import func, insert, select, update
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message, MessageExpansion, Subscription, Topic
 from shared.runtime import Runtime
-from shared.settings import Settings
-from tests.conftest import isolated_settings, new_tenant, queue_depth, queue_prefix, service_env
+from tests.conftest import isolated_settings, new_tenant, queue_depth, service_env
 from tests.stack import Stack, wait_until
 from tests.test_dispatch import dispatch, running_dispatcher
-
-PAGE = 3
-
-
-@pytest.fixture
-def paged_runtime(settings: Settings) -> Iterator[Runtime]:
-    """The session's store, queues of its own, and a dispatcher page of three subscribers."""
-    with queue_prefix() as prefix:
-        built = Runtime.build(settings.with_overrides(queue_prefix=prefix, dispatch_page_size=PAGE))
-        yield built
-        built.close()
 
 
 def topic_message(runtime: Runtime, subscribers: list[str], direct: list[str]) -> tuple[str, str]:
@@ -200,9 +188,13 @@ TO_EVERYONE = {"to": [{"topic": "everyone"}], "channels": ["web"], "content": {"
 @pytest.fixture
 def paged_stack() -> Iterator[Stack]:
     """API, relay and dispatcher on a store and queues of their own, expanding topics fifty
-    subscribers a page; no worker takes the deliveries, so the queue shows what was published."""
+    subscribers a page; the dispatcher sends no web delivery itself and no worker takes them,
+    so the queue shows what was published."""
     with isolated_settings() as built:
-        env = {**service_env(built), "OMNIPUSH_DISPATCH_PAGE_SIZE": "50"}
+        env = service_env(built) | {
+            "OMNIPUSH_DISPATCH_PAGE_SIZE": "50",
+            "OMNIPUSH_WEB_SENDS": "worker",
+        }
         stack = Stack(settings=built, env=env)
         try:
             for name in ("api", "relay", "dispatcher"):

@@ -9,20 +9,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from channels.web import WebChannel
 from channels.worker import ChannelWorker, channel_context
-from dispatcher.dispatch import WEB, DispatchConsumer
+from dispatcher.dispatch import WEB, DispatchConsumer, sends_page_now
 from shared.amqp.link import AmqpLink
 from shared.live_feed import feed_key
 from shared.models import Delivery, Event, Message
 from shared.runtime import Runtime
-from tests.conftest import AMQP_URL, queue_depth
+from tests.conftest import AMQP_URL, SMALL_PAGE, queue_depth
 from tests.queued import running_worker
 from tests.stack import wait_until
 from tests.test_dispatch import accepted_message, dispatch
+from tests.test_paged_dispatch import topic_message
 
 
 class FailingOnceRecord(ChannelWorker):
@@ -134,3 +136,44 @@ def test_a_send_the_dispatcher_could_not_record_is_the_web_workers_and_shown_onc
     entries = [e for e in feed_entries(runtime) if e[b"id"].decode() == delivery_id]
     assert len(entries) == 1, "the delivery reached the feed twice"
     assert receipt is not None
+
+
+def test_the_dispatcher_sends_a_large_messages_pages_itself_as_each_commits(
+    paged_runtime: Runtime,
+) -> None:
+    runtime = paged_runtime
+    users = [f"sub-{n}" for n in range(2 * SMALL_PAGE + 1)]
+    message_id, app_id = topic_message(runtime, users, [])
+    with dispatcher_sending_web(runtime, ChannelWorker):
+        dispatch(runtime, message_id, app_id)
+        wait_until(lambda: message_status(runtime, message_id) == "completed", 20, "completed")
+    rows = delivery_rows(runtime, message_id)
+    assert [(row.status, row.attempts) for row in rows] == [("sent", 1)] * len(users)
+    assert queue_depth(runtime.topology.channel_queue(WEB)) == 0, "a page went through the queue"
+
+
+@pytest.mark.parametrize(
+    ("priority", "waiting", "sends_now"),
+    [
+        ("normal", None, True),
+        ("normal", 2, True),
+        ("normal", 1, True),
+        ("normal", 0, False),
+        ("low", 1, False),
+        ("low", 2, True),
+        ("high", 0, True),
+    ],
+    ids=[
+        "nothing waits",
+        "a low message waits",
+        "another normal one waits",
+        "a high message waits",
+        "a low blast, a normal message waits",
+        "a low blast, a low message waits",
+        "a high message, another high one waits",
+    ],
+)
+def test_a_large_messages_pages_are_sent_now_unless_a_higher_lane_waits(
+    priority: str, waiting: int | None, sends_now: bool
+) -> None:
+    assert sends_page_now(priority, waiting) is sends_now

@@ -36,5 +36,12 @@ class LaneInbox(Generic[T]):
     def empty(self) -> bool:
         return self._queue.empty()
 
+    def next_rank(self) -> int | None:
+        """The rank of the item that would be handed out next, None when there is none (a
+        glance: another thread may change it at once)."""
+        with self._queue.mutex:
+            waiting = self._queue.queue
+            return waiting[0][0] if waiting else None
+
     def qsize(self) -> int:
         return self._queue.qsize()
