@@ -6,7 +6,9 @@ before thousands of low ones, the relay publishes each message to its priority's
 and a web worker busy with 5,000 low deliveries sends a high one at once. Last, through the
 whole pipeline as processes to a connected browser: behind a marketing blast of 8,000 low
 deliveries, a high verification code POSTed to the API shows within a second, before most of
-the blast is sent, while a low offer POSTed the same way waits its turn behind the blast.
+the blast is sent, while a low offer POSTed the same way waits its turn behind the blast; and
+behind a low topic blast that the dispatcher is sending itself page by page, a high code waits
+only for the rest of the blast to be written (the dispatcher leaves its sends to the web worker).
 """
 
 from __future__ import annotations
@@ -403,3 +405,60 @@ def test_a_connected_user_gets_a_high_code_within_a_second_and_a_low_offer_behin
     assert code_waited < 1.0, f"the code took {code_waited:.2f}s to reach the browser"
     assert before_code < BLAST // 2, f"the code came after {before_code} of the blast"
     assert before_offer > BLAST * 0.9, f"the offer came after only {before_offer} of the blast"
+
+
+#: Subscribers of the topic the dispatcher sends itself, page by page.
+TOPIC_BLAST = 5000
+
+
+@pytest.fixture
+def sending_stack() -> Iterator[tuple[Stack, Runtime]]:
+    """The whole pipeline as processes on a store and queues of their own, the dispatcher
+    sending web deliveries itself (the default), two hundred subscribers a page."""
+    with isolated_settings() as settings:
+        env = service_env(settings) | {"OMNIPUSH_DISPATCH_PAGE_SIZE": "200"}
+        stack = Stack(settings=settings, env=env)
+        runtime = Runtime.build(settings)
+        try:
+            stack.start_all()
+            yield stack, runtime
+        finally:
+            stack.stop_all()
+            runtime.close()
+
+
+def test_a_high_code_waits_for_no_sends_of_a_low_topic_blast_the_dispatcher_was_sending(
+    sending_stack: tuple[Stack, Runtime],
+) -> None:
+    stack, runtime = sending_stack
+    tenant = new_tenant(runtime)
+    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
+    browser = InboxClient(stack.gateway_url, token).connect()
+    subscribers = [f"fan-{n:05}" for n in range(TOPIC_BLAST)]
+    try:
+        with httpx.Client(base_url=stack.api_url, headers=bearer(tenant), timeout=30) as api:
+            welcome, _posted = send(api, "normal", "notification", "Welcome")
+            browser.arrival_of(welcome, 20)
+            assert api.put("/v1/topics/fans", json={}).status_code == 201
+            for start in range(0, TOPIC_BLAST, 1000):
+                chunk = {"user_ids": subscribers[start : start + 1000]}
+                assert api.post("/v1/topics/fans/subscribers", json=chunk).status_code == 200
+            sale = {"title": "Spring sale"}
+            to_fans = {"to": [{"topic": "fans"}], "channels": ["web"], "content": sale}
+            posted_blast = api.post(
+                "/v1/messages", json=to_fans | {"priority": "low", "category": "marketing"}
+            )
+            assert posted_blast.status_code == 202, posted_blast.text
+            blast = posted_blast.json()["id"]
+            wait_until(lambda: sent_before(runtime, blast), 20, "the dispatcher sending the blast")
+            code, posted = send(api, "high", "verification", "Your code is 271828")
+            code_waited = browser.arrival_of(code, 10) - posted
+    finally:
+        browser.close()
+    code_sent = wait_until(lambda: sent_at(runtime, code), 10, "the code recorded as sent")
+    # It waited for the rest of the blast's pages to be written, not for them to be sent: the
+    # dispatcher left their sends to the web worker once the code was waiting for it.
+    assert sent_before(runtime, blast, code_sent) < TOPIC_BLAST, "the whole blast came first"
+    assert code_waited < 5.0, f"the code took {code_waited:.2f}s to reach the browser"
+    wait_until(lambda: sent_before(runtime, blast) == TOPIC_BLAST, 60, "the whole blast sent")
+    assert "worker.batch" in stack.services["worker-web"].output(), "the worker sent none of it"
