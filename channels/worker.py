@@ -18,6 +18,9 @@ or busy) waits in the tier that covers its `retry_after` without using up an att
 the provider reports gone are removed from their user, traced. Sources are acked after all that
 is durable.
 
+The dispatcher runs the same steps in its own process for the web deliveries it writes
+(`send_now`), as if each had come from the queue; only their follow-ups are published.
+
 A delivery is sent at most once while its claim is known: a redelivered AMQP message finds it
 `sending` (held) or final (done). The one window for a second send is a worker killed between
 the provider's answer and the commit of its record: after `CLAIM_SECONDS` another worker takes

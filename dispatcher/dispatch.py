@@ -283,7 +283,7 @@ class DispatchConsumer(BatchConsumer):
         """What to publish for a batch's deliveries, each with its message: a web delivery is
         sent now, when this dispatcher sends them and the batch has few enough, and only its
         follow-up (a retry, a dead letter) is published; the others go to their channel."""
-        web = [d for _mid, d in deliveries if d["channel"] == WEB] if self.web else []
+        web = [d for _mid, d in deliveries if d["channel"] == WEB]
         sent = None
         if self.web is not None and 0 < len(web) <= WEB_SENDS_AT_ONCE:
             sent = self.web.send_now(web)
@@ -300,10 +300,9 @@ class DispatchConsumer(BatchConsumer):
         while no message of a higher lane waits for this dispatcher; once one does, the
         pages left go to the web worker's lanes, so that it waits for the writing of the rest
         of the expansion only, not for its sends."""
-        if page and sends_page_now(page[0]["priority"], self.link.inbox.next_rank()):
-            outgoing = self._hand_over([(message_id, d) for d in page])
-        else:
-            outgoing = [(message_id, self._outgoing(d)) for d in page]
+        if not page or not sends_page_now(page[0]["priority"], self.link.inbox.next_rank()):
+            return self._publish(page)
+        outgoing = self._hand_over([(message_id, d) for d in page])
         return self.link.publish_batch([out for _mid, out in outgoing])
 
     def _outgoing(self, delivery: dict[str, str]) -> Outgoing:
