@@ -55,7 +55,7 @@ from shared.ids import utcnow
 from shared.models import Delivery, Event, Subscription, Topic, User, table_of
 from shared.runtime import Runtime
 from shared.settings import Settings
-from tests.conftest import isolated_settings, service_env
+from tests.conftest import WEB_SENDS_BY_WORKER, isolated_settings, service_env
 from tests.stack import Service, Stack, wait_until
 
 BATCH = 500
@@ -187,7 +187,7 @@ def private_stack(settings: Settings) -> Iterator[Stack]:
     """The services of a phase (started as needed), stopped whatever happens. Web deliveries
     go through the web worker's queue (`OMNIPUSH_WEB_SENDS=worker`): the dispatcher's figures
     are of what it writes and publishes, and the lanes are the web worker's."""
-    env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
+    env = service_env(settings) | WEB_SENDS_BY_WORKER
     stack = Stack(settings=settings, env=env, api_workers=2)
     try:
         yield stack

@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy import Connection, bindparam, select, update
 
 from channels.registry import reach_table
+from channels.web import WebChannel
 from dispatcher.decisions import (
     DeliveryDecider,
     Work,
@@ -65,7 +66,7 @@ log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 30.0
 #: The channel whose deliveries the dispatcher may send itself (`WebSender`).
-WEB = "web"
+WEB = WebChannel.name
 #: The most web deliveries of one batch the dispatcher sends itself: a batch with more hands
 #: them to the web worker's lanes, so the next batch (a high message, say) never waits long.
 WEB_SENDS_AT_ONCE = 1000

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 
 import pika
@@ -273,16 +273,29 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
         running.stop_all()
 
 
+#: The environment that keeps every web delivery on the queue path: the web worker sends them,
+#: the dispatcher none (for tests of the queue's hops and lanes).
+WEB_SENDS_BY_WORKER = {"OMNIPUSH_WEB_SENDS": "worker"}
+
+#: Builds a running stack: variables for every service, and for some services of their own.
+StackBuilder = Callable[..., Stack]
+
+
 @pytest.fixture
-def isolated_stack() -> Iterator[Callable[[], Stack]]:
-    """Builds stacks with their own store and queues (for tests that kill services)."""
+def isolated_stack() -> Iterator[StackBuilder]:
+    """Builds stacks with their own store and queues, each started with `env` over the usual
+    variables and `env_of` for some services by name, stopped when the test ends."""
     with ExitStack() as cleanup:
 
-        def build() -> Stack:
+        def build(
+            env: Mapping[str, str] | None = None,
+            env_of: Mapping[str, Mapping[str, str]] | None = None,
+        ) -> Stack:
             built_settings = cleanup.enter_context(isolated_settings())
-            running = Stack(settings=built_settings, env=service_env(built_settings))
+            variables = service_env(built_settings) | dict(env or {})
+            running = Stack(settings=built_settings, env=variables)
             cleanup.callback(running.stop_all)
-            running.start_all()
+            running.start_all(env_of)
             return running
 
         yield build

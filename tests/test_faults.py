@@ -31,6 +31,8 @@ from shared.tokens import mint_browser_token
 from tests.conftest import (
     AMQP_PORT,
     REDIS_PORT,
+    WEB_SENDS_BY_WORKER,
+    StackBuilder,
     amqp_url_via,
     isolated_settings,
     new_tenant,
@@ -103,6 +105,28 @@ class Scene:
     def statuses(self) -> Counter[str]:
         return Counter(row.status for row in self.deliveries().values())
 
+    def frozen_claims(self) -> dict[str, datetime]:
+        """With the sender frozen mid-send: its claimed deliveries, each with when it was
+        claimed, checked to have no outcome recorded and to show in the browser once at most
+        (only the emits' answers were withheld: the feed may have them already)."""
+        claimed = {
+            d: row.updated_at for d, row in self.deliveries().items() if row.status == "sending"
+        }
+        assert claimed, "no delivery claimed"
+        assert set(self.statuses()) <= {"queued", "sending"}, "an outcome was recorded"
+        shown = [n["id"] for n in self.browser.notifications]
+        assert len(shown) == len(set(shown)) and set(shown) <= set(claimed)
+        return claimed
+
+    def taken_over_once_stale(self, claimed: dict[str, datetime]) -> None:
+        """Each of the `claimed` deliveries was attempted again, by another worker, only once
+        its claim had gone stale, never from a live one."""
+        after = self.deliveries()
+        for delivery_id, claimed_at in claimed.items():
+            assert after[delivery_id].attempts == 2, "the stale claim was not attempted again"
+            sent_at = after[delivery_id].sent_at
+            assert sent_at is not None and sent_at >= claimed_at + timedelta(seconds=CLAIM_SECONDS)
+
     def shows_everything_once(self, message_ids: list[str]) -> None:
         """Every message completed and in the browser once, with one delivery and one dispatch.
 
@@ -164,7 +188,7 @@ class CrashStack:
 @pytest.fixture(scope="module")
 def crash_stack() -> Iterator[CrashStack]:
     with isolated_settings() as settings:
-        env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
+        env = service_env(settings) | WEB_SENDS_BY_WORKER
         crash = CrashStack(Stack(settings=settings, env=env), Runtime.build(settings))
         try:
             crash.stack.start_all({name: crash.through_new_proxy(name) for name in VICTIMS})
@@ -176,17 +200,22 @@ def crash_stack() -> Iterator[CrashStack]:
                 proxy.close()
 
 
+def connected_scene(stack: Stack, runtime: Runtime) -> Scene:
+    """A new app on `stack` and its user's connected browser."""
+    tenant = new_tenant(runtime)
+    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
+    return Scene(stack, runtime, tenant, InboxClient(stack.gateway_url, token).connect())
+
+
 @pytest.fixture
 def scene(crash_stack: CrashStack) -> Iterator[Scene]:
     """A new app and its user's browser on the module's stack. A service the test left frozen
     or dead (a test that failed half-way) is started again, behind a new proxy if it is a
     victim, so the next test finds the stack as the first one did."""
     stack, runtime = crash_stack.stack, crash_stack.runtime
-    tenant = new_tenant(runtime)
-    token, _ = mint_browser_token(stack.settings.secret_key, tenant.app_id, USER, 600)
-    browser = InboxClient(stack.gateway_url, token).connect()
-    yield Scene(stack, runtime, tenant, browser)
-    browser.close()
+    scene = connected_scene(stack, runtime)
+    yield scene
+    scene.browser.close()
     for name, service in list(stack.services.items()):
         if not service.working():
             crash_stack.start_again(name)
@@ -266,15 +295,7 @@ def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_work
     message_ids = scene.post(MESSAGES, "claimed")
     wait_until(lambda: scene.statuses()["sending"], 15, "the worker to claim deliveries")
     scene.stack.services["worker-web"].freeze()
-    claimed = {
-        d: row.updated_at for d, row in scene.deliveries().items() if row.status == "sending"
-    }
-    assert claimed, "no delivery claimed"
-    assert set(scene.statuses()) <= {"queued", "sending"}, "an outcome was recorded"
-    # Only the answer is withheld: the emits may have reached the feed, and the browser may
-    # have them already, each once.
-    shown = [n["id"] for n in scene.browser.notifications]
-    assert len(shown) == len(set(shown)) and set(shown) <= set(claimed)
+    claimed = scene.frozen_claims()
     scene.stack.kill("worker-web")
     web_queue = scene.runtime.topology.channel_queue("web")
     wait_until(
@@ -283,12 +304,7 @@ def test_a_worker_killed_mid_send_leaves_its_claim_to_go_stale_and_the_next_work
 
     crash_stack.start_again("worker-web")
     scene.shows_everything_once(message_ids)
-    after = scene.deliveries()
-    for delivery_id, claimed_at in claimed.items():
-        assert after[delivery_id].attempts == 2, "the stale claim was not attempted again"
-        # Taken over only once the claim had gone stale, never from a live worker.
-        sent_at = after[delivery_id].sent_at
-        assert sent_at is not None and sent_at >= claimed_at + timedelta(seconds=CLAIM_SECONDS)
+    scene.taken_over_once_stale(claimed)
 
 
 def close_broker_connection(name_part: str) -> None:
@@ -349,26 +365,16 @@ def is_emit_reply(piece: bytes) -> bool:
 
 
 @pytest.fixture
-def sending_dispatcher() -> Iterator[tuple[Scene, FaultProxy]]:
+def sending_dispatcher(isolated_stack: StackBuilder) -> Iterator[tuple[Scene, FaultProxy]]:
     """A stack of its own whose dispatcher sends web deliveries itself (the default), talking
     to Redis through a proxy, with an app and its user's connected browser."""
-    with isolated_settings() as settings:
-        stack = Stack(settings=settings, env=service_env(settings))
-        runtime = Runtime.build(settings)
-        proxy = FaultProxy("127.0.0.1", REDIS_PORT).start()
-        browser: InboxClient | None = None
-        try:
-            stack.start_all({"dispatcher": {"OMNIPUSH_REDIS_URL": redis_url_via(proxy)}})
-            tenant = new_tenant(runtime)
-            token, _ = mint_browser_token(settings.secret_key, tenant.app_id, USER, 600)
-            browser = InboxClient(stack.gateway_url, token).connect()
-            yield Scene(stack, runtime, tenant, browser), proxy
-        finally:
-            if browser is not None:
-                browser.close()
-            runtime.close()
-            stack.stop_all()
-            proxy.close()
+    with FaultProxy("127.0.0.1", REDIS_PORT) as proxy:
+        stack = isolated_stack(env_of={"dispatcher": {"OMNIPUSH_REDIS_URL": redis_url_via(proxy)}})
+        runtime = Runtime.build(stack.settings)
+        scene = connected_scene(stack, runtime)
+        yield scene, proxy
+        scene.browser.close()
+        runtime.close()
 
 
 def test_a_dispatcher_killed_mid_send_leaves_its_web_deliveries_to_the_web_worker_once(
@@ -379,22 +385,12 @@ def test_a_dispatcher_killed_mid_send_leaves_its_web_deliveries_to_the_web_worke
     message_ids = scene.post(MESSAGES, "sent by the dispatcher")
     wait_until(lambda: scene.statuses()["sending"], 15, "the dispatcher to claim deliveries")
     scene.stack.services["dispatcher"].freeze()
-    claimed = {
-        d: row.updated_at for d, row in scene.deliveries().items() if row.status == "sending"
-    }
-    assert set(scene.statuses()) <= {"queued", "sending"}, "an outcome was recorded"
-    # The emits reached the feed (only their answer was withheld): each shows once.
-    shown = [n["id"] for n in scene.browser.notifications]
-    assert len(shown) == len(set(shown)) and set(shown) <= set(claimed)
+    claimed = scene.frozen_claims()
     scene.stack.kill("dispatcher")
     dispatch_queue = scene.runtime.topology.dispatch_queue
     wait_until(lambda: queue_depth(dispatch_queue) == MESSAGES, 30, "every source requeued")
 
     scene.stack.start("dispatcher")  # straight to Redis this time
     scene.shows_everything_once(message_ids)
-    after = scene.deliveries()
-    for delivery_id, claimed_at in claimed.items():
-        # The web worker took each over once the dispatcher's claim had gone stale.
-        assert after[delivery_id].attempts == 2, "a claimed delivery was not attempted again"
-        sent_at = after[delivery_id].sent_at
-        assert sent_at is not None and sent_at >= claimed_at + timedelta(seconds=CLAIM_SECONDS)
+    # The web worker took each over, the dispatcher's claim having gone stale.
+    scene.taken_over_once_stale(claimed)

@@ -47,6 +47,8 @@ from shared.runtime import Runtime
 from shared.tokens import mint_browser_token
 from tests.conftest import (
     AMQP_URL,
+    WEB_SENDS_BY_WORKER,
+    StackBuilder,
     bearer,
     isolated_settings,
     new_tenant,
@@ -325,8 +327,7 @@ def lanes_stack() -> Iterator[tuple[Stack, Runtime]]:
     backlog it is to work through waits for it. The web worker sends every web delivery, so
     that each goes through the lanes of its queue (`OMNIPUSH_WEB_SENDS=worker`)."""
     with isolated_settings() as settings:
-        env = service_env(settings) | {"OMNIPUSH_WEB_SENDS": "worker"}
-        stack = Stack(settings=settings, env=env)
+        stack = Stack(settings=settings, env=service_env(settings) | WEB_SENDS_BY_WORKER)
         runtime = Runtime.build(settings)
         try:
             stack.start_all(names=[name for name in SERVICE_ARGS if name != "worker-web"])
@@ -412,19 +413,13 @@ TOPIC_BLAST = 5000
 
 
 @pytest.fixture
-def sending_stack() -> Iterator[tuple[Stack, Runtime]]:
+def sending_stack(isolated_stack: StackBuilder) -> Iterator[tuple[Stack, Runtime]]:
     """The whole pipeline as processes on a store and queues of their own, the dispatcher
     sending web deliveries itself (the default), two hundred subscribers a page."""
-    with isolated_settings() as settings:
-        env = service_env(settings) | {"OMNIPUSH_DISPATCH_PAGE_SIZE": "200"}
-        stack = Stack(settings=settings, env=env)
-        runtime = Runtime.build(settings)
-        try:
-            stack.start_all()
-            yield stack, runtime
-        finally:
-            stack.stop_all()
-            runtime.close()
+    stack = isolated_stack({"OMNIPUSH_DISPATCH_PAGE_SIZE": "200"})
+    runtime = Runtime.build(stack.settings)
+    yield stack, runtime
+    runtime.close()
 
 
 def test_a_high_code_waits_for_no_sends_of_a_low_topic_blast_the_dispatcher_was_sending(

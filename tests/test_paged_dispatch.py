@@ -11,7 +11,13 @@ from sqlalchemy import func, insert, select, update
 from shared.ids import new_id, utcnow
 from shared.models import Delivery, Event, Message, MessageExpansion, Subscription, Topic
 from shared.runtime import Runtime
-from tests.conftest import isolated_settings, new_tenant, queue_depth, service_env
+from tests.conftest import (
+    WEB_SENDS_BY_WORKER,
+    isolated_settings,
+    new_tenant,
+    queue_depth,
+    service_env,
+)
 from tests.stack import Stack, wait_until
 from tests.test_dispatch import dispatch, running_dispatcher
 
@@ -191,10 +197,7 @@ def paged_stack() -> Iterator[Stack]:
     subscribers a page; the dispatcher sends no web delivery itself and no worker takes them,
     so the queue shows what was published."""
     with isolated_settings() as built:
-        env = service_env(built) | {
-            "OMNIPUSH_DISPATCH_PAGE_SIZE": "50",
-            "OMNIPUSH_WEB_SENDS": "worker",
-        }
+        env = service_env(built) | WEB_SENDS_BY_WORKER | {"OMNIPUSH_DISPATCH_PAGE_SIZE": "50"}
         stack = Stack(settings=built, env=env)
         try:
             for name in ("api", "relay", "dispatcher"):
