@@ -7,14 +7,18 @@ tests/gateway_support.py). Browsers are real python-socketio clients on the webs
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -130,6 +134,41 @@ def test_long_polling_works_too(
     )
     browser.wait_count(1)
     assert browser.ids() == [item.delivery_id]
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the gateway closed the socket"
+        data += chunk
+    return data
+
+
+def test_a_websocket_offered_compression_opens_uncompressed(gateway: Gateway) -> None:
+    """Browsers offer permessage-deflate; a compressor kept for each socket would cost more
+    memory than the rest of an idle socket, so the gateway declines it and frames go out plain."""
+    address = urlsplit(gateway.url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = (
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+        f"Host: {address.netloc}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=TIMEOUT) as sock:
+        sock.sendall(handshake.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += _read_exactly(sock, 1)
+        status, *headers = head.decode().strip().split("\r\n")
+        assert status.startswith("HTTP/1.1 101"), status
+        names = {header.split(":", 1)[0].strip().lower() for header in headers}
+        assert "sec-websocket-extensions" not in names
+        first, length = _read_exactly(sock, 2)
+        assert first == 0x81, "the Engine.IO open packet is one plain text frame (no RSV1)"
+        assert _read_exactly(sock, length & 0x7F).startswith(b"0{")
 
 
 # -- token expiry and renewal ------------------------------------------------------------------

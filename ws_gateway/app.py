@@ -26,6 +26,7 @@ from ws_gateway.feed import LiveFeed, SentIds
 from ws_gateway.openapi import install_openapi
 from ws_gateway.slow_consumers import SlowConsumers
 from ws_gateway.sockets import ConnectAwareRedisManager, InboxSockets
+from ws_gateway.uncompressed import without_compression
 
 #: Where the app keeps its `LiveFeed` (`app.extensions`).
 LIVE_FEED = "omnipush.live_feed"
@@ -89,8 +90,11 @@ def create_app(
         logger=False,
         engineio_logger=False,
     )
-    # Outside Socket.IO's middleware, so that Engine.IO's websockets get the wrapped sockets.
-    app.wsgi_app = slow_consumers.patient_sockets(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    # Outside Socket.IO's middleware, so that Engine.IO's websockets get the wrapped sockets
+    # and handshakes without an offer of compression.
+    app.wsgi_app = without_compression(  # type: ignore[method-assign,assignment]
+        slow_consumers.patient_sockets(app.wsgi_app)
+    )
 
     api = install_openapi(app)
     api.register_blueprint(rest.blp)
