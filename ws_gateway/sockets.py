@@ -49,6 +49,7 @@ from ws_gateway.metrics import (
     REPLAYED,
 )
 from ws_gateway.overdue import OverdueDeliveries
+from ws_gateway.room_index import IndexedRooms
 from ws_gateway.schemas import AckSchema, ReadSchema, RenewSchema
 from ws_gateway.slow_consumers import SlowConsumers
 
@@ -69,7 +70,7 @@ REPLAYS_AT_ONCE = 4
 log = structlog.get_logger("ws_gateway.sockets")
 
 
-class ConnectAwareRedisManager(socketio.RedisManager):
+class ConnectAwareRedisManager(IndexedRooms, socketio.RedisManager):
     """python-socketio's Redis manager that reports each client once it is fully connected.
 
     python-socketio sends the CONNECT packet and then marks the client connected here; events
