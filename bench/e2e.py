@@ -357,7 +357,7 @@ def topic_fan_out(
             api.post("/v1/messages", json=body).raise_for_status()
 
         with socket_crowd() as crowd:
-            memory = memory_per_socket(crowd, gateway.pid, stack.gateway_url, tokens)
+            memory = memory_per_socket(crowd, gateway.pid, stack.gateway_url, tokens, greeted=True)
             fanned = rounds_of(crowd, sockets, rounds, post)
     return {"sockets": sockets, "memory": memory, "fan_out": fanned}
 

@@ -79,10 +79,13 @@ def settled_kib(root: int) -> int:
 
 
 def memory_per_socket(
-    crowd: SocketCrowd, pid: int, url: str, tokens: list[str]
+    crowd: SocketCrowd, pid: int, url: str, tokens: list[str], *, greeted: bool
 ) -> dict[str, float]:
+    """Resident memory per socket of `tokens`' sockets opened on the server at `url` (process
+    `pid`), once all are connected, and with `greeted` once the gateway has finished each one's
+    connect replay (so that the fan-out after it measures the fan-out alone)."""
     before = settled_kib(pid)
-    connected = crowd.open(url, tokens, reconnect=True, timeout=TIMEOUT)
+    connected = crowd.open(url, tokens, reconnect=True, timeout=TIMEOUT, greeted=greeted)
     assert connected == len(tokens), f"only {connected} of {len(tokens)} sockets connected"
     after = settled_kib(pid)
     return {
@@ -143,7 +146,7 @@ def bare_server() -> Iterator[tuple[str, int]]:
 def bare(sockets: int, rounds: int) -> dict[str, Any]:
     tokens = [f"bare-{n}" for n in range(sockets)]
     with bare_server() as (url, pid), socket_crowd() as crowd:
-        memory = memory_per_socket(crowd, pid, url, tokens)
+        memory = memory_per_socket(crowd, pid, url, tokens, greeted=False)
         fanned = rounds_of(
             crowd, sockets, rounds, lambda: httpx.post(f"{url}/fanout").raise_for_status()
         )
@@ -178,7 +181,9 @@ def gateway(
         with socket_crowd() as crowd:
             with running_gateway(settings, bind) as first:
                 assert first.service.process is not None
-                memory = memory_per_socket(crowd, first.service.process.pid, first.url, tokens)
+                memory = memory_per_socket(
+                    crowd, first.service.process.pid, first.url, tokens, greeted=True
+                )
                 fanned = rounds_of(
                     crowd,
                     sockets,

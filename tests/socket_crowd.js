@@ -1,10 +1,12 @@
 // Many browsers in one process: official socket.io-client sockets that record what they get.
 //
 // Commands come on stdin, one JSON object a line; each gets one JSON line on stdout.
-//   {"op": "open", "url": U, "tokens": [T...], "reconnect": bool, "timeout_ms": N}
-//       opens one socket per token (websocket transport); answers once all are connected, or at
-//       the timeout, with {"connected": n}. A reconnecting socket says "since": the position
-//       of the last notification it got, as the demo page does.
+//   {"op": "open", "url": U, "tokens": [T...], "reconnect": bool, "greeted": bool,
+//    "timeout_ms": N}
+//       opens one socket per token (websocket transport); answers once all are connected (with
+//       "greeted", once each has also had the gateway's unread count, which ends its connect
+//       replay), or at the timeout, with {"connected": n}. A reconnecting socket says "since":
+//       the position of the last notification it got, as the demo page does.
 //   {"op": "state", "ids": bool}
 //       {"connected": n, "sockets": [{"connected", "connects", "ids"?, "last_connect_ms",
 //        "last_notification_ms"}]} (times since the process started, in milliseconds).
@@ -29,6 +31,7 @@ function openOne(url, token, reconnect) {
     since: null,
     lastConnect: null,
     lastNotification: null,
+    countedAtConnect: 0,
   };
   state.socket = io(url, {
     transports: ["websocket"],
@@ -42,6 +45,9 @@ function openOne(url, token, reconnect) {
     state.connects += 1;
     state.lastConnect = now();
   });
+  state.socket.on("unread_count", () => {
+    state.countedAtConnect = state.connects;
+  });
   state.socket.on("notification", (item) => {
     state.ids.push(item.id);
     if (item.position) state.since = item.position;
@@ -54,6 +60,10 @@ function connected() {
   return sockets.filter((s) => s.socket.connected).length;
 }
 
+function greeted() {
+  return sockets.filter((s) => s.socket.connected && s.countedAtConnect === s.connects).length;
+}
+
 function answer(body) {
   process.stdout.write(JSON.stringify(body) + "\n");
 }
@@ -64,9 +74,9 @@ const ops = {
     for (const token of command.tokens) sockets.push(openOne(command.url, token, command.reconnect));
     const wanted = before + command.tokens.length;
     const deadline = now() + (command.timeout_ms || 60000);
+    const ready = command.greeted ? greeted : connected;
     const check = () => {
-      const count = connected();
-      if (count >= wanted || now() > deadline) answer({ connected: count });
+      if (ready() >= wanted || now() > deadline) answer({ connected: ready() });
       else setTimeout(check, 20);
     };
     check();

@@ -47,9 +47,19 @@ class SocketCrowd:
         self.send(command)
         return self.answer()
 
-    def open(self, url: str, tokens: list[str], *, reconnect: bool, timeout: float) -> int:
-        """Open a socket per token; how many are connected once all are, or at the timeout."""
-        command = {"op": "open", "url": url, "tokens": tokens, "reconnect": reconnect}
+    def open(
+        self, url: str, tokens: list[str], *, reconnect: bool, timeout: float, greeted: bool = False
+    ) -> int:
+        """Open a socket per token; how many are connected once all are, or at the timeout.
+        With `greeted`, a socket counts once the gateway has also sent its unread count, the end
+        of the replay that follows a connect."""
+        command = {
+            "op": "open",
+            "url": url,
+            "tokens": tokens,
+            "reconnect": reconnect,
+            "greeted": greeted,
+        }
         return int(self.ask({**command, "timeout_ms": int(timeout * 1000)})["connected"])
 
     def state(self, *, ids: bool = False) -> dict[str, Any]:
