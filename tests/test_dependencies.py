@@ -10,6 +10,7 @@ from importlib import metadata
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from redis.utils import HIREDIS_AVAILABLE
 
 from tests.stack import ROOT
 
@@ -82,3 +83,9 @@ def test_npm_never_runs_a_packages_install_script(build_file: str) -> None:
         assert "--ignore-scripts" in line, f"{build_file}: {line.strip()}"
     if build_file == "Makefile":
         assert installs, "the Makefile no longer installs the npm lock"
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """redis-py parses every live-feed read and web emit: in C with hiredis, else in Python,
+    many times slower."""
+    assert HIREDIS_AVAILABLE, "hiredis is missing: run `make install`"
