@@ -38,24 +38,27 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 import structlog
 from sqlalchemy import (
     Connection,
+    String,
     and_,
     bindparam,
     case,
     delete,
     exists,
+    func,
     insert,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from channels.accounts import AccountGate
 from channels.attempt_outcome import attempt_outcome
@@ -176,16 +179,30 @@ _MARK_SENT = (
 # receipt in one row update: the receipt whatever the status, the rest only in our claim.
 _STILL_SENDING = _D.c.status == "sending"
 _NOW = bindparam("now", type_=UTCDateTime())
+_SENT_IF_STILL_SENDING = {
+    "status": case((_STILL_SENDING, "sent"), else_=_D.c.status),
+    "last_error": case((_STILL_SENDING, None), else_=_D.c.last_error),
+    "sent_at": case((_STILL_SENDING, _NOW), else_=_D.c.sent_at),
+    "updated_at": case((_STILL_SENDING, _NOW), else_=_D.c.updated_at),
+}
 _MARK_SENT_WITH_RECEIPT = (
     update(_D)
     .where(_D.c.id == bindparam("delivery"))
-    .values(
-        receipt=bindparam("receipt"),
-        status=case((_STILL_SENDING, "sent"), else_=_D.c.status),
-        last_error=case((_STILL_SENDING, None), else_=_D.c.last_error),
-        sent_at=case((_STILL_SENDING, _NOW), else_=_D.c.sent_at),
-        updated_at=case((_STILL_SENDING, _NOW), else_=_D.c.updated_at),
+    .values(receipt=bindparam("receipt"), **_SENT_IF_STILL_SENDING)
+)
+# On PostgreSQL a whole batch's receipts go in one statement (two arrays, unnested side by side)
+# instead of one UPDATE per delivery, each parsed and planned on its own.
+_RECEIPTS = (
+    func.unnest(
+        bindparam("deliveries", type_=ARRAY(String)), bindparam("receipts", type_=ARRAY(String))
     )
+    .table_valued("delivery", "receipt")
+    .render_derived(name="given")
+)
+_MARK_SENT_WITH_RECEIPTS = (
+    update(_D)
+    .where(_D.c.id == _RECEIPTS.c.delivery)
+    .values(receipt=_RECEIPTS.c.receipt, **_SENT_IF_STILL_SENDING)
 )
 _MARK_UNSENT = (
     update(_D)
@@ -605,8 +622,7 @@ class ChannelWorker(BatchConsumer):
                 if plain := [i for i in ids if i not in receipts]:
                     connection.execute(_MARK_SENT, {"ids": plain, "now": now})
                 if receipts:
-                    rows = [{"delivery": i, "receipt": r, "now": now} for i, r in receipts.items()]
-                    connection.execute(_MARK_SENT_WITH_RECEIPT, rows)
+                    self._mark_sent_with_receipts(connection, receipts, now)
             elif status == "deferred":
                 connection.execute(_MARK_DEFERRED, {"ids": ids, "now": now, "error": error})
             else:
@@ -625,6 +641,17 @@ class ChannelWorker(BatchConsumer):
         for (status, _error), ids in groups.items():
             ended[status] += len(ids)
         return follow_ups, ended
+
+    @staticmethod
+    def _mark_sent_with_receipts(
+        connection: Connection, receipts: dict[str, str], now: datetime
+    ) -> None:
+        if connection.dialect.name == "postgresql":
+            params = {"deliveries": list(receipts), "receipts": list(receipts.values()), "now": now}
+            connection.execute(_MARK_SENT_WITH_RECEIPTS, params)
+        else:
+            rows = [{"delivery": i, "receipt": r, "now": now} for i, r in receipts.items()]
+            connection.execute(_MARK_SENT_WITH_RECEIPT, rows)
 
     def _jittered(self, tier: str) -> str:
         """The header of a random jitter slot of `tier`. Only transient failures are spread:
