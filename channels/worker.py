@@ -164,6 +164,13 @@ _CLAIMED = _CLAIM.cte("claimed")
 _CLAIM_WITH_CONTENT = select(_CLAIMED, *_CONTENT_COLUMNS).join_from(
     _CLAIMED, _M, _M.c.id == _CLAIMED.c.message_id
 )
+# Deliveries written already taken by the process that sends them (`send_now(taken=True)`):
+# read with their content, not claimed.
+_TAKEN_WITH_CONTENT = (
+    select(*_CLAIM.exported_columns, *_CONTENT_COLUMNS)
+    .join_from(_D, _M, _M.c.id == _D.c.message_id)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)), _D.c.status == "sending")
+)
 _FORGET_DEVICES = delete(_V).where(_V.c.id.in_(bindparam("ids", expanding=True)))
 _BUSY = select(_D.c.id).where(
     _D.c.id.in_(bindparam("ids", expanding=True)), _D.c.status == "sending"
@@ -326,11 +333,15 @@ class ChannelWorker(BatchConsumer):
             self._log.error("worker.malformed", detail=detail)
             self.link.nack(message, requeue=False)
 
-    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]:
+    def send_now(
+        self, payloads: Sequence[dict[str, str]], *, taken: bool = False
+    ) -> dict[str, Outgoing]:
         """Claim, send and record deliveries handed over in this process rather than through
         the queue (`dispatcher.dispatch` sends web deliveries so), as if each had come as the
         AMQP message of its payload: delivery id -> its follow-up publish (a retry or a dead
-        letter), which the caller is to publish before it lets go of the work."""
+        letter), which the caller is to publish before it lets go of the work. `taken` says
+        the caller wrote them as a claim leaves them (`sending`, their first attempt), so
+        they are read instead of claimed."""
         by_id = {
             payload["delivery_id"]: Inbound(
                 body=encode(self._schema, payload),
@@ -343,15 +354,20 @@ class ChannelWorker(BatchConsumer):
             for payload in payloads
         }
         sources = {id(source): delivery_id for delivery_id, source in by_id.items()}
-        return {sources[id(source)]: out for source, out in self._work(by_id, len(by_id))}
+        follow_ups = self._work(by_id, len(by_id), taken=taken)
+        return {sources[id(source)]: out for source, out in follow_ups}
 
-    def _work(self, by_id: dict[str, Inbound], size: int) -> list[tuple[Inbound, Outgoing]]:
-        """Claim, send and record the deliveries of `by_id` (delivery id -> its AMQP message),
-        of a batch of `size` AMQP messages; the follow-up publishes of their sources."""
+    def _work(
+        self, by_id: dict[str, Inbound], size: int, *, taken: bool = False
+    ) -> list[tuple[Inbound, Outgoing]]:
+        """Claim (or, `taken`, read), send and record the deliveries of `by_id` (delivery id
+        -> its AMQP message), of a batch of `size` AMQP messages; the follow-up publishes of
+        their sources."""
         started = time.monotonic()
         with self.runtime.engine.begin() as connection:
-            claimed, expired = self._claim(connection, list(by_id))
-            busy = self._busy(connection, [i for i in by_id if i not in claimed])
+            claimed, expired = self._claim(connection, list(by_id), taken=taken)
+            unclaimed = [] if taken else [i for i in by_id if i not in claimed]
+            busy = self._busy(connection, unclaimed)
             claimed = self._resolve(connection, claimed)
         claimed_at = time.monotonic()
         unreachable = {
@@ -392,13 +408,17 @@ class ChannelWorker(BatchConsumer):
         return follow_ups
 
     def _claim(
-        self, connection: Connection, ids: list[str]
+        self, connection: Connection, ids: list[str], *, taken: bool
     ) -> tuple[dict[str, OutboundDelivery], set[str]]:
-        """The deliveries this worker now holds, and those of them whose message expired."""
+        """The deliveries this worker now holds (claimed now, or `taken` already), and those
+        of them whose message expired."""
         now = utcnow()
         stale = now - timedelta(seconds=self.claim_seconds)
         params = {"ids": ids, "now": now, "stale": stale}
-        if connection.dialect.name == "postgresql":
+        if taken:
+            rows = connection.execute(_TAKEN_WITH_CONTENT, params).all()
+            contents = {row.message_id: tuple(row[-len(_CONTENT_COLUMNS) :]) for row in rows}
+        elif connection.dialect.name == "postgresql":
             rows = connection.execute(_CLAIM_WITH_CONTENT, params).all()
             contents = {row.message_id: tuple(row[-len(_CONTENT_COLUMNS) :]) for row in rows}
         else:

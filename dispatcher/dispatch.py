@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
@@ -38,6 +38,7 @@ from dispatcher.decisions import (
     write_deferred,
 )
 from dispatcher.expansion import (
+    HANDED_OVER,
     MESSAGE_COLUMNS,
     PagedExpansion,
     Written,
@@ -46,6 +47,7 @@ from dispatcher.expansion import (
     first_pages,
     insert_deliveries,
     progress_of,
+    take_for_sending,
     topics_of,
 )
 from dispatcher.stages.pipeline import PolicyPipeline, standard_stages
@@ -147,9 +149,12 @@ def subscribers_of(members: dict[tuple[str, str], list[str]], app_id: str, topic
 
 class WebSender(Protocol):
     """Sends web deliveries in the dispatcher's process as the web worker would send them
-    (`channels.worker.ChannelWorker.send_now`): delivery id -> its follow-up publish."""
+    (`channels.worker.ChannelWorker.send_now`), the dispatcher having written them taken:
+    delivery id -> its follow-up publish."""
 
-    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]: ...
+    def send_now(
+        self, payloads: Sequence[dict[str, str]], *, taken: bool = False
+    ) -> dict[str, Outgoing]: ...
 
 
 @dataclass
@@ -159,6 +164,8 @@ class Plan:
     expand page by page first (with where each stopped, if it had begun)."""
 
     ready: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    #: Whether the web deliveries of `ready` were written taken, for this dispatcher to send.
+    web_taken: bool = False
     pending: list[str] = field(default_factory=list)
     paged: dict[str, tuple[int, str] | None] = field(default_factory=dict)
     #: Seconds from when each message expanded here was due (accepted, or its `send_at`).
@@ -220,7 +227,9 @@ class DispatchConsumer(BatchConsumer):
         those AMQP messages."""
         with self.runtime.engine.begin() as connection:
             plan = self._expand(connection, list(wanted))
-        ordered = self._hand_over([(mid, d) for mid in wanted for d in plan.ready.get(mid, [])])
+        ordered = self._hand_over(
+            [(mid, d) for mid in wanted for d in plan.ready.get(mid, [])], plan.web_taken
+        )
         futures = self.link.publish_batch([out for _mid, out in ordered])
         per_message: dict[str, list[Future[None]]] = {mid: [] for mid in wanted}
         for (mid, _out), future in zip(ordered, futures, strict=True):
@@ -278,16 +287,28 @@ class DispatchConsumer(BatchConsumer):
         if not self._settlements.drain(CONFIRM_TIMEOUT_SECONDS):
             log.warning("dispatch.unsettled_at_stop")
 
+    def _take_web(self, priority: str | None, rows: list[dict[str, Any]]) -> bool:
+        """Take the queued web deliveries of `rows` (a batch's, or a large message's page of
+        `priority`) for sending right after they are written, when this dispatcher sends them,
+        there are few enough, and (a page) no message of a higher lane waits; whether it did."""
+        web = [row for row in rows if row["channel"] == WEB and row["status"] == "queued"]
+        if self.web is None or not 0 < len(web) <= WEB_SENDS_AT_ONCE:
+            return False
+        if priority is not None and not sends_page_now(priority, self.link.inbox.next_rank()):
+            return False
+        take_for_sending(web)
+        return True
+
     def _hand_over(
-        self, deliveries: list[tuple[str, dict[str, str]]]
+        self, deliveries: list[tuple[str, dict[str, str]]], web_taken: bool
     ) -> list[tuple[str, Outgoing]]:
-        """What to publish for a batch's deliveries, each with its message: a web delivery is
-        sent now, when this dispatcher sends them and the batch has few enough, and only its
-        follow-up (a retry, a dead letter) is published; the others go to their channel."""
+        """What to publish for a batch's deliveries, each with its message: a web delivery
+        written taken (`_take_web`) is sent now, and only its follow-up (a retry, a dead
+        letter) is published; the others go to their channel."""
         web = [d for _mid, d in deliveries if d["channel"] == WEB]
         sent = None
-        if self.web is not None and 0 < len(web) <= WEB_SENDS_AT_ONCE:
-            sent = self.web.send_now(web)
+        if self.web is not None and web_taken and web:
+            sent = self.web.send_now(web, taken=True)
         outgoing = []
         for message_id, delivery in deliveries:
             if sent is None or delivery["channel"] != WEB:
@@ -296,14 +317,16 @@ class DispatchConsumer(BatchConsumer):
                 outgoing.append((message_id, follow_up))
         return outgoing
 
-    def _page_out(self, message_id: str, page: list[dict[str, str]]) -> list[Future[None]]:
+    def _page_out(
+        self, message_id: str, page: list[dict[str, str]], web_taken: bool
+    ) -> list[Future[None]]:
         """Hand over a page of a large message as it commits: its web deliveries are sent now
-        while no message of a higher lane waits for this dispatcher; once one does, the
-        pages left go to the web worker's lanes, so that it waits for the writing of the rest
-        of the expansion only, not for its sends."""
-        if not page or not sends_page_now(page[0]["priority"], self.link.inbox.next_rank()):
+        if they were written taken, which they are while no message of a higher lane waits for
+        this dispatcher; once one does, the pages left go to the web worker's lanes, so that it
+        waits for the writing of the rest of the expansion only, not for its sends."""
+        if not web_taken:
             return self._publish(page)
-        outgoing = self._hand_over([(message_id, d) for d in page])
+        outgoing = self._hand_over([(message_id, d) for d in page], web_taken)
         return self.link.publish_batch([out for _mid, out in outgoing])
 
     def _outgoing(self, delivery: dict[str, str]) -> Outgoing:
@@ -329,9 +352,11 @@ class DispatchConsumer(BatchConsumer):
         done = False
         while not done:
             with self.runtime.engine.begin() as connection:
-                done, ready = self._paged.expand_step(connection, message_id)
+                # A resumed expansion publishes everything once done: it takes nothing.
+                take = self._take_web if progress is None else None
+                done, ready, taken = self._paged.expand_step(connection, message_id, take)
             if progress is None:
-                futures += self._page_out(message_id, ready)
+                futures += self._page_out(message_id, ready, taken)
             steps += 1
         log.debug("dispatch.expanded", message_id=message_id, steps=steps)
         return futures
@@ -406,6 +431,7 @@ class DispatchConsumer(BatchConsumer):
             for message in fresh
         ]
         decided = self._decider.decide(connection, work, now)
+        plan.web_taken = self._take_web(None, decided.rows)
         inserted = insert_deliveries(connection, decided.rows)
         new_ids = {row.id for row in inserted}
         write_deferred(connection, decided, new_ids)
@@ -442,10 +468,10 @@ class DispatchConsumer(BatchConsumer):
             if m.status == "dispatched"
             or (m.id not in plan.paged and written[m.id] != expected[m.id])
         ]
-        queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
+        handed = {row["id"] for row in decided.rows if row["status"] in HANDED_OVER}
         priorities = {m.id: m.priority for m in messages}
         for row in sorted(inserted, key=lambda row: row.id):
-            if row.message_id not in plan.pending and row.id in queued:
+            if row.message_id not in plan.pending and row.id in handed:
                 payload = row.payload(priorities[row.message_id])
                 plan.ready.setdefault(row.message_id, []).append(payload)
         plan.lags = [(now - (m.send_at or m.created_at)).total_seconds() for m in fresh]

@@ -23,7 +23,7 @@ import functools
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
@@ -135,6 +135,20 @@ class Written(NamedTuple):
         }
 
 
+#: The statuses of the rows a step or a batch writes that are to be handed over: queued, or
+#: taken by the dispatcher that sends them itself (`take_for_sending`).
+HANDED_OVER = ("queued", "sending")
+
+
+def take_for_sending(rows: list[dict[str, Any]]) -> None:
+    """Write `rows` (queued delivery rows) as a worker's claim leaves them, taken for the
+    first attempt, for the process that writes them to send them right after its commit
+    without claiming them again; one it never sends is a stale claim that the channel's
+    worker takes over."""
+    for row in rows:
+        row["status"], row["attempts"] = "sending", 1
+
+
 def insert_deliveries(connection: Connection, rows: list[dict[str, Any]]) -> list[Written]:
     """Insert what is not there yet; the rows that were new."""
     if not rows:
@@ -217,11 +231,20 @@ def _page_members(page: list[str], _topic: str) -> list[str]:
 
 
 class Step(NamedTuple):
-    """What one expansion step did: whether the message needs no more steps, and the payloads
-    of the deliveries it wrote that are to be published."""
+    """What one expansion step did: whether the message needs no more steps, the payloads
+    of the deliveries it wrote that are to be handed over, and whether the caller took some of
+    them for sending (`Take`)."""
 
     done: bool
     ready: list[dict[str, str]]
+    taken: bool = False
+
+
+class Take(Protocol):
+    """Given a step's priority and the delivery rows it is about to write, takes some of them
+    for sending (`take_for_sending`); whether it did."""
+
+    def __call__(self, priority: str, rows: list[dict[str, Any]]) -> bool: ...
 
 
 class PagedExpansion:
@@ -237,9 +260,12 @@ class PagedExpansion:
         #: this expansion finished, for the dispatcher to report.
         self.finished: dict[str, tuple[str, int, Counter[tuple[str, str]]]] = {}
 
-    def expand_step(self, connection: Connection, message_id: str) -> Step:
-        """Write the next step's deliveries in the caller's transaction; done once the message
-        needs no more steps (dispatched, or ended without being sent)."""
+    def expand_step(
+        self, connection: Connection, message_id: str, take: Take | None = None
+    ) -> Step:
+        """Write the next step's deliveries in the caller's transaction, those that `take`
+        takes as taken for sending; done once the message needs no more steps (dispatched, or
+        ended without being sent)."""
         postgres = connection.dialect.name == "postgresql"
         # Locked until commit: a cancel waits for this step, and two dispatchers holding the
         # same message (a redelivery) take turns, each step once.
@@ -297,20 +323,21 @@ class PagedExpansion:
         decided = self.decider.decide(
             connection, [Work(message_facts(message), targets, endpoints)], now
         )
+        taken = take is not None and take(message.priority, decided.rows)
         inserted = insert_deliveries(connection, decided.rows)
         new_ids = {row.id for row in inserted}
         write_deferred(connection, decided, new_ids)
         record_events(connection, [e for e in decided.events if e["delivery_id"] in new_ids])
-        queued = {row["id"] for row in decided.rows if row["status"] == "queued"}
-        ready = [row.payload(message.priority) for row in inserted if row.id in queued]
+        handed = {row["id"] for row in decided.rows if row["status"] in HANDED_OVER}
+        ready = [row.payload(message.priority) for row in inserted if row.id in handed]
         if step > len(topics):
             self._finish(connection, message_id, message.app_id, now)
-            return Step(True, ready)
+            return Step(True, ready, taken)
         connection.execute(
             _SAVE_PROGRESS[connection.dialect.name],
             {"message_id": message_id, "step": step, "after": after, "updated_at": now},
         )
-        return Step(False, ready)
+        return Step(False, ready, taken)
 
     def _finish(self, connection: Connection, message_id: str, app_id: str, now: datetime) -> None:
         rows = connection.execute(_STANDING, {"message": message_id}).all()
