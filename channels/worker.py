@@ -342,20 +342,26 @@ class ChannelWorker(BatchConsumer):
         letter), which the caller is to publish before it lets go of the work. `taken` says
         the caller wrote them as a claim leaves them (`sending`, their first attempt), so
         they are read instead of claimed."""
+        by_payload = {payload["delivery_id"]: payload for payload in payloads}
+        # Bodies are made for the follow-ups only, the few that are published.
         by_id = {
-            payload["delivery_id"]: Inbound(
-                body=encode(self._schema, payload),
+            delivery_id: Inbound(
+                body=b"",
                 routing_key=channel_key(payload["channel"], payload["priority"]),
                 headers={},
                 delivery_tag=0,
                 redelivered=False,
                 generation=-1,
             )
-            for payload in payloads
+            for delivery_id, payload in by_payload.items()
         }
         sources = {id(source): delivery_id for delivery_id, source in by_id.items()}
-        follow_ups = self._work(by_id, len(by_id), taken=taken)
-        return {sources[id(source)]: out for source, out in follow_ups}
+        follow_ups = {}
+        for source, out in self._work(by_id, len(by_id), taken=taken):
+            delivery_id = sources[id(source)]
+            body = encode(self._schema, by_payload[delivery_id])
+            follow_ups[delivery_id] = replace(out, body=body)
+        return follow_ups
 
     def _work(
         self, by_id: dict[str, Inbound], size: int, *, taken: bool = False

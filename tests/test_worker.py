@@ -14,14 +14,15 @@ import pytest
 from sqlalchemy import select, text, update
 
 from channels.base import Channel, ChannelContext, OutboundDelivery, Outcome, Result
-from channels.worker import channel_context
+from channels.worker import ChannelWorker, channel_context
+from shared.amqp.link import AmqpLink
 from shared.amqp.topology import channel_key
 from shared.ids import utcnow
 from shared.models import Delivery, Event, Message
-from shared.payloads import DeliveryPayload, encode
+from shared.payloads import DeliveryPayload, decode, encode
 from shared.runtime import Runtime
 from shared.statuses import message_outcome
-from tests.conftest import publish, queue_depth
+from tests.conftest import AMQP_URL, publish, queue_depth
 from tests.queued import queued_delivery, running_worker
 from tests.stack import wait_until
 
@@ -147,7 +148,7 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
         # The same AMQP message again, as a broker redelivery would bring it.
         with runtime.engine.connect() as connection:
-            app_id = connection.scalar(select(Message.app_id).where(Message.id == message_id))
+            app_id = str(connection.scalar(select(Message.app_id).where(Message.id == message_id)))
         payload = {
             "delivery_id": delivery_id,
             "message_id": message_id,
@@ -328,3 +329,32 @@ def waiting_on(runtime: Runtime, pid: int) -> int:
             {"pid": pid},
         )
     return int(waiting or 0)
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["claimed here", "written taken"])
+def test_a_failed_send_handed_over_in_process_comes_back_as_the_retry_of_its_delivery(
+    isolated_runtime: Runtime, taken: bool
+) -> None:
+    """`send_now`, the dispatcher's own web sends: a delivery whose send failed is recorded
+    as retrying, and its follow-up is that delivery's own AMQP message, to the retry tier."""
+    runtime = isolated_runtime
+    message_id, delivery_id = queued_delivery(runtime, claimed_at=utcnow() if taken else None)
+    with runtime.engine.connect() as connection:
+        app_id = str(connection.scalar(select(Message.app_id).where(Message.id == message_id)))
+    payload = {
+        "delivery_id": delivery_id,
+        "message_id": message_id,
+        "app_id": app_id,
+        "channel": "web",
+        "priority": "normal",
+    }
+    channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.TRANSIENT])
+    # Never started: sending in process publishes nothing itself.
+    worker = ChannelWorker(runtime, AmqpLink(AMQP_URL, runtime.topology), channel)
+    follow_ups = worker.send_now([payload], taken=taken)
+    retry = follow_ups[delivery_id]
+    assert retry.exchange == runtime.topology.retry_exchange
+    assert retry.routing_key == channel_key("web", "normal")
+    assert decode(DeliveryPayload(), retry.body) == payload
+    assert channel.attempts == [delivery_id]
+    assert state(runtime, message_id, delivery_id)[0] == "retrying"
