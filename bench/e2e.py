@@ -22,8 +22,9 @@ one Socket.IO client per user, and measures
    Flask-SocketIO's.
 
 The load generators (the message poster, wrk) and the sockets run in processes of their own,
-counted apart. With `--py-spy PATH` every service is profiled through the paced phase (which
-then costs more CPU: py-spy's samples), and the result says where each one's samples went.
+counted apart. With `--py-spy PATH` every service is profiled through the paced phase and the
+topic messages (which then cost more CPU: py-spy's samples), and the result says where each
+one's samples went.
 The run ends with one table of the live path's targets, each figure beside its baseline from
 the same run. Run it with `make bench`; results also go to var/bench-e2e.json.
 
@@ -251,9 +252,10 @@ def stage_latencies(runtime: Runtime, message_ids: list[str]) -> dict[str, float
     return {stage: round(statistics.median(v), 1) for stage, v in offsets.items()}
 
 
-def cpu_snapshot(stack: Stack, load: Load) -> dict[str, float]:
+def cpu_snapshot(stack: Stack, load: Load | None) -> dict[str, float]:
     roots = {name: s.process.pid for name, s in stack.services.items() if s.process is not None}
-    roots["bench load generator"] = load.pid
+    if load is not None:
+        roots["bench load generator"] = load.pid
     infrastructure = {"postgresql": "postgres", "rabbitmq": "beam.smp", "redis": "redis-server"}
     return cpu.snapshot(roots, infrastructure, alone={"bench receivers": os.getpid()})
 
@@ -335,10 +337,16 @@ def closed_loop(
 
 
 def topic_fan_out(
-    stack: Stack, settings: Settings, tenant: NewApp, sockets: int, rounds: int
+    stack: Stack,
+    settings: Settings,
+    tenant: NewApp,
+    sockets: int,
+    rounds: int,
+    py_spy: str | None,
 ) -> dict[str, Any]:
     """`sockets` users subscribed to one topic, each with a socket of the crowd: the gateway's
-    memory per idle socket, then `rounds` messages to the topic, each until every socket has it."""
+    memory per idle socket, then `rounds` messages to the topic, each until every socket has it,
+    with the CPU seconds each process used through them (and, with `py_spy`, their profiles)."""
     users = [f"topic-{n}" for n in range(sockets)]
     tokens = [token_for(settings, tenant.app_id, user, ttl=3600) for user in users]
     gateway = stack.services["gateway"].process
@@ -358,12 +366,21 @@ def topic_fan_out(
 
         with socket_crowd() as crowd:
             memory = memory_per_socket(crowd, gateway.pid, stack.gateway_url, tokens, greeted=True)
-            fanned = rounds_of(crowd, sockets, rounds, post)
-    return {"sockets": sockets, "memory": memory, "fan_out": fanned}
+            with profiled(stack, py_spy, "e2e-topic") as profiles:
+                before = cpu_snapshot(stack, None)
+                fanned = rounds_of(crowd, sockets, rounds, post)
+                used = cpu.delta(before, cpu_snapshot(stack, None))
+    result = {"sockets": sockets, "memory": memory, "fan_out": fanned, "cpu_seconds": used}
+    result["cpu_ms_per_delivery"] = {
+        label: round(1000 * seconds / (sockets * rounds), 3) for label, seconds in used.items()
+    }
+    if profiles:
+        result["profiles"] = profiles
+    return result
 
 
 @contextmanager
-def profiled(stack: Stack, executable: str | None) -> Iterator[dict[str, Any]]:
+def profiled(stack: Stack, executable: str | None, bench: str = "e2e") -> Iterator[dict[str, Any]]:
     """Every service of `stack` recorded by py-spy (`executable`) through the block, where
     their samples went in the dict yielded once the block ends; nothing without `executable`."""
     profiles: dict[str, Any] = {}
@@ -371,7 +388,7 @@ def profiled(stack: Stack, executable: str | None) -> Iterator[dict[str, Any]]:
     if executable is not None:
         for name, service in stack.services.items():
             if service.process is not None:
-                profilers[name] = Profiler(executable, "e2e")
+                profilers[name] = Profiler(executable, bench)
                 profilers[name].attach(service.process.pid, name, subprocesses=True)
     try:
         yield profiles
@@ -440,7 +457,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16, help="closed loop connections")
     parser.add_argument("--sockets", type=int, default=10_000, help="topic subscribers' sockets")
     parser.add_argument("--fan-rounds", type=int, default=3, help="topic messages, one by one")
-    parser.add_argument("--py-spy", metavar="PATH", help="profile the services, paced phase")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile the services: paced, topic")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print(WRK_MISSING, file=sys.stderr)
@@ -495,7 +512,9 @@ def main() -> int:
             finally:
                 load.close()
                 receiver.close()
-            topic = topic_fan_out(stack, settings, tenant, args.sockets, args.fan_rounds)
+            topic = topic_fan_out(
+                stack, settings, tenant, args.sockets, args.fan_rounds, args.py_spy
+            )
         finally:
             stack.stop_all()
             runtime.close()
