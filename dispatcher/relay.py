@@ -73,6 +73,24 @@ _MARK_QUEUED = (
     )
     .values(status="queued", updated_at=bindparam("now"))
 )
+# On PostgreSQL the messages are locked in id order first, as the dispatcher locks a batch's:
+# the UPDATE alone locks them in the order it finds them, and a relay holding one message while
+# it waited for another that a dispatcher held, which waited for the first, was a deadlock.
+_TO_QUEUE = (
+    sql_select(_M.c.id)
+    .where(
+        _M.c.id.in_(bindparam("message_ids", expanding=True)),
+        _M.c.status.in_(("accepted", "scheduled")),
+    )
+    .order_by(_M.c.id)
+    .with_for_update()
+    .cte("to_queue")
+)
+_MARK_QUEUED_IN_ORDER = (
+    update(_M)
+    .where(_M.c.id.in_(sql_select(_TO_QUEUE.c.id)))
+    .values(status="queued", updated_at=bindparam("now"))
+)
 # On PostgreSQL the outbox mark, the status change and the `queued` events are one statement.
 _QUEUED_EVENTS = insert(table_of(Event)).from_select(
     ["message_id", "at", "stage", "detail"],
@@ -84,7 +102,7 @@ _QUEUED_EVENTS = insert(table_of(Event)).from_select(
     ),
 )
 _MARK_ALL_AS_ONE = _QUEUED_EVENTS.add_cte(_MARK_PUBLISHED.cte("published")).add_cte(
-    _MARK_QUEUED.cte("queued")
+    _MARK_QUEUED_IN_ORDER.cte("queued")
 )
 
 
