@@ -164,8 +164,8 @@ _CLAIMED = _CLAIM.cte("claimed")
 _CLAIM_WITH_CONTENT = select(_CLAIMED, *_CONTENT_COLUMNS).join_from(
     _CLAIMED, _M, _M.c.id == _CLAIMED.c.message_id
 )
-# Deliveries written already taken by the process that sends them (`send_now(taken=True)`):
-# read with their content, not claimed.
+# Deliveries written already taken by the process that sends them (`send_now`): read with
+# their content, not claimed.
 _TAKEN_WITH_CONTENT = (
     select(*_CLAIM.exported_columns, *_CONTENT_COLUMNS)
     .join_from(_D, _M, _M.c.id == _D.c.message_id)
@@ -333,15 +333,12 @@ class ChannelWorker(BatchConsumer):
             self._log.error("worker.malformed", detail=detail)
             self.link.nack(message, requeue=False)
 
-    def send_now(
-        self, payloads: Sequence[dict[str, str]], *, taken: bool = False
-    ) -> dict[str, Outgoing]:
-        """Claim, send and record deliveries handed over in this process rather than through
-        the queue (`dispatcher.dispatch` sends web deliveries so), as if each had come as the
-        AMQP message of its payload: delivery id -> its follow-up publish (a retry or a dead
-        letter), which the caller is to publish before it lets go of the work. `taken` says
-        the caller wrote them as a claim leaves them (`sending`, their first attempt), so
-        they are read instead of claimed."""
+    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]:
+        """Send and record deliveries handed over in this process rather than through the
+        queue (`dispatcher.dispatch` sends web deliveries so), which the caller wrote as a claim
+        leaves them (`sending`, their first attempt), as if each had come as the AMQP message
+        of its payload: delivery id -> its follow-up publish (a retry or a dead letter), which
+        the caller is to publish before it lets go of the work."""
         by_payload = {payload["delivery_id"]: payload for payload in payloads}
         # Bodies are made for the follow-ups only, the few that are published.
         by_id = {
@@ -357,7 +354,7 @@ class ChannelWorker(BatchConsumer):
         }
         sources = {id(source): delivery_id for delivery_id, source in by_id.items()}
         follow_ups = {}
-        for source, out in self._work(by_id, len(by_id), taken=taken):
+        for source, out in self._work(by_id, len(by_id), taken=True):
             delivery_id = sources[id(source)]
             body = encode(self._schema, by_payload[delivery_id])
             follow_ups[delivery_id] = replace(out, body=body)

@@ -152,9 +152,7 @@ class WebSender(Protocol):
     (`channels.worker.ChannelWorker.send_now`), the dispatcher having written them taken:
     delivery id -> its follow-up publish."""
 
-    def send_now(
-        self, payloads: Sequence[dict[str, str]], *, taken: bool = False
-    ) -> dict[str, Outgoing]: ...
+    def send_now(self, payloads: Sequence[dict[str, str]]) -> dict[str, Outgoing]: ...
 
 
 @dataclass
@@ -308,7 +306,7 @@ class DispatchConsumer(BatchConsumer):
         web = [d for _mid, d in deliveries if d["channel"] == WEB]
         sent = None
         if self.web is not None and web_taken and web:
-            sent = self.web.send_now(web, taken=True)
+            sent = self.web.send_now(web)
         outgoing = []
         for message_id, delivery in deliveries:
             if sent is None or delivery["channel"] != WEB:
