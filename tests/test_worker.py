@@ -61,6 +61,19 @@ def state(runtime: Runtime, message_id: str, delivery_id: str) -> tuple[str, str
     return str(delivery_status), str(message_status), stages
 
 
+def payload_of(runtime: Runtime, message_id: str, delivery_id: str) -> dict[str, str]:
+    """The AMQP payload of a web delivery of `queued_delivery` (normal priority)."""
+    with runtime.engine.connect() as connection:
+        app_id = str(connection.scalar(select(Message.app_id).where(Message.id == message_id)))
+    return {
+        "delivery_id": delivery_id,
+        "message_id": message_id,
+        "app_id": app_id,
+        "channel": "web",
+        "priority": "normal",
+    }
+
+
 def test_a_deferred_delivery_waits_in_a_tier_without_using_up_an_attempt(
     isolated_runtime: Runtime,
 ) -> None:
@@ -147,14 +160,7 @@ def test_a_redelivered_delivery_that_was_sent_is_not_sent_again(
         message_id, delivery_id = queued_delivery(runtime)
         wait_until(lambda: state(runtime, message_id, delivery_id)[0] == "sent", 20, "sent")
         # The same AMQP message again, as a broker redelivery would bring it.
-        with runtime.engine.connect() as connection:
-            app_id = str(connection.scalar(select(Message.app_id).where(Message.id == message_id)))
-        payload = {
-            "delivery_id": delivery_id,
-            "message_id": message_id,
-            "app_id": app_id,
-            "channel": "web",
-        }
+        payload = payload_of(runtime, message_id, delivery_id)
         publish(runtime, channel_key("web"), encode(DeliveryPayload(), payload))
         web_queue = runtime.topology.channel_queue("web")
         wait_until(lambda: queue_depth(web_queue) == 0, 10, "the duplicate to be consumed")
@@ -339,15 +345,7 @@ def test_a_failed_send_handed_over_in_process_comes_back_as_the_retry_of_its_del
     message, to the retry tier."""
     runtime = isolated_runtime
     message_id, delivery_id = queued_delivery(runtime, claimed_at=utcnow())
-    with runtime.engine.connect() as connection:
-        app_id = str(connection.scalar(select(Message.app_id).where(Message.id == message_id)))
-    payload = {
-        "delivery_id": delivery_id,
-        "message_id": message_id,
-        "app_id": app_id,
-        "channel": "web",
-        "priority": "normal",
-    }
+    payload = payload_of(runtime, message_id, delivery_id)
     channel = ScriptedChannel(channel_context(runtime, "web"), [Outcome.TRANSIENT])
     # Never started: sending in process publishes nothing itself.
     worker = ChannelWorker(runtime, AmqpLink(AMQP_URL, runtime.topology), channel)
