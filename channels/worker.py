@@ -19,7 +19,8 @@ the provider reports gone are removed from their user, traced. Sources are acked
 is durable.
 
 The dispatcher runs the same steps in its own process for the web deliveries it writes
-(`send_now`), as if each had come from the queue; only their follow-ups are published.
+(`send_now`), as if each had come from the queue, except the claim: it writes them already
+taken (`sending`, first attempt). Only their follow-ups are published.
 
 A delivery is sent at most once while its claim is known: a redelivered AMQP message finds it
 `sending` (held) or final (done). The one window for a second send is a worker killed between

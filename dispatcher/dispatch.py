@@ -3,10 +3,11 @@
 For a batch of messages it writes one delivery row per recipient and channel in one
 transaction, publishes one AMQP message per delivery to `channel.<name>`, and acks each source
 message only after all of its deliveries are confirmed by the broker. Web deliveries it sends
-itself, right after that commit, as the web worker would send them (`WebSender`: claimed,
-appended to the live feed, recorded, their message settled), which spares them a queue hop and
-a process on the way to the browser; only what fails (a retry, a dead letter) is published, and
-a batch with more than `WEB_SENDS_AT_ONCE` of them leaves them all to the web worker's lanes.
+itself, right after that commit, as the web worker would send them (`WebSender`: written
+already taken, as a claim leaves them, then appended to the live feed, recorded, their message
+settled), which spares them a queue hop, a claim and a process on the way to the browser; only
+what fails (a retry, a dead letter) is published, and a batch with more than
+`WEB_SENDS_AT_ONCE` of them leaves them all to the web worker's lanes (written queued).
 A message whose topics hold more subscribers than a page is expanded page by page instead
 (`dispatcher.expansion`), each page in its own transaction and handed over as soon as it
 commits (its web deliveries sent, unless a message of a higher lane is waiting). A
